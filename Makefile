@@ -1,0 +1,63 @@
+# lxcfs-guard: `make demo` runs it, `make test` tests it. Both install what they need (Debian 12, as root).
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := fuse3 libfuse3-dev pkg-config libsystemd-dev runc busybox-static lxcfs util-linux iproute2 gcc python3-dev
+V2_APT_PACKAGES := qemu-system-x86 linux-image-amd64 busybox-static cpio
+PYTEST_ARGS ?=
+PREFIX ?= /usr/local
+UNITDIR ?= /etc/systemd/system
+
+.PHONY: setup apt test test-unit test-v2 demo bench install uninstall clean
+
+setup: apt $(VENV)/.installed
+
+apt:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing apt packages: $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+test: setup
+	$(PY) -m pytest -m "not v2_only" $(PYTEST_ARGS)
+
+test-unit: setup
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+test-v2: setup
+	@missing=$$(for p in $(V2_APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	$(PY) -m tests.vm.run $(PYTEST_ARGS)
+
+demo: setup
+	$(PY) -m lxcfs_guard.demo
+
+bench: setup
+	$(PY) bench/read_rate.py
+	$(PY) bench/remount.py
+	$(PY) bench/recovery.py
+
+install: setup
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(UNITDIR)
+	ln -sf $(CURDIR)/$(VENV)/bin/lxcfs-guard $(DESTDIR)$(PREFIX)/bin/lxcfs-guard
+	install -m 0644 units/lxcfs-guard.service $(DESTDIR)$(UNITDIR)/lxcfs-guard.service
+	install -d $(DESTDIR)/etc/tmpfiles.d
+	install -m 0644 units/lxcfs-guard.tmpfiles $(DESTDIR)/etc/tmpfiles.d/lxcfs-guard.conf
+	-systemctl daemon-reload 2>/dev/null
+
+uninstall:
+	-systemctl disable --now lxcfs-guard.service 2>/dev/null
+	rm -f $(DESTDIR)$(PREFIX)/bin/lxcfs-guard $(DESTDIR)$(UNITDIR)/lxcfs-guard.service $(DESTDIR)/etc/tmpfiles.d/lxcfs-guard.conf
+	-systemctl daemon-reload 2>/dev/null
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

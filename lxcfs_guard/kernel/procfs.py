@@ -1,0 +1,114 @@
+"""Facts about processes read from /proc: identity (start time, namespace inodes) and mount tables.
+
+Identity matters because pids are reused: a pid names the container we registered only while its
+start time and its mount-namespace inode are the ones we recorded.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+class ProcessGone(Exception):
+    """The pid does not exist (any more)."""
+
+
+def pid_start_time(pid: int, proc: str = "/proc") -> int:
+    """Start time of `pid` in clock ticks since boot (field 22 of /proc/PID/stat)."""
+    try:
+        with open(f"{proc}/{pid}/stat", "rb") as f:
+            data = f.read()
+    except (FileNotFoundError, ProcessLookupError) as e:
+        raise ProcessGone(pid) from e
+    return parse_stat_start_time(data)
+
+
+def parse_stat_start_time(data: bytes) -> int:
+    # comm (field 2) may contain spaces and parentheses: split after the *last* ')'.
+    rest = data[data.rindex(b")") + 2 :].split()
+    return int(rest[19])  # field 22 overall; rest[0] is field 3
+
+
+def ns_inode(pid: int | str, ns: str = "mnt", proc: str = "/proc") -> int:
+    """Inode of a namespace of `pid` ("self" allowed): two processes share it iff the inodes are equal."""
+    try:
+        return os.stat(f"{proc}/{pid}/ns/{ns}").st_ino
+    except (FileNotFoundError, ProcessLookupError) as e:
+        raise ProcessGone(pid) from e
+
+
+@dataclass(frozen=True, slots=True)
+class MountInfo:
+    """One line of /proc/PID/mountinfo (see proc(5))."""
+
+    mount_id: int
+    parent_id: int
+    major: int
+    minor: int
+    root: str
+    mount_point: str
+    mount_options: str
+    optional: tuple[str, ...]
+    fstype: str
+    source: str
+    super_options: str
+
+    @property
+    def dev(self) -> int:
+        return os.makedev(self.major, self.minor)
+
+    @property
+    def read_only(self) -> bool:
+        return "ro" in self.mount_options.split(",")
+
+
+def _unescape(field: str) -> str:
+    # The kernel escapes space, tab, newline and backslash as \ooo octal.
+    if "\\" not in field:
+        return field
+    out, i = [], 0
+    while i < len(field):
+        c = field[i]
+        if c == "\\" and len(field[i + 1 : i + 4]) == 3 and field[i + 1 : i + 4].isdigit():
+            out.append(chr(int(field[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
+
+
+def parse_mountinfo_line(line: str) -> MountInfo:
+    fields = line.split()
+    sep = fields.index("-", 6)
+    major, minor = fields[2].split(":")
+    return MountInfo(
+        mount_id=int(fields[0]),
+        parent_id=int(fields[1]),
+        major=int(major),
+        minor=int(minor),
+        root=_unescape(fields[3]),
+        mount_point=_unescape(fields[4]),
+        mount_options=fields[5],
+        optional=tuple(fields[6:sep]),
+        fstype=fields[sep + 1],
+        source=_unescape(fields[sep + 2]) if len(fields) > sep + 2 else "",
+        super_options=fields[sep + 3] if len(fields) > sep + 3 else "",
+    )
+
+
+def parse_mountinfo(text: str) -> list[MountInfo]:
+    return [parse_mountinfo_line(line) for line in text.splitlines() if line.strip()]
+
+
+def read_mountinfo(pid: int | str = "self", proc: str = "/proc") -> list[MountInfo]:
+    try:
+        with open(f"{proc}/{pid}/mountinfo") as f:
+            return parse_mountinfo(f.read())
+    except (FileNotFoundError, ProcessLookupError) as e:
+        raise ProcessGone(pid) from e
+
+
+def list_pids(proc: str = "/proc") -> list[int]:
+    return [int(name) for name in os.listdir(proc) if name.isdigit()]

@@ -1,0 +1,130 @@
+"""Mount-API and namespace syscalls through ctypes (Python 3.11 has no os.setns, and no wrapper for the
+new mount API at all). Each wrapper raises OSError with the real errno, so callers can report it.
+
+Syscall numbers are x86_64/aarch64-generic ones from the kernel's unified table (424+ are the same on
+every architecture).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+
+# Unified numbers (identical on all architectures since 5.x).
+SYS_OPEN_TREE = 428
+SYS_MOVE_MOUNT = 429
+SYS_MOUNT_SETATTR = 442
+SYS_SETNS = {"x86_64": 308, "aarch64": 268}.get(platform.machine(), 308)
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWPID = 0x20000000
+
+# open_tree
+OPEN_TREE_CLONE = 1
+OPEN_TREE_CLOEXEC = os.O_CLOEXEC
+AT_EMPTY_PATH = 0x1000
+AT_SYMLINK_NOFOLLOW = 0x100
+AT_RECURSIVE = 0x8000
+# move_mount
+MOVE_MOUNT_F_SYMLINKS = 0x01
+MOVE_MOUNT_F_AUTOMOUNTS = 0x02
+MOVE_MOUNT_F_EMPTY_PATH = 0x04
+MOVE_MOUNT_T_SYMLINKS = 0x10
+MOVE_MOUNT_T_AUTOMOUNTS = 0x20
+MOVE_MOUNT_T_EMPTY_PATH = 0x40
+MOVE_MOUNT_BENEATH = 0x200
+# mount_setattr
+MOUNT_ATTR_RDONLY = 0x00000001
+MOUNT_ATTR_NOSUID = 0x00000002
+MOUNT_ATTR_NODEV = 0x00000004
+MOUNT_ATTR_NOEXEC = 0x00000008
+# umount2
+MNT_FORCE = 1
+MNT_DETACH = 2
+MNT_EXPIRE = 4
+UMOUNT_NOFOLLOW = 8
+# mount(2)
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+MS_SLAVE = 1 << 19
+MS_SHARED = 1 << 20
+
+ATTR_BY_OPTION = {
+    "ro": MOUNT_ATTR_RDONLY,
+    "nosuid": MOUNT_ATTR_NOSUID,
+    "nodev": MOUNT_ATTR_NODEV,
+    "noexec": MOUNT_ATTR_NOEXEC,
+}
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
+
+
+def _check(ret: int, what: str, path: str | None = None) -> int:
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}", path)
+    return ret
+
+
+def setns(fd: int, nstype: int = 0) -> None:
+    """Move the calling thread into the namespace `fd` refers to. For CLONE_NEWNS the process must be
+    single-threaded (EINVAL otherwise): call it in a forked child."""
+    _check(_libc.setns(fd, nstype), "setns")
+
+
+def open_tree(path: str, flags: int = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC, dirfd: int = -100) -> int:
+    """A detached clone of the mount at `path`, as an fd that `move_mount` can attach anywhere, even in
+    another mount namespace. Consumed by the move that attaches it."""
+    return _check(_syscall(SYS_OPEN_TREE, dirfd, path.encode(), flags), "open_tree", path)
+
+
+def move_mount(from_fd: int, to_fd: int, to_path: str = "", flags: int = 0, from_path: str = "") -> None:
+    ret = _syscall(SYS_MOVE_MOUNT, from_fd, from_path.encode(), to_fd, to_path.encode(), flags)
+    _check(ret, "move_mount", to_path or None)
+
+
+def mount_setattr(dirfd: int, path: str, flags: int, attr_set: int, attr_clr: int = 0) -> None:
+    attr = _MountAttr(attr_set, attr_clr, 0, 0)
+    ret = _syscall(SYS_MOUNT_SETATTR, dirfd, path.encode(), flags, ctypes.byref(attr), ctypes.sizeof(attr))
+    _check(ret, "mount_setattr", path or None)
+
+
+def umount2(path: str, flags: int = 0) -> None:
+    _check(_libc.umount2(path.encode(), flags), "umount2", path)
+
+
+def mount(source: str, target: str, fstype: str | None = None, flags: int = 0, data: str | None = None) -> None:
+    ret = _libc.mount(
+        source.encode() if source else None,
+        target.encode(),
+        fstype.encode() if fstype else None,
+        ctypes.c_ulong(flags),
+        data.encode() if data else None,
+    )
+    _check(ret, "mount", target)
+
+
+def attrs_from_options(options: str) -> int:
+    """MOUNT_ATTR_* bits for the per-mount options of a mountinfo line (ro,nosuid,nodev,...)."""
+    bits = 0
+    for opt in options.split(","):
+        bits |= ATTR_BY_OPTION.get(opt, 0)
+    return bits

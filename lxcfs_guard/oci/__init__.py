@@ -1,0 +1,1 @@
+"""Runtime integration: the OCI hook that binds the files into a new container and registers it."""

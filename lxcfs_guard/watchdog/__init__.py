@@ -1,0 +1,1 @@
+"""Keeps `serve` alive: supervise loop, health probe, process events, status file."""
