@@ -1,0 +1,153 @@
+"""Host side of the cgroup v2 test VM: `python -m tests.vm.run [pytest args]` (what `make test-v2` runs).
+
+Boots the installed Debian kernel under qemu (TCG: this host's /dev/kvm runs only special guest kernels), runs
+`pytest -m v2 [pytest args]` in this checkout inside it, streams the VM console (the tests' output) here, then
+prints how many v2 tests ran (not skipped) and exits with the job's exit code. qemu always runs under
+`timeout` and is ended by its pid; the per-run directory (results share + scratch disk) is removed afterwards.
+
+Knobs (environment): LXCFS_GUARD_VM_TIMEOUT (hard limit for the whole VM, s, default 900),
+LXCFS_GUARD_VM_MEMORY (MiB, default 2048), LXCFS_GUARD_VM_CPUS (default 2), LXCFS_GUARD_VM_KEEP=1 (keep the
+per-run directory and print its path).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tests.vm.initramfs import Kernel, VMSetupError, ensure_initramfs, installed_kernel
+from tests.vm.junit import count_junit
+
+REPO = Path(__file__).resolve().parents[2]
+STAGE2 = Path(__file__).resolve().parent / "stage2.py"
+GUEST_SHARE = "/vmshare"  # where stage 1 mounts the results share (init.sh)
+SCRATCH_BYTES = 64 * 1024 * 1024
+READY_MARK = "lxcfs-guard-vm: stage 2 up"
+# The firmware's terminal control sequences (clear screen, wrap off) would garble the log.
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1bc")
+# Per-test limit inside the VM: software emulation runs ~15x slower than the host.
+VM_TEST_TIMEOUT = 600
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    return int(value) if value.strip() else default
+
+
+def job_spec(pytest_args: list[str], hard_timeout: int) -> dict:
+    """What stage 2 runs: pytest from this checkout's interpreter (the host's virtualenv, same path inside)."""
+    argv = [
+        sys.executable, "-m", "pytest", "-m", "v2", "-p", "no:cacheprovider", f"--timeout={VM_TEST_TIMEOUT}",
+        *pytest_args, f"--junitxml={GUEST_SHARE}/junit.xml",
+    ]  # fmt: skip
+    venv_bin = os.path.dirname(sys.executable)
+    env = {
+        "PATH": f"{venv_bin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "HOME": "/root",
+        "LANG": "C.UTF-8",
+        "TERM": "dumb",
+        "PYTHONUNBUFFERED": "1",
+        "LXCFS_GUARD_VM": "1",
+        "LXCFS_GUARD_VM_SCRATCH": "/dev/vda",
+    }
+    return {"argv": argv, "cwd": str(REPO), "env": env, "timeout": max(60, hard_timeout - 30)}
+
+
+def qemu_command(kernel: Kernel, initrd: Path, share: Path, scratch: Path, memory: int, cpus: int) -> list[str]:
+    append = f"console=ttyS0 panic=-1 quiet cgroup_no_v1=all lgstage2={STAGE2}"
+    return [
+        "qemu-system-x86_64", "-accel", "tcg,thread=multi", "-cpu", "max", "-smp", str(cpus), "-m", str(memory),
+        "-machine", "q35", "-nic", "none", "-nographic", "-no-reboot",
+        "-kernel", kernel.image, "-initrd", str(initrd), "-append", append,
+        "-drive", f"file={scratch},if=virtio,format=raw",
+        "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+        "-virtfs", f"local,path={share},mount_tag=share,security_model=none",
+    ]  # fmt: skip
+
+
+def boot_and_run(pytest_args: list[str]) -> int:
+    hard_timeout = _env_int("LXCFS_GUARD_VM_TIMEOUT", 900)
+    memory = _env_int("LXCFS_GUARD_VM_MEMORY", 2048)
+    cpus = _env_int("LXCFS_GUARD_VM_CPUS", 2)
+    if shutil.which("qemu-system-x86_64") is None:
+        raise VMSetupError("qemu-system-x86_64 missing (apt-get install --no-install-recommends qemu-system-x86)")
+    t0 = time.monotonic()
+    kernel = installed_kernel()
+    initrd = ensure_initramfs(kernel)
+    workdir = Path(tempfile.mkdtemp(prefix="lxcfs-guard-vm-"))
+    try:
+        share = workdir / "share"
+        share.mkdir()
+        scratch = workdir / "scratch.img"
+        with open(scratch, "wb") as f:
+            f.truncate(SCRATCH_BYTES)
+        (share / "job.json").write_text(json.dumps(job_spec(pytest_args, hard_timeout)))
+        cmd = ["timeout", "--kill-after=10", str(hard_timeout)]
+        cmd += qemu_command(kernel, initrd, share, scratch, memory, cpus)
+        print(f"lxcfs-guard-vm: booting {kernel.image} (qemu TCG, {cpus} cpus, {memory} MiB), hard timeout {hard_timeout}s",
+              flush=True)  # fmt: skip
+        t_boot = time.monotonic()
+        ready_at = None
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            assert proc.stdout is not None
+            for raw in proc.stdout:
+                line = ANSI.sub("", raw.decode(errors="replace")).replace("\r", "").rstrip("\n")
+                if ready_at is None and READY_MARK in line:
+                    ready_at = time.monotonic()
+                sys.stdout.write(line + "\n")
+                sys.stdout.flush()
+            qemu_rc = proc.wait()
+        finally:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+        t_end = time.monotonic()
+        code_file = share / "exit_code"
+        junit_file = share / "junit.xml"
+        print("-" * 70)
+        if ready_at is not None:
+            print(f"lxcfs-guard-vm: boot to stage 2: {ready_at - t_boot:.1f}s; whole VM run: {t_end - t_boot:.1f}s; "
+                  f"total with initramfs: {t_end - t0:.1f}s")  # fmt: skip
+        if junit_file.exists():
+            print("lxcfs-guard-vm: " + count_junit(junit_file.read_text()).summary())
+        else:
+            print("lxcfs-guard-vm: no junit report came back")
+        if code_file.exists():
+            code = int(code_file.read_text().strip() or 1)
+        elif qemu_rc in (124, 137):
+            print(f"lxcfs-guard-vm: hard timeout ({hard_timeout}s) hit; VM killed")
+            code = 124
+        else:
+            print(f"lxcfs-guard-vm: the VM stopped without an exit code (qemu exit {qemu_rc})")
+            code = 1
+        print(f"lxcfs-guard-vm: exit code {code}")
+        return code
+    finally:
+        if os.environ.get("LXCFS_GUARD_VM_KEEP") == "1":
+            print(f"lxcfs-guard-vm: kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        return boot_and_run(args)
+    except VMSetupError as e:
+        print(f"lxcfs-guard-vm: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

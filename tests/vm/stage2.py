@@ -1,0 +1,114 @@
+"""Stage 2 of the cgroup v2 test VM: PID 1 in the overlay root (no systemd), standard library only.
+
+Mounts what the tests need (proc, sysfs, cgroup2 with nsdelegate, tmpfs /tmp /run /dev/shm, devpts, fusectl),
+enables every controller in the root's `cgroup.subtree_control` so test cgroups get memory/cpu/cpuset/io/pids
+files, runs the job the host left in /vmshare/job.json, writes its exit code to /vmshare/exit_code, syncs and
+powers off. As PID 1 it also reaps orphans, so a test that waits for a killed daemon's pid to vanish sees it go.
+Any failure here still powers off: the host then finds no exit code and reports the run as broken.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import traceback
+
+SHARE = "/vmshare"
+RB_POWER_OFF = 0x4321FEDC
+
+MOUNTS = (
+    # (fstype, source, target, options)
+    ("proc", "proc", "/proc", "nosuid,nodev,noexec"),
+    ("sysfs", "sysfs", "/sys", "nosuid,nodev,noexec"),
+    ("cgroup2", "cgroup2", "/sys/fs/cgroup", "nosuid,nodev,noexec,nsdelegate"),
+    ("fusectl", "fusectl", "/sys/fs/fuse/connections", ""),
+    ("tmpfs", "tmpfs", "/tmp", "mode=1777"),
+    ("tmpfs", "tmpfs", "/run", "mode=0755"),
+    ("tmpfs", "tmpfs", "/dev/shm", "mode=1777"),
+    ("devpts", "devpts", "/dev/pts", "newinstance,ptmxmode=0666,mode=0620"),
+)
+
+
+def log(msg: str) -> None:
+    print(f"lxcfs-guard-vm: {msg}", flush=True)
+
+
+def mount_all() -> None:
+    for fstype, source, target, opts in MOUNTS:
+        os.makedirs(target, exist_ok=True)
+        cmd = ["mount", "-t", fstype] + (["-o", opts] if opts else []) + [source, target]
+        subprocess.run(cmd, check=True)
+
+
+def enable_controllers(root: str = "/sys/fs/cgroup") -> list[str]:
+    """Write +ctrl for each available controller into the root's subtree_control; return what is enabled."""
+    with open(f"{root}/cgroup.controllers") as f:
+        available = f.read().split()
+    for ctrl in available:
+        try:
+            with open(f"{root}/cgroup.subtree_control", "w") as f:
+                f.write(f"+{ctrl}")
+        except OSError as e:
+            log(f"cannot enable {ctrl}: {e}")
+    with open(f"{root}/cgroup.subtree_control") as f:
+        return f.read().split()
+
+
+def run_job(job: dict) -> int:
+    """Start the job and reap every child until it exits (PID 1 inherits all orphans)."""
+    env = dict(job.get("env", {}))
+    proc = subprocess.Popen(job["argv"], cwd=job["cwd"], env=env)
+
+    def on_alarm(_signum: int, _frame: object) -> None:
+        log("job timed out inside the VM; killing it")
+        os.kill(proc.pid, signal.SIGKILL)
+
+    signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(int(job.get("timeout", 3600)))
+    while True:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            return 1
+        if pid == proc.pid:
+            return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+
+
+def power_off() -> None:
+    os.sync()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.reboot(RB_POWER_OFF)
+    # Only reached if reboot failed: exiting PID 1 panics the kernel, and panic=-1 + -no-reboot ends qemu.
+    os._exit(1)
+
+
+def main() -> None:
+    code = 3
+    try:
+        mount_all()
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        enabled = enable_controllers()
+        subprocess.run(["hostname", "lxcfs-guard-vm"], check=False)
+        log(f"stage 2 up after {uptime:.1f}s guest time; controllers: {' '.join(enabled)}")
+        with open(f"{SHARE}/job.json") as f:
+            job = json.load(f)
+        code = run_job(job)
+        log(f"job exited with {code}")
+    except BaseException:  # noqa: BLE001  PID 1 must never die with an exception
+        traceback.print_exc()
+        code = 3
+    try:
+        with open(f"{SHARE}/exit_code", "w") as f:
+            f.write(f"{code}\n")
+    finally:
+        sys.stdout.flush()
+        power_off()
+
+
+if __name__ == "__main__":
+    main()
