@@ -1,0 +1,193 @@
+"""`lxcfs-guard oci-hook`: the OCI runtime hook (runc, crun, podman/CRI-O hooks.d).
+
+createRuntime (or prestart): bind the virtual /proc files into the new container's rootfs, inside its mount
+namespace, before the container's process runs, and register the container so the remount engine can repair
+it after a daemon restart. poststop: forget it. Both are idempotent: a second run finds the binds already
+pointing at the live mount and only refreshes the registration.
+
+A hook runs on every container start, so it imports little (json, os, the remount engine's ctypes edge) and
+never a FUSE or async library. It is lenient by default: any problem is logged (stderr, which the runtime
+shows, and the journal when there is one) and the container starts with the host's /proc as it would have
+without us. Only when strict mode is asked for (`--strict`, LXCFS_GUARD_STRICT=1 in the hook's env, or the
+annotation io.lxcfs-guard.strict=true) does a failure stop the container, with a message saying why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Mapping
+
+from lxcfs_guard.config import FSTYPE, LXCFS_FSTYPE, default_mountpoint, default_state_dir
+from lxcfs_guard.oci.state import (
+    CREATE,
+    BindPlan,
+    BundleConfig,
+    HookInputError,
+    HookState,
+    options_from,
+    parse_config,
+    parse_state,
+    plan_binds,
+    stage_of,
+    strict_hint,
+)
+
+PROG = "lxcfs-guard oci-hook"
+MAX_STATE_BYTES = 1 << 20
+LIVE_FSTYPES = (FSTYPE, LXCFS_FSTYPE)
+
+
+class HookFailure(Exception):
+    """The hook could not do its job for this container (reported; fatal only in strict mode)."""
+
+
+def configure_oci_hook(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "OCI runtime hook. Reads the container state JSON on stdin. At createRuntime/prestart it binds the "
+        "virtual /proc files into the container and registers it; at poststop it unregisters it. "
+        "The stage is read from the state's status unless --stage is given."
+    )
+    parser.add_argument("--stage", choices=("createRuntime", "prestart", "poststart", "poststop"),
+                        help="the hook stage (default: from the state's status)")
+    parser.add_argument("--mountpoint", default=None, help="the live lxcfs-guard mount (default: %(default)s, "
+                        "env LXCFS_GUARD_MOUNTPOINT, else /var/lib/lxcfs)")
+    parser.add_argument("--state-dir", default=None, help="registry directory (env LXCFS_GUARD_STATE_DIR, else "
+                        "/run/lxcfs-guard)")
+    parser.add_argument("--strict", action="store_true",
+                        help="fail the container start if the files cannot be bound (also LXCFS_GUARD_STRICT=1 or "
+                        "the annotation io.lxcfs-guard.strict=true)")
+
+
+# --- reporting ---------------------------------------------------------------------------------------------
+
+
+def log(message: str, *, cid: str | None = None, error: bool = False) -> None:
+    """One line to stderr (runtimes show a failed hook's stderr) and, best effort, to the journal."""
+    line = f"{PROG}: {cid + ': ' if cid else ''}{message}"
+    print(line, file=sys.stderr, flush=True)
+    if os.path.exists("/run/systemd/journal/socket"):
+        try:
+            from systemd import journal  # imported only when there is a journal to write to
+
+            journal.send(line, SYSLOG_IDENTIFIER="lxcfs-guard-oci-hook", PRIORITY=3 if error else 6,
+                         CONTAINER_ID=cid or "")
+        except Exception:  # the journal is a nicety; never let it fail a container start
+            pass
+
+
+# --- kernel-touching helpers -------------------------------------------------------------------------------
+
+
+def live_mount_dev(mountpoint: str) -> int:
+    """st_dev of the live FUSE mount at `mountpoint`; HookFailure if there is none or it is dead."""
+    from lxcfs_guard.kernel.procfs import read_mountinfo
+
+    path = os.path.realpath(mountpoint)
+    mounts = [m for m in read_mountinfo("self") if m.mount_point == path]
+    if not mounts or mounts[-1].fstype not in LIVE_FSTYPES:
+        raise HookFailure(f"nothing serves {path}: is `lxcfs-guard supervise` (or `serve`) running?")
+    try:
+        return os.stat(path).st_dev
+    except OSError as e:
+        raise HookFailure(f"the mount at {path} does not answer ({e.strerror}): the daemon is down") from None
+
+
+def container_path(pid: int, root: str | None, target: str) -> str:
+    """`target` as the container sees it, reached from the host through its init's root."""
+    return f"/proc/{pid}/root{root or ''}{target}"
+
+
+def already_bound(pid: int, root: str | None, target: str, live_dev: int) -> bool:
+    try:
+        return os.stat(container_path(pid, root, target)).st_dev == live_dev
+    except OSError:
+        return False
+
+
+def read_config(state: HookState) -> BundleConfig:
+    path = os.path.join(state.bundle, "config.json")
+    try:
+        with open(path, "rb") as f:
+            return parse_config(f.read(), state.bundle)
+    except OSError as e:
+        raise HookFailure(f"cannot read {path}: {e.strerror}") from None
+
+
+def do_create(state: HookState, cfg: BundleConfig, mountpoint: str, state_dir: str, files: tuple[str, ...]) -> str:
+    """Bind `files` into the container and register it. Returns a one-line summary for the log."""
+    if not state.pid:
+        raise HookFailure("the state has no pid: run me at createRuntime or prestart, not before create")
+    from lxcfs_guard.kernel.procfs import ProcessGone
+
+    # Before pivot_root (status "creating") the rootfs sits at its host path inside the container's mount
+    # namespace; afterwards the container's / is its rootfs.
+    root = os.path.realpath(cfg.rootfs) if state.status == "creating" else None
+    live_dev = live_mount_dev(mountpoint)
+    plan: BindPlan = plan_binds(files, lambda t: os.path.lexists(container_path(state.pid, root, t)))
+    todo = [(s, t) for s, t in plan.binds if not already_bound(state.pid, root, t, live_dev)]
+    from lxcfs_guard.remount import engine
+    from lxcfs_guard.remount.registry import Registry
+
+    try:
+        if todo:
+            engine.attach(state.pid, mountpoint, todo, root=root)
+        Registry(state_dir).add_container(state.id, state.pid, list(plan.binds))
+    except ProcessGone:
+        raise HookFailure(f"the container's init (pid {state.pid}) is gone") from None
+    except OSError as e:
+        raise HookFailure(f"binding into pid {state.pid} failed: {e}") from None
+    skipped = f"; skipped (absent in the container): {', '.join(plan.missing)}" if plan.missing else ""
+    return f"bound {len(todo)} of {len(plan.binds)} files (pid {state.pid}){skipped}"
+
+
+def do_stop(state: HookState, state_dir: str) -> str:
+    from lxcfs_guard.remount.registry import Registry
+
+    removed = Registry(state_dir).remove(state.id)
+    return "unregistered" if removed else "was not registered"
+
+
+# --- the command -------------------------------------------------------------------------------------------
+
+
+def run_oci_hook(args: argparse.Namespace, stdin: bytes | None = None, env: Mapping[str, str] | None = None) -> int:
+    env = os.environ if env is None else env
+    t0 = time.monotonic()
+    mountpoint = args.mountpoint or default_mountpoint()
+    state_dir = args.state_dir or default_state_dir()
+    raw = sys.stdin.buffer.read(MAX_STATE_BYTES + 1) if stdin is None else stdin
+    cid: str | None = None
+    strict = strict_hint(env) or args.strict
+    try:
+        if len(raw) > MAX_STATE_BYTES:
+            raise HookInputError(f"OCI state on stdin is larger than {MAX_STATE_BYTES} bytes")
+        state = parse_state(raw)
+        cid = state.id
+        strict = strict_hint(env, [state.annotations]) or args.strict
+        if stage_of(state, args.stage) == CREATE:
+            cfg = read_config(state)
+            opts = options_from(env, state.annotations, cfg.annotations, strict=args.strict)
+            strict = opts.strict
+            if not opts.enabled:
+                log("disabled by annotation io.lxcfs-guard.enable=false; leaving the container alone", cid=cid)
+                return 0
+            summary = do_create(state, cfg, mountpoint, state_dir, opts.files)
+        else:
+            summary = do_stop(state, state_dir)
+    except (HookInputError, HookFailure, OSError) as e:
+        what = e.strerror + f": {e.filename}" if isinstance(e, OSError) and e.strerror else str(e)
+        if strict:
+            log(f"error: {what} (strict mode: refusing to start the container)", cid=cid, error=True)
+            return 1
+        log(f"warning: {what} (the container keeps the host's /proc; set io.lxcfs-guard.strict=true to "
+            "refuse instead)", cid=cid, error=True)
+        return 0
+    except Exception as e:  # a bug of ours must not stop containers unless the user asked for strictness
+        log(f"internal error: {e.__class__.__name__}: {e}{' (strict mode)' if strict else ''}", cid=cid, error=True)
+        return 1 if strict else 0
+    if env.get("LXCFS_GUARD_HOOK_VERBOSE"):
+        log(f"{summary} in {(time.monotonic() - t0) * 1000:.1f} ms", cid=cid)
+    return 0
