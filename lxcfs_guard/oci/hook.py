@@ -167,7 +167,10 @@ def run_oci_hook(args: argparse.Namespace, stdin: bytes | None = None, env: Mapp
         state = parse_state(raw)
         cid = state.id
         strict = strict_hint(env, [state.annotations]) or args.strict
-        if stage_of(state, args.stage) == CREATE:
+        stage = stage_of(state, args.stage)
+        if stage != CREATE:
+            strict = False  # strictness is about refusing a start; a stop cannot be refused
+        if stage == CREATE:
             cfg = read_config(state)
             opts = options_from(env, state.annotations, cfg.annotations, strict=args.strict)
             strict = opts.strict
