@@ -128,3 +128,55 @@ def attrs_from_options(options: str) -> int:
     for opt in options.split(","):
         bits |= ATTR_BY_OPTION.get(opt, 0)
     return bits
+
+
+# --- path resolution confined to a container's root, and cache-only stat (added for the remount engine) ---
+
+SYS_OPENAT2 = 437
+SYS_STATX = 332 if platform.machine() == "x86_64" else 291
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+RESOLVE_IN_ROOT = 0x10
+AT_STATX_DONT_SYNC = 0x4000
+ALL_MOUNT_ATTRS = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+def openat2(dirfd: int, path: str | bytes, flags: int, resolve: int = 0) -> int:
+    """openat2(2). With RESOLVE_IN_ROOT|RESOLVE_NO_SYMLINKS a path is resolved as if `dirfd` were `/` and
+    no symlink (nor magic link) anywhere on it is followed: a container cannot redirect us out of its root."""
+    how = _OpenHow(flags, 0, resolve)
+    ret = _syscall(SYS_OPENAT2, dirfd, os.fsencode(path), ctypes.byref(how), ctypes.sizeof(how))
+    return _check(ret, "openat2", os.fsdecode(path))
+
+
+_statx_buf = ctypes.create_string_buffer(256)
+
+
+def statx_cached(fd: int) -> tuple[int, int]:
+    """(st_mode, st_dev) of what `fd` (an O_PATH fd is fine) refers to, without asking the filesystem:
+    AT_STATX_DONT_SYNC keeps FUSE from sending GETATTR, so this neither blocks on a hung daemon nor fails
+    on a dead connection; st_dev comes from the superblock anyway. Not thread-safe (one shared buffer)."""
+    buf = _statx_buf
+    _check(_syscall(SYS_STATX, fd, b"", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, 0, buf), "statx")
+    raw = buf.raw
+    mode = int.from_bytes(raw[28:30], "little")
+    return mode, os.makedev(int.from_bytes(raw[136:140], "little"), int.from_bytes(raw[140:144], "little"))
+
+
+def unshare(flags: int) -> None:
+    """unshare(2) (Python 3.11 has no os.unshare)."""
+    _check(_libc.unshare(flags), "unshare")
+
+
+def move_mount_beneath_supported() -> bool:
+    """Whether this kernel knows MOVE_MOUNT_BENEATH (6.5+): an unknown flag fails with EINVAL before the
+    (deliberately bad) fds are looked at, a known one gets as far as EBADF."""
+    ret = _syscall(SYS_MOVE_MOUNT, -1, b"", -1, b"",
+                   MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH | MOVE_MOUNT_BENEATH)
+    return not (ret < 0 and ctypes.get_errno() == 22)
