@@ -163,16 +163,18 @@ class Container:
         with open(os.path.join(self.bundle, "config.json"), "w") as f:
             json.dump(self.config, f, indent=2)
 
-    def run(self) -> None:
+    def run(self, stdout: int | None = None) -> None:
         """`runc run -d`: create (hooks createRuntime ... run here) and start. Raises with runc's output on failure.
 
         The container inherits runc's stdio, so it gets /dev/null and a log file, never a pipe (a pipe would
-        stay open as long as the container lives and a reader would never see EOF).
+        stay open as long as the container lives and a reader would never see EOF) -- unless the caller
+        passes `stdout`, a file descriptor it wants the container's stdout on (e.g. a pipe it reads lines
+        from and time-stamps as they arrive); runc's own errors still go to the log.
         """
         self.write_config()
         with open(self.log, "ab") as out:
             proc = self._runc("run", "-d", "--bundle", self.bundle, self.id, check=False,
-                              stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+                              stdin=subprocess.DEVNULL, stdout=out if stdout is None else stdout, stderr=out)
         if proc.returncode != 0:
             raise RuntimeError(f"runc run {self.id} failed ({proc.returncode}):\n{self.output()}")
         self.started = True
