@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Mapping
 
-from lxcfs_guard.config import FSTYPE, LXCFS_FSTYPE, default_mountpoint, default_state_dir
+from lxcfs_guard.config import FSTYPE, LXCFS_FSTYPE, default_mountpoint, default_state_dir, target_for
 from lxcfs_guard.oci.state import (
     CREATE,
     BindPlan,
@@ -82,29 +82,47 @@ def log(message: str, *, cid: str | None = None, error: bool = False) -> None:
 
 
 def live_mount_dev(mountpoint: str) -> int:
-    """st_dev of the live FUSE mount at `mountpoint`; HookFailure if there is none or it is dead."""
+    """st_dev of the live FUSE mount at `mountpoint`; HookFailure if there is none.
+
+    Read from the mount table and a cache-only statx, so a hung daemon cannot hang the container start."""
+    from lxcfs_guard.kernel import syscalls
     from lxcfs_guard.kernel.procfs import read_mountinfo
 
     path = os.path.realpath(mountpoint)
     mounts = [m for m in read_mountinfo("self") if m.mount_point == path]
     if not mounts or mounts[-1].fstype not in LIVE_FSTYPES:
         raise HookFailure(f"nothing serves {path}: is `lxcfs-guard supervise` (or `serve`) running?")
+    fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
     try:
-        return os.stat(path).st_dev
-    except OSError as e:
-        raise HookFailure(f"the mount at {path} does not answer ({e.strerror}): the daemon is down") from None
+        return syscalls.statx_cached(fd)[1]
+    finally:
+        os.close(fd)
 
 
-def container_path(pid: int, root: str | None, target: str) -> str:
-    """`target` as the container sees it, reached from the host through its init's root."""
-    return f"/proc/{pid}/root{root or ''}{target}"
+class ContainerView:
+    """Looks at paths as the container will see them: resolved inside its root (`root` prefixed before
+    pivot_root) without following any symlink the image put there, and without asking a FUSE daemon."""
 
+    def __init__(self, pid: int, root: str | None) -> None:
+        self.root = root or ""
+        self.dirfd = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
-def already_bound(pid: int, root: str | None, target: str, live_dev: int) -> bool:
-    try:
-        return os.stat(container_path(pid, root, target)).st_dev == live_dev
-    except OSError:
-        return False
+    def dev(self, target: str) -> int | None:
+        """st_dev of `target`, or None if the container has no such file."""
+        from lxcfs_guard.kernel import syscalls
+
+        try:
+            fd = syscalls.openat2(self.dirfd, self.root + target, os.O_PATH | os.O_CLOEXEC,
+                                  syscalls.RESOLVE_IN_ROOT | syscalls.RESOLVE_NO_SYMLINKS)
+        except OSError:
+            return None
+        try:
+            return syscalls.statx_cached(fd)[1]
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        os.close(self.dirfd)
 
 
 def read_config(state: HookState) -> BundleConfig:
@@ -126,8 +144,16 @@ def do_create(state: HookState, cfg: BundleConfig, mountpoint: str, state_dir: s
     # namespace; afterwards the container's / is its rootfs.
     root = os.path.realpath(cfg.rootfs) if state.status == "creating" else None
     live_dev = live_mount_dev(mountpoint)
-    plan: BindPlan = plan_binds(files, lambda t: os.path.lexists(container_path(state.pid, root, t)))
-    todo = [(s, t) for s, t in plan.binds if not already_bound(state.pid, root, t, live_dev)]
+    try:
+        view = ContainerView(state.pid, root)
+    except OSError as e:
+        raise HookFailure(f"cannot look into the container (pid {state.pid}): {e.strerror}") from None
+    try:
+        devs = {target_for(f): view.dev(target_for(f)) for f in files}
+    finally:
+        view.close()
+    plan: BindPlan = plan_binds(files, lambda t: devs[t] is not None)
+    todo = [(s, t) for s, t in plan.binds if devs[t] != live_dev]  # a second run finds them bound: no-op
     from lxcfs_guard.remount import engine
     from lxcfs_guard.remount.registry import Registry
 
