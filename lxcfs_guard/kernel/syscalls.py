@@ -180,3 +180,17 @@ def move_mount_beneath_supported() -> bool:
     ret = _syscall(SYS_MOVE_MOUNT, -1, b"", -1, b"",
                    MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH | MOVE_MOUNT_BENEATH)
     return not (ret < 0 and ctypes.get_errno() == 22)
+
+
+# nsfs ioctls (linux/nsfs.h, since 6.10): translate a pid between a pid namespace and ours.
+NS_GET_PID_FROM_PIDNS = 0x8004B706
+NS_GET_TGID_FROM_PIDNS = 0x8004B707
+
+
+def pidns_init_pid(ns_fd: int) -> int:
+    """Our pid of the process that is pid 1 in the pid namespace `ns_fd` (an fd of /proc/PID/ns/pid).
+    OSError (ENOTTY/EINVAL on kernels before 6.10, ESRCH when the init is gone) tells the caller to fall
+    back to scanning /proc."""
+    import fcntl
+
+    return fcntl.ioctl(ns_fd, NS_GET_TGID_FROM_PIDNS, 1)

@@ -1,0 +1,133 @@
+"""The one interface both cgroup readers implement, plus the pure parsers they share.
+
+A reader is built with the cgroup root as a parameter (default /sys/fs/cgroup) so unit tests point it at a
+fixture tree. Every method takes a CgroupRef (from `ref_for_pid` or `parse_proc_cgroup`) and returns facts,
+or None for a controller that is not there. A cgroup that vanished raises `CgroupGone`; callers serve the
+host file then.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Protocol
+
+from lxcfs_guard.cgroup.facts import CgroupRef, CpuFacts, CpuUsage, IoStat, MemoryFacts
+
+DEFAULT_ROOT = "/sys/fs/cgroup"
+
+
+class CgroupGone(Exception):
+    """The cgroup (or the process it was read for) went away mid-read."""
+
+
+class CgroupReader(Protocol):
+    version: int
+    root: str
+
+    def ref_for_pid(self, pid: int | str, proc: str = "/proc") -> CgroupRef: ...
+    def parse_proc_cgroup(self, text: str) -> CgroupRef: ...
+    def memory(self, ref: CgroupRef) -> MemoryFacts | None: ...
+    def cpu(self, ref: CgroupRef) -> CpuFacts | None: ...
+    def cpu_usage(self, ref: CgroupRef) -> CpuUsage | None: ...
+    def io(self, ref: CgroupRef) -> dict[tuple[int, int], IoStat] | None: ...
+    def procs(self, ref: CgroupRef) -> list[int] | None: ...
+
+
+def read_text(path: str) -> str | None:
+    """A whole cgroup/proc file, or None if it does not exist (a missing controller file)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    try:
+        chunks = []
+        while True:
+            b = os.read(fd, 65536)
+            if not b:
+                break
+            chunks.append(b)
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+def read_int(path: str) -> int | None:
+    text = read_text(path)
+    if text is None:
+        return None
+    text = text.strip()
+    if not text:
+        return None
+    if text == "max":
+        return -1
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def parse_flat_keyed(text: str) -> dict[str, int]:
+    """`key value` lines (memory.stat, cpu.stat, cpuacct.stat) -> dict; lines that are not two fields skipped."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2:
+            try:
+                out[parts[0]] = int(parts[1])
+            except ValueError:
+                pass
+    return out
+
+
+def parse_cpu_list(text: str) -> tuple[int, ...]:
+    """Kernel cpu list syntax "0-3,5,7-8" -> (0,1,2,3,5,7,8). Empty or malformed parts are ignored."""
+    cpus: set[int] = set()
+    for part in text.strip().split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            if "-" in part:
+                lo, hi = part.split("-", 1)
+                cpus.update(range(int(lo), int(hi) + 1))
+            else:
+                cpus.add(int(part))
+        except ValueError:
+            continue
+    return tuple(sorted(cpus))
+
+
+def format_cpu_list(cpus: tuple[int, ...] | list[int]) -> str:
+    """(0,1,2,5) -> "0-2,5", the way the kernel prints cpu/online."""
+    out: list[str] = []
+    cpus = sorted(set(cpus))
+    i = 0
+    while i < len(cpus):
+        j = i
+        while j + 1 < len(cpus) and cpus[j + 1] == cpus[j] + 1:
+            j += 1
+        out.append(str(cpus[i]) if i == j else f"{cpus[i]}-{cpus[j]}")
+        i = j + 1
+    return ",".join(out)
+
+
+def strip_init_scope(path: str) -> str:
+    """LXCFS shows a systemd container's view from its init's cgroup minus a trailing /init.scope."""
+    if path.endswith("/init.scope"):
+        path = path[: -len("/init.scope")] or "/"
+    return path
+
+
+def ancestors(path: str) -> list[str]:
+    """"/a/b/c" -> ["/a/b/c", "/a/b", "/a", "/"]: where a limit may be set, nearest first."""
+    path = "/" + path.strip("/")
+    out = [path]
+    while path != "/":
+        path = path.rsplit("/", 1)[0] or "/"
+        out.append(path)
+    return out
+
+
+def join(base: str, rel: str) -> str:
+    rel = rel.strip("/")
+    return f"{base}/{rel}" if rel else base

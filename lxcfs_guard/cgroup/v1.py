@@ -1,0 +1,239 @@
+"""cgroup v1: one hierarchy per controller (or per co-mounted group, e.g. "cpu,cpuacct") under the root.
+
+Numbers follow LXCFS 5.0.3 so v1 output matches it line for line: the memory limit is the smallest
+`memory.limit_in_bytes` from the cgroup up to the root; the CFS quota and the cpuset are the cgroup's own.
+"""
+
+from __future__ import annotations
+
+import os
+
+from lxcfs_guard.cgroup.base import (
+    DEFAULT_ROOT,
+    CgroupGone,
+    ancestors,
+    join,
+    parse_cpu_list,
+    parse_flat_keyed,
+    read_int,
+    read_text,
+    strip_init_scope,
+)
+from lxcfs_guard.cgroup.facts import UNLIMITED_V1, CgroupRef, CpuFacts, CpuUsage, IoStat, MemoryFacts
+
+_MEMSTAT_KEYS = (
+    "cache", "rss", "rss_huge", "shmem", "mapped_file", "dirty", "writeback", "swap",
+    "active_anon", "inactive_anon", "active_file", "inactive_file", "unevictable",
+)
+
+
+def _limit(value: int | None) -> int | None:
+    if value is None or value < 0 or value >= UNLIMITED_V1:
+        return None
+    return value
+
+
+class V1Reader:
+    """Reads v1 hierarchies below `root`. Which directory serves a controller is found once, from the
+    directory names (co-mounted "cpu,cpuacct" and the usual "cpu"/"cpuacct" symlinks both work)."""
+
+    version = 1
+
+    def __init__(self, root: str = DEFAULT_ROOT) -> None:
+        self.root = root.rstrip("/") or "/"
+        self._dirs: dict[str, str] = {}
+        try:
+            entries = sorted(os.listdir(self.root))
+        except FileNotFoundError:
+            entries = []
+        for name in entries:
+            full = f"{self.root}/{name}"
+            if not os.path.isdir(full):
+                continue
+            for ctrl in name.split(","):
+                self._dirs.setdefault(ctrl, full)
+
+    def controller_dir(self, controller: str) -> str | None:
+        return self._dirs.get(controller)
+
+    # -- where a process is -------------------------------------------------------------------------
+    def parse_proc_cgroup(self, text: str) -> CgroupRef:
+        paths: list[tuple[str, str]] = []
+        for line in text.splitlines():
+            parts = line.split(":", 2)
+            if len(parts) != 3 or not parts[1]:
+                continue  # "0::/" is the (empty) unified hierarchy on a hybrid host
+            for ctrl in parts[1].split(","):
+                if ctrl.startswith("name="):
+                    ctrl = ctrl[5:]
+                paths.append((ctrl, strip_init_scope(parts[2])))
+        return CgroupRef(tuple(sorted(paths)))
+
+    def ref_for_pid(self, pid: int | str, proc: str = "/proc") -> CgroupRef:
+        text = read_text(f"{proc}/{pid}/cgroup")
+        if text is None:
+            raise CgroupGone(pid)
+        return self.parse_proc_cgroup(text)
+
+    def _path(self, ref: CgroupRef, controller: str) -> str | None:
+        base = self._dirs.get(controller)
+        rel = ref.get(controller)
+        if base is None or rel is None:
+            return None
+        return join(base, rel)
+
+    def _min_up(self, ref: CgroupRef, controller: str, filename: str) -> int | None:
+        base = self._dirs.get(controller)
+        rel = ref.get(controller)
+        if base is None or rel is None:
+            return None
+        best: int | None = None
+        for anc in ancestors(rel):
+            v = _limit(read_int(f"{join(base, anc)}/{filename}"))
+            if v is not None and (best is None or v < best):
+                best = v
+        return best
+
+    # -- facts ----------------------------------------------------------------------------------------
+    def memory(self, ref: CgroupRef) -> MemoryFacts | None:
+        path = self._path(ref, "memory")
+        if path is None:
+            return None
+        usage = read_int(f"{path}/memory.usage_in_bytes")
+        stat_text = read_text(f"{path}/memory.stat")
+        if usage is None or stat_text is None:
+            if not os.path.isdir(path):
+                raise CgroupGone(path)
+            return None
+        raw = parse_flat_keyed(stat_text)
+        stat = {k: raw.get("total_" + k, raw.get(k, 0)) for k in _MEMSTAT_KEYS}
+        limit = self._min_up(ref, "memory", "memory.limit_in_bytes")
+        memsw_usage = read_int(f"{path}/memory.memsw.usage_in_bytes")
+        swap_limit = swap_usage = None
+        accounting = memsw_usage is not None
+        if accounting:
+            memsw_limit = self._min_up(ref, "memory", "memory.memsw.limit_in_bytes")
+            if memsw_limit is not None and limit is not None:
+                swap_limit = max(memsw_limit - limit, 0)
+            swap_usage = max(memsw_usage - usage, 0)
+        return MemoryFacts(
+            limit=limit,
+            usage=usage,
+            stat=stat,
+            swap_limit=swap_limit,
+            swap_usage=swap_usage,
+            swap_accounting=accounting,
+            swappiness=read_int(f"{path}/memory.swappiness"),
+        )
+
+    def cpu(self, ref: CgroupRef) -> CpuFacts | None:
+        cpus: tuple[int, ...] | None = None
+        path = self._path(ref, "cpuset")
+        if path is not None:
+            text = read_text(f"{path}/cpuset.effective_cpus")
+            if text is None:
+                text = read_text(f"{path}/cpuset.cpus")
+            if text is None and not os.path.isdir(path):
+                raise CgroupGone(path)
+            if text is not None and text.strip():
+                cpus = parse_cpu_list(text)
+        quota = period = None
+        path = self._path(ref, "cpu")
+        if path is not None:
+            q = read_int(f"{path}/cpu.cfs_quota_us")
+            p = read_int(f"{path}/cpu.cfs_period_us")
+            if q is not None and q > 0 and p:
+                quota, period = q, p
+        if cpus is None and quota is None:
+            return None
+        return CpuFacts(cpus=cpus, quota=quota, period=period)
+
+    def cpu_usage(self, ref: CgroupRef) -> CpuUsage | None:
+        path = self._path(ref, "cpuacct")
+        if path is None:
+            return None
+        text = read_text(f"{path}/cpuacct.usage_all")
+        if text is None:
+            if not os.path.isdir(path):
+                raise CgroupGone(path)
+            return None
+        per_cpu: dict[int, tuple[int, int]] = {}
+        for line in text.splitlines()[1:]:  # "cpu user system" header
+            parts = line.split()
+            if len(parts) == 3 and parts[0].isdigit():
+                per_cpu[int(parts[0])] = (int(parts[1]), int(parts[2]))
+        user = sum(u for u, _ in per_cpu.values())
+        system = sum(s for _, s in per_cpu.values())
+        return CpuUsage(user=user, system=system, per_cpu=per_cpu)
+
+    def io(self, ref: CgroupRef) -> dict[tuple[int, int], IoStat] | None:
+        path = self._path(ref, "blkio")
+        if path is None:
+            return None
+        tables: dict[str, dict[tuple[int, int], dict[str, int]]] = {}
+        found = False
+        for name in (
+            "blkio.io_service_bytes_recursive",
+            "blkio.io_serviced_recursive",
+            "blkio.io_merged_recursive",
+            "blkio.io_service_time_recursive",
+            "blkio.io_wait_time_recursive",
+        ):
+            text = read_text(f"{path}/{name}")
+            if text is None:
+                # cfq files are gone on blk-mq kernels: fall back to the throttle layer's counters
+                alt = {"blkio.io_service_bytes_recursive": "blkio.throttle.io_service_bytes_recursive",
+                       "blkio.io_serviced_recursive": "blkio.throttle.io_serviced_recursive"}.get(name)
+                text = read_text(f"{path}/{alt}") if alt else None
+            if text is None:
+                continue
+            found = True
+            tables[name] = _parse_blkio(text)
+        if not found:
+            if not os.path.isdir(path):
+                raise CgroupGone(path)
+            return None
+        devices: set[tuple[int, int]] = set()
+        for t in tables.values():
+            devices.update(t)
+        out: dict[tuple[int, int], IoStat] = {}
+        for dev in devices:
+            b = tables.get("blkio.io_service_bytes_recursive", {}).get(dev, {})
+            n = tables.get("blkio.io_serviced_recursive", {}).get(dev, {})
+            m = tables.get("blkio.io_merged_recursive", {}).get(dev, {})
+            st = tables.get("blkio.io_service_time_recursive", {}).get(dev, {})
+            wt = tables.get("blkio.io_wait_time_recursive", {}).get(dev, {})
+            out[dev] = IoStat(
+                rbytes=b.get("Read", 0), wbytes=b.get("Write", 0), dbytes=b.get("Discard", 0),
+                rios=n.get("Read", 0), wios=n.get("Write", 0), dios=n.get("Discard", 0),
+                rmerged=m.get("Read", 0), wmerged=m.get("Write", 0),
+                rtime_ns=st.get("Read", 0), wtime_ns=st.get("Write", 0),
+                rwait_ns=wt.get("Read", 0), wwait_ns=wt.get("Write", 0),
+            )
+        return out
+
+    def procs(self, ref: CgroupRef) -> list[int] | None:
+        for ctrl in ("cpu", "cpuacct", "pids", "memory", "cpuset"):
+            path = self._path(ref, ctrl)
+            if path is None:
+                continue
+            text = read_text(f"{path}/cgroup.procs")
+            if text is None:
+                raise CgroupGone(path)
+            return [int(x) for x in text.split()]
+        return None
+
+
+def _parse_blkio(text: str) -> dict[tuple[int, int], dict[str, int]]:
+    """"8:0 Read 4096" lines -> {(8, 0): {"Read": 4096, ...}}; the trailing "Total N" line is skipped."""
+    out: dict[tuple[int, int], dict[str, int]] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) != 3 or ":" not in parts[0]:
+            continue
+        try:
+            major, minor = (int(x) for x in parts[0].split(":"))
+            out.setdefault((major, minor), {})[parts[1]] = int(parts[2])
+        except ValueError:
+            continue
+    return out

@@ -1,0 +1,181 @@
+"""cgroup v2: one unified hierarchy. Limits that say `max` inherit from above, so the effective memory and
+swap limits are the smallest numbers found walking up to the root.
+
+Where LXCFS 5.0.3 shows the host on v2 (/proc/stat: #593, /proc/diskstats: #653) we have cpu.stat and
+io.stat to show the cgroup's own; memory.stat's `file_mapped` gives Mapped (LXCFS prints 0).
+"""
+
+from __future__ import annotations
+
+import os
+
+from lxcfs_guard.cgroup.base import (
+    DEFAULT_ROOT,
+    CgroupGone,
+    ancestors,
+    join,
+    parse_cpu_list,
+    parse_flat_keyed,
+    read_int,
+    read_text,
+    strip_init_scope,
+)
+from lxcfs_guard.cgroup.facts import CgroupRef, CpuFacts, CpuUsage, IoStat, MemoryFacts
+
+# v2 memory.stat name -> the v1 name the views use
+_MEMSTAT_MAP = {
+    "file": "cache",
+    "anon": "rss",
+    "anon_thp": "rss_huge",
+    "shmem": "shmem",
+    "file_mapped": "mapped_file",
+    "file_dirty": "dirty",
+    "file_writeback": "writeback",
+    "active_anon": "active_anon",
+    "inactive_anon": "inactive_anon",
+    "active_file": "active_file",
+    "inactive_file": "inactive_file",
+    "unevictable": "unevictable",
+    "slab_reclaimable": "slab_reclaimable",
+    "slab_unreclaimable": "slab_unreclaimable",
+    "kernel_stack": "kernel_stack",
+    "pagetables": "pagetables",
+    "shmem_thp": "shmem_thp",
+    "file_thp": "file_thp",
+}
+
+
+class V2Reader:
+    version = 2
+
+    def __init__(self, root: str = DEFAULT_ROOT) -> None:
+        self.root = root.rstrip("/") or "/"
+
+    def parse_proc_cgroup(self, text: str) -> CgroupRef:
+        for line in text.splitlines():
+            if line.startswith("0::"):
+                return CgroupRef((("", strip_init_scope(line[3:].strip() or "/")),))
+        return CgroupRef(())
+
+    def ref_for_pid(self, pid: int | str, proc: str = "/proc") -> CgroupRef:
+        text = read_text(f"{proc}/{pid}/cgroup")
+        if text is None:
+            raise CgroupGone(pid)
+        return self.parse_proc_cgroup(text)
+
+    def _path(self, ref: CgroupRef) -> str | None:
+        rel = ref.get("")
+        return None if rel is None else join(self.root, rel)
+
+    def _min_up(self, ref: CgroupRef, filename: str) -> int | None:
+        rel = ref.get("")
+        if rel is None:
+            return None
+        best: int | None = None
+        for anc in ancestors(rel):
+            v = read_int(f"{join(self.root, anc)}/{filename}")
+            if v is not None and v >= 0 and (best is None or v < best):
+                best = v
+        return best
+
+    def _gone_or_none(self, path: str) -> None:
+        if not os.path.isdir(path):
+            raise CgroupGone(path)
+        return None
+
+    def memory(self, ref: CgroupRef) -> MemoryFacts | None:
+        path = self._path(ref)
+        if path is None:
+            return None
+        usage = read_int(f"{path}/memory.current")
+        stat_text = read_text(f"{path}/memory.stat")
+        if usage is None or stat_text is None:
+            return self._gone_or_none(path)
+        raw = parse_flat_keyed(stat_text)
+        stat = {v1: raw.get(v2, 0) for v2, v1 in _MEMSTAT_MAP.items()}
+        swap_usage = read_int(f"{path}/memory.swap.current")
+        accounting = swap_usage is not None
+        return MemoryFacts(
+            limit=self._min_up(ref, "memory.max"),
+            usage=usage,
+            stat=stat,
+            swap_limit=self._min_up(ref, "memory.swap.max") if accounting else None,
+            swap_usage=swap_usage,
+            swap_accounting=accounting,
+            swappiness=None,
+        )
+
+    def cpu(self, ref: CgroupRef) -> CpuFacts | None:
+        path = self._path(ref)
+        if path is None:
+            return None
+        cpus: tuple[int, ...] | None = None
+        text = read_text(f"{path}/cpuset.cpus.effective")
+        if text is not None and text.strip():
+            cpus = parse_cpu_list(text)
+        quota = period = None
+        text = read_text(f"{path}/cpu.max")
+        if text is not None:
+            parts = text.split()
+            if len(parts) == 2 and parts[0] != "max":
+                try:
+                    quota, period = int(parts[0]), int(parts[1])
+                except ValueError:
+                    quota = period = None
+        if cpus is None and quota is None:
+            return self._gone_or_none(path)
+        return CpuFacts(cpus=cpus, quota=quota, period=period)
+
+    def cpu_usage(self, ref: CgroupRef) -> CpuUsage | None:
+        path = self._path(ref)
+        if path is None:
+            return None
+        text = read_text(f"{path}/cpu.stat")
+        if text is None:
+            return self._gone_or_none(path)
+        raw = parse_flat_keyed(text)
+        if "user_usec" not in raw:
+            return None
+        return CpuUsage(user=raw.get("user_usec", 0) * 1000, system=raw.get("system_usec", 0) * 1000)
+
+    def io(self, ref: CgroupRef) -> dict[tuple[int, int], IoStat] | None:
+        path = self._path(ref)
+        if path is None:
+            return None
+        text = read_text(f"{path}/io.stat")
+        if text is None:
+            return self._gone_or_none(path)
+        return parse_io_stat(text)
+
+    def procs(self, ref: CgroupRef) -> list[int] | None:
+        path = self._path(ref)
+        if path is None:
+            return None
+        text = read_text(f"{path}/cgroup.procs")
+        if text is None:
+            raise CgroupGone(path)
+        return [int(x) for x in text.split()]
+
+
+def parse_io_stat(text: str) -> dict[tuple[int, int], IoStat]:
+    """io.stat lines "8:0 rbytes=1 wbytes=2 rios=3 wios=4 dbytes=0 dios=0" -> {(8, 0): IoStat}."""
+    out: dict[tuple[int, int], IoStat] = {}
+    fields = {"rbytes", "wbytes", "rios", "wios", "dbytes", "dios"}
+    for line in text.splitlines():
+        parts = line.split()
+        if not parts or ":" not in parts[0]:
+            continue
+        try:
+            major, minor = (int(x) for x in parts[0].split(":"))
+        except ValueError:
+            continue
+        kv: dict[str, int] = {}
+        for item in parts[1:]:
+            k, _, v = item.partition("=")
+            if k in fields:
+                try:
+                    kv[k] = int(v)
+                except ValueError:
+                    pass
+        out[(major, minor)] = IoStat(**kv)
+    return out

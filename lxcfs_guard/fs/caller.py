@@ -1,0 +1,132 @@
+"""Whose view does a FUSE request get? LXCFS's answer: the cgroup of the init process of the caller's pid
+namespace (minus a trailing /init.scope); the caller's own cgroup when it shares our pid namespace.
+
+Every open asks this, so it is cached:
+- callers in a container: keyed by the pid-namespace inode (one stat of /proc/PID/ns/pid per request).
+  A live namespace's inode names exactly one namespace, and the cached init is re-checked (its own ns
+  inode must still match) and its cgroup re-read at most every `ttl` seconds.
+- callers in our own pid namespace: keyed by pid for `ttl` seconds (a pid reused within that window
+  would get the previous owner's view for at most `ttl`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+from lxcfs_guard.cgroup import CgroupGone, CgroupReader, CgroupRef
+from lxcfs_guard.kernel import syscalls
+from lxcfs_guard.kernel.procfs import ProcessGone, pid_start_time
+
+MAX_ENTRIES = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    """The resolved caller: the cgroup to show and the init whose age is the container's uptime."""
+
+    ref: CgroupRef
+    init_pid: int
+    init_start: int  # clock ticks since boot (field 22 of /proc/PID/stat)
+    host: bool  # caller shares our pid namespace
+
+
+class Resolver:
+    def __init__(self, reader: CgroupReader, proc: str = "/proc", ttl: float = 1.0) -> None:
+        self.reader = reader
+        self.proc = proc
+        self.ttl = ttl
+        self.host_ns = os.stat(f"{proc}/self/ns/pid").st_ino
+        self._host_init: tuple[int, int] | None = None
+        self._by_ns: dict[int, tuple[float, View]] = {}
+        self._by_pid: dict[int, tuple[float, View]] = {}
+
+    def resolve(self, pid: int) -> View | None:
+        """The caller's view, or None when it cannot be resolved (pid 0, process gone): serve the host."""
+        if pid <= 0:
+            return None
+        now = time.monotonic()
+        try:
+            ns = os.stat(f"{self.proc}/{pid}/ns/pid").st_ino
+        except OSError:
+            return None
+        try:
+            if ns == self.host_ns:
+                hit = self._by_pid.get(pid)
+                if hit is not None and hit[0] > now:
+                    return hit[1]
+                view = self._host_view(pid)
+                self._store(self._by_pid, pid, now, view)
+                return view
+            hit = self._by_ns.get(ns)
+            if hit is not None and hit[0] > now:
+                return hit[1]
+            view = self._container_view(pid, ns, hit[1] if hit else None)
+            if view is None:
+                return None
+            self._store(self._by_ns, ns, now, view)
+            return view
+        except (CgroupGone, ProcessGone, OSError, ValueError):
+            return None
+
+    def _store(self, cache: dict, key: int, now: float, view: View) -> None:
+        if len(cache) >= MAX_ENTRIES:
+            for k in [k for k, (exp, _) in cache.items() if exp <= now] or list(cache):
+                del cache[k]
+        cache[key] = (now + self.ttl, view)
+
+    def _host_view(self, pid: int) -> View:
+        if self._host_init is None:
+            self._host_init = (1, pid_start_time(1, self.proc))
+        ref = self.reader.ref_for_pid(pid, self.proc)
+        return View(ref=ref, init_pid=self._host_init[0], init_start=self._host_init[1], host=True)
+
+    def _container_view(self, pid: int, ns: int, old: View | None) -> View | None:
+        init = None
+        if old is not None and self._same_ns(old.init_pid, ns):
+            init = old.init_pid
+        if init is None:
+            init = self._find_init(pid, ns)
+        if init is None:
+            return None
+        start = pid_start_time(init, self.proc)
+        ref = self.reader.ref_for_pid(init, self.proc)
+        return View(ref=ref, init_pid=init, init_start=start, host=False)
+
+    def _same_ns(self, pid: int, ns: int) -> bool:
+        try:
+            return os.stat(f"{self.proc}/{pid}/ns/pid").st_ino == ns
+        except OSError:
+            return False
+
+    def _find_init(self, pid: int, ns: int) -> int | None:
+        try:
+            fd = os.open(f"{self.proc}/{pid}/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            init = syscalls.pidns_init_pid(fd)
+            if init > 0:
+                return init
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        return self._scan_for_init(ns)
+
+    def _scan_for_init(self, ns: int) -> int | None:
+        """Older kernels: the process of namespace `ns` whose innermost pid (last NSpid field) is 1."""
+        for name in os.listdir(self.proc):
+            if not name.isdigit() or not self._same_ns(int(name), ns):
+                continue
+            try:
+                with open(f"{self.proc}/{name}/status") as f:
+                    for line in f:
+                        if line.startswith("NSpid:"):
+                            if line.split()[-1] == "1":
+                                return int(name)
+                            break
+            except OSError:
+                continue
+        return None

@@ -1,0 +1,188 @@
+"""What a file says to a given caller: gathers host text and cgroup facts, calls the pure view, and
+caches the bytes for a short TTL per (file, cgroup), so a burst of reads from one container costs one
+render. Any failure (missing controller, vanished cgroup, odd host text) yields the host's file: a
+reader always gets an answer, never an error from us.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+
+from lxcfs_guard.cgroup import CgroupGone, CgroupReader
+from lxcfs_guard.cgroup.base import parse_cpu_list, read_text
+from lxcfs_guard.fs.caller import View
+from lxcfs_guard.fs.loadavg import LoadSampler
+from lxcfs_guard.fs.views import cpuinfo, cpuonline, cpus, diskstats, loadavg, meminfo, stat, swaps, uptime
+
+log = logging.getLogger(__name__)
+
+HOST_PATHS = {
+    "proc/cpuinfo": "/proc/cpuinfo",
+    "proc/diskstats": "/proc/diskstats",
+    "proc/loadavg": "/proc/loadavg",
+    "proc/meminfo": "/proc/meminfo",
+    "proc/stat": "/proc/stat",
+    "proc/swaps": "/proc/swaps",
+    "proc/uptime": "/proc/uptime",
+    "proc/slabinfo": "/proc/slabinfo",
+    "sys/devices/system/cpu/online": "/sys/devices/system/cpu/online",
+}
+# Host files that do not change while we run (or whose changes do not matter for a few seconds).
+SLOW_HOST_TTL = {"/proc/cpuinfo": 10.0, "/sys/devices/system/cpu/online": 1.0}
+CACHE_MAX = 8192
+
+
+def clock_ticks() -> int:
+    return os.sysconf("SC_CLK_TCK")
+
+
+class Content:
+    def __init__(
+        self,
+        reader: CgroupReader,
+        cpu_view: str = "cpuset",
+        ttl: float = 0.1,
+        sampler: LoadSampler | None = None,
+        host_paths: dict[str, str] | None = None,
+    ) -> None:
+        self.reader = reader
+        self.cpu_view = cpu_view
+        self.ttl = ttl
+        self.sampler = sampler
+        self.host_paths = host_paths or HOST_PATHS
+        self._cache: dict[tuple[str, object], tuple[float, bytes]] = {}
+        self._host_cache: dict[str, tuple[float, str]] = {}
+        self._ticks = clock_ticks()
+        self._renderers: dict[str, Callable[[View], str | None]] = {
+            "proc/meminfo": self._meminfo,
+            "proc/cpuinfo": self._cpuinfo,
+            "proc/stat": self._stat,
+            "proc/swaps": self._swaps,
+            "proc/uptime": self._uptime,
+            "proc/loadavg": self._loadavg,
+            "proc/diskstats": self._diskstats,
+            "proc/slabinfo": self._slabinfo,
+            "sys/devices/system/cpu/online": self._cpu_online,
+        }
+
+    # -- entry point ----------------------------------------------------------------------------------
+    def render(self, name: str, view: View | None) -> bytes:
+        if view is None:
+            return self.host_bytes(name)
+        key = (name, view.init_pid if name == "proc/uptime" else view.ref)
+        now = time.monotonic()
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        try:
+            text = self._renderers[name](view)
+        except (CgroupGone, OSError, ValueError, KeyError, IndexError, ZeroDivisionError) as e:
+            log.debug("%s for %s: %r; serving the host file", name, view.ref.key, e)
+            text = None
+        except Exception:  # a bug in a view must not take the filesystem down
+            log.exception("rendering %s failed; serving the host file", name)
+            text = None
+        data = self.host_bytes(name) if text is None else text.encode()
+        if self.ttl > 0:
+            if len(self._cache) >= CACHE_MAX:
+                self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
+                if len(self._cache) >= CACHE_MAX:
+                    self._cache.clear()
+            self._cache[key] = (now + self.ttl, data)
+        return data
+
+    def host_text(self, path: str) -> str:
+        ttl = SLOW_HOST_TTL.get(path)
+        if ttl is not None:
+            now = time.monotonic()
+            hit = self._host_cache.get(path)
+            if hit is not None and hit[0] > now:
+                return hit[1]
+            text = read_text(path) or ""
+            self._host_cache[path] = (now + ttl, text)
+            return text
+        return read_text(path) or ""
+
+    def host_bytes(self, name: str) -> bytes:
+        try:
+            return self.host_text(self.host_paths[name]).encode()
+        except OSError:
+            return b""
+
+    # -- per file -----------------------------------------------------------------------------------
+    def _meminfo(self, view: View) -> str | None:
+        mem = self.reader.memory(view.ref)
+        if mem is None:
+            return None
+        return meminfo.render_meminfo(self.host_text(self.host_paths["proc/meminfo"]), mem)
+
+    def _swaps(self, view: View) -> str | None:
+        mem = self.reader.memory(view.ref)
+        if mem is None:
+            return None
+        total, used = meminfo.swap_numbers(self.host_text(self.host_paths["proc/meminfo"]), mem)
+        return swaps.render_swaps(total, used)
+
+    def _visible_cpus(self, view: View) -> tuple[int, ...]:
+        online = parse_cpu_list(self.host_text(self.host_paths["sys/devices/system/cpu/online"]))
+        facts = self.reader.cpu(view.ref)
+        return cpus.visible_cpus(online, facts, self.cpu_view)
+
+    def _cpuinfo(self, view: View) -> str | None:
+        return cpuinfo.render_cpuinfo(self.host_text(self.host_paths["proc/cpuinfo"]), self._visible_cpus(view))
+
+    def _cpu_online(self, view: View) -> str | None:
+        shown = self._visible_cpus(view)
+        if self.cpu_view == "quota":
+            return cpuonline.render_cpu_online_count(len(shown))
+        return cpuonline.render_cpu_online(shown)
+
+    def _stat(self, view: View) -> str | None:
+        usage = self.reader.cpu_usage(view.ref)
+        if usage is None:
+            return None
+        return stat.render_stat(self.host_text(self.host_paths["proc/stat"]), self._visible_cpus(view), usage)
+
+    def _uptime(self, view: View) -> str | None:
+        host = self.host_text(self.host_paths["proc/uptime"])
+        now = float(host.split()[0])
+        age = now - view.init_start / self._ticks
+        busy = 0.0
+        try:
+            # the reaper's cgroup (for the host pid namespace that is pid 1's, i.e. the whole machine)
+            ref = view.ref if not view.host else self.reader.ref_for_pid(view.init_pid)
+            usage = self.reader.cpu_usage(ref)
+            if usage is not None:
+                busy = (usage.user + usage.system) / 1e9
+        except (CgroupGone, OSError):
+            pass
+        return uptime.render_uptime(age, busy)
+
+    def _loadavg(self, view: View) -> str | None:
+        if self.sampler is None:
+            return None
+        sample = self.sampler.get(view.ref)
+        if sample is None:
+            return None
+        avg, running, total = sample
+        last_pid = loadavg.host_last_pid(self.host_text(self.host_paths["proc/loadavg"]))
+        return loadavg.render_loadavg(avg, running, total, last_pid)
+
+    def _diskstats(self, view: View) -> str | None:
+        io = self.reader.io(view.ref)
+        if io is None:
+            return None
+        return diskstats.render_diskstats(self.host_text(self.host_paths["proc/diskstats"]), io)
+
+    def _slabinfo(self, view: View) -> str | None:
+        # v1 kernels before 5.9 had a per-cgroup memory.kmem.slabinfo; newer ones leave it empty: host file.
+        path = getattr(self.reader, "controller_dir", lambda c: None)("memory")
+        rel = view.ref.get("memory")
+        if path and rel:
+            text = read_text(f"{path}/{rel.strip('/')}/memory.kmem.slabinfo".replace("//", "/"))
+            if text and text.strip():
+                return text
+        return None

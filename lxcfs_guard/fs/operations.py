@@ -1,0 +1,174 @@
+"""The pyfuse3 Operations: a read-only tree whose file contents depend on who asks.
+
+Per open+read+close the kernel sends OPEN, READ (until a short read or EOF) and RELEASE; FLUSH is answered
+ENOSYS once and then never sent again. So the work is done once, in open(): resolve the caller, render (or
+take the cached render), keep the bytes under a fresh fh; read() only slices and release() only drops it.
+Handlers never await: each runs to completion on the trio thread, and pyfuse3's max_tasks bounds how many
+requests are in flight.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import os
+
+import pyfuse3
+
+from lxcfs_guard.fs.caller import Resolver
+from lxcfs_guard.fs.content import Content
+from lxcfs_guard.fs.tree import ROOT_INODE, Tree
+
+log = logging.getLogger(__name__)
+
+ENTRY_TIMEOUT = 300.0  # the tree never changes while we run
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
+
+
+class Operations(pyfuse3.Operations):
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, tree: Tree, resolver: Resolver, content: Content) -> None:
+        super().__init__()
+        self.tree = tree
+        self.resolver = resolver
+        self.content = content
+        self._fh = itertools.count(1)
+        self._open: dict[int, bytes] = {}
+        self._attrs: dict[int, pyfuse3.EntryAttributes] = {}
+        self.opens = 0
+        for inode, node in tree.nodes.items():
+            a = pyfuse3.EntryAttributes()
+            a.st_ino = inode
+            a.st_mode = node.mode
+            a.st_nlink = 2 if node.is_dir else 1
+            a.st_uid = 0
+            a.st_gid = 0
+            a.st_size = 0
+            a.st_blksize = 4096
+            a.st_blocks = 0
+            a.entry_timeout = ENTRY_TIMEOUT
+            a.attr_timeout = ENTRY_TIMEOUT
+            self._attrs[inode] = a
+
+    # -- names and attributes -------------------------------------------------------------------------
+    async def lookup(self, parent_inode, name, ctx=None):
+        if name == b"..":
+            node = self.tree.get(parent_inode)
+            if node is None:
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            parent = self.tree.by_path.get(node.name.rpartition("/")[0], ROOT_INODE)
+            return self._attrs[parent]
+        node = self.tree.lookup(parent_inode, name)
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return self._attrs[node.inode]
+
+    async def getattr(self, inode, ctx=None):
+        try:
+            return self._attrs[inode]
+        except KeyError:
+            raise pyfuse3.FUSEError(errno.ENOENT) from None
+
+    async def forget(self, inode_list):
+        return None
+
+    async def statfs(self, ctx):
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = s.f_frsize = 4096
+        s.f_namemax = 255
+        return s
+
+    async def access(self, inode, mode, ctx):
+        if inode not in self._attrs:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        if mode & os.W_OK:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        return True
+
+    # -- directories ----------------------------------------------------------------------------------
+    async def opendir(self, inode, ctx):
+        node = self.tree.get(inode)
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        if not node.is_dir:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return inode
+
+    async def readdir(self, fh, start_id, token):
+        node = self.tree.get(fh)
+        if node is None:
+            return
+        entries = sorted(node.children.items())
+        for i, (name, inode) in enumerate(entries[start_id:], start=start_id + 1):
+            if not pyfuse3.readdir_reply(token, name, self._attrs[inode], i):
+                break
+
+    async def releasedir(self, fh):
+        return None
+
+    # -- files ----------------------------------------------------------------------------------------
+    async def open(self, inode, flags, ctx):
+        node = self.tree.get(inode)
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        if node.is_dir:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        if flags & _WRITE_FLAGS:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        data = self.content.render(node.name, self.resolver.resolve(ctx.pid))
+        fh = next(self._fh)
+        self._open[fh] = data
+        self.opens += 1
+        return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False, nonseekable=False)
+
+    async def read(self, fh, off, size):
+        data = self._open.get(fh)
+        if data is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        if off == 0 and size >= len(data):
+            return data
+        return data[off : off + size]
+
+    async def release(self, fh):
+        self._open.pop(fh, None)
+
+    # -- everything that would change something --------------------------------------------------------
+    async def write(self, fh, off, buf):
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def unlink(self, parent_inode, name, ctx):
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def rmdir(self, parent_inode, name, ctx):
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def symlink(self, parent_inode, name, target, ctx):
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def setxattr(self, inode, name, value, ctx):
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def removexattr(self, inode, name, ctx):
+        raise pyfuse3.FUSEError(errno.EROFS)

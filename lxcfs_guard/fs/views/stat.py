@@ -1,0 +1,59 @@
+"""/proc/stat with one cpuN line per visible CPU (renumbered) carrying the cgroup's own user/system time,
+and everything the cgroup did not use counted as idle, like LXCFS on v1. On v2, where cpu.stat has only
+totals (LXCFS shows the host there, #593), the totals are spread evenly over the visible CPUs.
+
+Built as a list of lines, never into a buffer sized from the host file (LXCFS #694 truncated it).
+"""
+
+from __future__ import annotations
+
+from lxcfs_guard.cgroup.facts import CpuUsage
+
+NS_PER_TICK = 10_000_000  # USER_HZ is 100 on every Linux ABI
+
+
+def _cpu_fields(line: str) -> tuple[str, list[int]]:
+    parts = line.split()
+    nums = []
+    for p in parts[1:]:
+        try:
+            nums.append(int(p))
+        except ValueError:
+            nums.append(0)
+    return parts[0], nums
+
+
+def render_stat(host: str, cpus: tuple[int, ...] | list[int], usage: CpuUsage) -> str:
+    host_cpu: dict[int, list[int]] = {}
+    rest: list[str] = []
+    for line in host.splitlines():
+        if line.startswith("cpu"):
+            name, nums = _cpu_fields(line)
+            if name != "cpu":
+                try:
+                    host_cpu[int(name[3:])] = nums
+                except ValueError:
+                    pass
+        else:
+            rest.append(line)
+    shown = [c for c in cpus if c in host_cpu]
+    n = len(shown) or 1
+    rows: list[list[int]] = []
+    for cpu in shown:
+        h = host_cpu[cpu] + [0] * (10 - len(host_cpu[cpu]))
+        if usage.per_cpu:
+            u_ns, s_ns = usage.per_cpu.get(cpu, (0, 0))
+        else:
+            u_ns, s_ns = usage.user // n, usage.system // n
+        user, system = u_ns // NS_PER_TICK, s_ns // NS_PER_TICK
+        idle = h[3]
+        all_used = h[0] + h[1] + h[2] + h[4] + h[5] + h[6] + h[7] + h[8] + h[9]
+        cg_used = user + system
+        if all_used >= cg_used:
+            idle += all_used - cg_used
+        rows.append([user, 0, system, idle, 0, 0, 0, 0, 0, 0])
+    total = [sum(col) for col in zip(*rows)] if rows else [0] * 10
+    out = ["cpu  " + " ".join(map(str, total))]
+    out += [f"cpu{i} " + " ".join(map(str, row)) for i, row in enumerate(rows)]
+    out += rest
+    return "\n".join(out) + "\n"
