@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from tests.vm.initramfs import Kernel, VMSetupError, ensure_initramfs, installed_kernel
@@ -43,12 +44,15 @@ def _env_int(name: str, default: int) -> int:
     return int(value) if value.strip() else default
 
 
-def job_spec(pytest_args: list[str], hard_timeout: int) -> dict:
-    """What stage 2 runs: pytest from this checkout's interpreter (the host's virtualenv, same path inside)."""
-    argv = [
+def pytest_argv(pytest_args: list[str]) -> list[str]:
+    return [
         sys.executable, "-m", "pytest", "-m", "v2", "-p", "no:cacheprovider", f"--timeout={VM_TEST_TIMEOUT}",
         *pytest_args, f"--junitxml={GUEST_SHARE}/junit.xml",
     ]  # fmt: skip
+
+
+def job_spec(argv: list[str]) -> dict:
+    """What stage 2 runs, from this checkout with this interpreter (the host's virtualenv, same path inside)."""
     venv_bin = os.path.dirname(sys.executable)
     env = {
         "PATH": f"{venv_bin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -58,23 +62,33 @@ def job_spec(pytest_args: list[str], hard_timeout: int) -> dict:
         "PYTHONUNBUFFERED": "1",
         "LXCFS_GUARD_VM": "1",
         "LXCFS_GUARD_VM_SCRATCH": "/dev/vda",
+        "LXCFS_GUARD_VM_SWAP": "/dev/vdb",
     }
-    return {"argv": argv, "cwd": str(REPO), "env": env, "timeout": max(60, hard_timeout - 30)}
+    return {"argv": argv, "cwd": str(REPO), "env": env}
 
 
-def qemu_command(kernel: Kernel, initrd: Path, share: Path, scratch: Path, memory: int, cpus: int) -> list[str]:
+def qemu_command(
+    kernel: Kernel, initrd: Path, share: Path, scratch: Path, swap: Path, memory: int, cpus: int
+) -> list[str]:
+    """/dev/vda: a raw scratch disk for io.stat tests; /dev/vdb: swap (stage 2 runs swapon), so swap limits
+    and swap usage are real too."""
     append = f"console=ttyS0 panic=-1 quiet cgroup_no_v1=all lgstage2={STAGE2}"
     return [
         "qemu-system-x86_64", "-accel", "tcg,thread=multi", "-cpu", "max", "-smp", str(cpus), "-m", str(memory),
         "-machine", "q35", "-nic", "none", "-nographic", "-no-reboot",
         "-kernel", kernel.image, "-initrd", str(initrd), "-append", append,
-        "-drive", f"file={scratch},if=virtio,format=raw",
+        "-drive", f"file={scratch},if=virtio,format=raw", "-drive", f"file={swap},if=virtio,format=raw",
         "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
         "-virtfs", f"local,path={share},mount_tag=share,security_model=none",
     ]  # fmt: skip
 
 
-def boot_and_run(pytest_args: list[str]) -> int:
+def run_vm(job: dict, collect: Callable[[Path], None] | None = None) -> int:
+    """Boot the VM, run `job` (see job_spec) as stage 2's child, stream the console here.
+
+    Returns the job's exit code, or 124 on the hard timeout, or 1 if none came back.
+    `collect(share)` runs before the per-run directory is removed, to copy results out of the share.
+    """
     hard_timeout = _env_int("LXCFS_GUARD_VM_TIMEOUT", 900)
     memory = _env_int("LXCFS_GUARD_VM_MEMORY", 2048)
     cpus = _env_int("LXCFS_GUARD_VM_CPUS", 2)
@@ -87,12 +101,14 @@ def boot_and_run(pytest_args: list[str]) -> int:
     try:
         share = workdir / "share"
         share.mkdir()
-        scratch = workdir / "scratch.img"
-        with open(scratch, "wb") as f:
-            f.truncate(SCRATCH_BYTES)
-        (share / "job.json").write_text(json.dumps(job_spec(pytest_args, hard_timeout)))
+        scratch, swap = workdir / "scratch.img", workdir / "swap.img"
+        for disk in (scratch, swap):
+            with open(disk, "wb") as f:
+                f.truncate(SCRATCH_BYTES)
+        job = dict(job, timeout=max(60, hard_timeout - 30))
+        (share / "job.json").write_text(json.dumps(job))
         cmd = ["timeout", "--kill-after=10", str(hard_timeout)]
-        cmd += qemu_command(kernel, initrd, share, scratch, memory, cpus)
+        cmd += qemu_command(kernel, initrd, share, scratch, swap, memory, cpus)
         print(f"lxcfs-guard-vm: booting {kernel.image} (qemu TCG, {cpus} cpus, {memory} MiB), hard timeout {hard_timeout}s",
               flush=True)  # fmt: skip
         t_boot = time.monotonic()
@@ -113,16 +129,11 @@ def boot_and_run(pytest_args: list[str]) -> int:
                     os.kill(proc.pid, signal.SIGKILL)
                 proc.wait()
         t_end = time.monotonic()
-        code_file = share / "exit_code"
-        junit_file = share / "junit.xml"
         print("-" * 70)
         if ready_at is not None:
             print(f"lxcfs-guard-vm: boot to stage 2: {ready_at - t_boot:.1f}s; whole VM run: {t_end - t_boot:.1f}s; "
                   f"total with initramfs: {t_end - t0:.1f}s")  # fmt: skip
-        if junit_file.exists():
-            print("lxcfs-guard-vm: " + count_junit(junit_file.read_text()).summary())
-        else:
-            print("lxcfs-guard-vm: no junit report came back")
+        code_file = share / "exit_code"
         if code_file.exists():
             code = int(code_file.read_text().strip() or 1)
         elif qemu_rc in (124, 137):
@@ -131,13 +142,29 @@ def boot_and_run(pytest_args: list[str]) -> int:
         else:
             print(f"lxcfs-guard-vm: the VM stopped without an exit code (qemu exit {qemu_rc})")
             code = 1
-        print(f"lxcfs-guard-vm: exit code {code}")
+        if collect is not None:
+            collect(share)
         return code
     finally:
         if os.environ.get("LXCFS_GUARD_VM_KEEP") == "1":
             print(f"lxcfs-guard-vm: kept {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def boot_and_run(pytest_args: list[str]) -> int:
+    """`pytest -m v2 pytest_args` in the VM; prints how many v2 tests ran and returns pytest's exit code."""
+
+    def report(share: Path) -> None:
+        junit_file = share / "junit.xml"
+        if junit_file.exists():
+            print("lxcfs-guard-vm: " + count_junit(junit_file.read_text()).summary())
+        else:
+            print("lxcfs-guard-vm: no junit report came back")
+
+    code = run_vm(job_spec(pytest_argv(pytest_args)), report)
+    print(f"lxcfs-guard-vm: exit code {code}")
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:

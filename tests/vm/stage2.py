@@ -2,9 +2,10 @@
 
 Mounts what the tests need (proc, sysfs, cgroup2 with nsdelegate, tmpfs /tmp /run /dev/shm, devpts, fusectl),
 enables every controller in the root's `cgroup.subtree_control` so test cgroups get memory/cpu/cpuset/io/pids
-files, runs the job the host left in /vmshare/job.json, writes its exit code to /vmshare/exit_code, syncs and
-powers off. As PID 1 it also reaps orphans, so a test that waits for a killed daemon's pid to vanish sees it go.
-Any failure here still powers off: the host then finds no exit code and reports the run as broken.
+files, turns the second disk (/dev/vdb) into swap so swap limits and usage are real, runs the job the host
+left in /vmshare/job.json, writes its exit code to /vmshare/exit_code, syncs and powers off. As PID 1 it also
+reaps orphans, so a test that waits for a killed daemon's pid to vanish sees it go. Any failure here still
+powers off: the host then finds no exit code and reports the run as broken.
 """
 
 from __future__ import annotations
@@ -42,6 +43,13 @@ def mount_all() -> None:
         os.makedirs(target, exist_ok=True)
         cmd = ["mount", "-t", fstype] + (["-o", opts] if opts else []) + [source, target]
         subprocess.run(cmd, check=True)
+
+
+def enable_swap(device: str = "/dev/vdb") -> None:
+    """The host's second disk becomes swap, so memory.swap.* and the swap lines see real numbers."""
+    if os.path.exists(device):
+        subprocess.run(["mkswap", "-q", device], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(["swapon", device], check=True)
 
 
 def enable_controllers(root: str = "/sys/fs/cgroup") -> list[str]:
@@ -88,11 +96,13 @@ def power_off() -> None:
 
 def main() -> None:
     code = 3
+    os.environ["PATH"] = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
     try:
         mount_all()
         with open("/proc/uptime") as f:
             uptime = float(f.read().split()[0])
         enabled = enable_controllers()
+        enable_swap()
         subprocess.run(["hostname", "lxcfs-guard-vm"], check=False)
         log(f"stage 2 up after {uptime:.1f}s guest time; controllers: {' '.join(enabled)}")
         with open(f"{SHARE}/job.json") as f:
