@@ -25,6 +25,7 @@ class TestCgroup:
     name: str
     paths: dict[str, str] = field(default_factory=dict)
     v2: bool = False
+    created: list[str] = field(default_factory=list)  # every directory we made (any level), in creation order
 
     def add(self, pid: int) -> None:
         for path in self.paths.values():
@@ -44,9 +45,45 @@ class TestCgroup:
         return sorted(out)
 
 
-def _mkdir_v1(ctrl: str, rel: str) -> str:
+V2_DELEGATE = ("cpuset", "cpu", "io", "memory", "pids")
+
+
+def _makedirs(path: str, created: list[str]) -> None:
+    """os.makedirs that records each directory it made, so cleanup removes exactly those (nested names)."""
+    missing = []
+    d = path
+    while not os.path.isdir(d):
+        missing.append(d)
+        d = os.path.dirname(d)
+    for d in reversed(missing):
+        os.mkdir(d)
+        created.append(d)
+
+
+def _mkdir_v2(rel: str, created: list[str]) -> str:
+    """Create ROOT/rel level by level. v2 shows a controller's files (memory.max, cpu.max, ...) in a cgroup only
+    if its parent's cgroup.subtree_control enables it, so every level *we* create that gets a child delegates the
+    controllers it has (memory cpu cpuset io pids). Levels that existed before are not touched."""
+    parts = rel.strip("/").split("/")
+    for i in range(1, len(parts) + 1):
+        d = f"{ROOT}/" + "/".join(parts[:i])
+        if os.path.isdir(d):
+            continue
+        os.mkdir(d)
+        created.append(d)
+        if i < len(parts):
+            with open(f"{d}/cgroup.controllers") as f:
+                have = set(f.read().split())
+            wanted = " ".join(f"+{c}" for c in V2_DELEGATE if c in have)
+            if wanted:
+                with open(f"{d}/cgroup.subtree_control", "w") as f:
+                    f.write(wanted)
+    return f"{ROOT}/{rel}"
+
+
+def _mkdir_v1(ctrl: str, rel: str, created: list[str]) -> str:
     path = f"{ROOT}/{ctrl}/{rel}"
-    os.makedirs(path, exist_ok=True)
+    _makedirs(path, created)
     if ctrl == "cpuset":
         # A new v1 cpuset is empty; copy the parent's cpus/mems down every new level, or nothing can join.
         parts = rel.split("/")
@@ -88,14 +125,15 @@ def make_cgroup(
     swap: int | None = None,
 ) -> Iterator[TestCgroup]:
     """A fresh cgroup with optional memory limit (bytes), cpuset, CFS quota (quota_us, period_us) and
-    memory+swap limit. Processes still inside at exit are SIGKILLed by pid (they are the test's own)."""
+    memory+swap limit. Processes still inside at exit are SIGKILLed by pid (they are the test's own).
+
+    `name` may be nested ("top/a/b"): missing levels are created (on v2 with the controllers delegated down)
+    and removed afterwards, deepest first; levels that already existed are left alone."""
     rel = name or f"lxcfs-guard-test-{uuid.uuid4().hex[:10]}"
     cg = TestCgroup(name=rel, v2=is_v2_host())
     try:
         if cg.v2:
-            path = f"{ROOT}/{rel}"
-            os.makedirs(path, exist_ok=True)
-            cg.paths["unified"] = path
+            cg.paths["unified"] = _mkdir_v2(rel, cg.created)
             if memory is not None:
                 cg.write("memory", "memory.max", str(memory))
             if swap is not None:
@@ -107,7 +145,7 @@ def make_cgroup(
         else:
             for ctrl in V1_CONTROLLERS:
                 if os.path.isdir(f"{ROOT}/{ctrl}"):
-                    cg.paths[ctrl] = _mkdir_v1(ctrl, rel)
+                    cg.paths[ctrl] = _mkdir_v1(ctrl, rel, cg.created)
             if memory is not None:
                 cg.write("memory", "memory.limit_in_bytes", str(memory))
             if swap is not None:
@@ -122,5 +160,5 @@ def make_cgroup(
         for pid in cg.procs():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        for path in cg.paths.values():
+        for path in reversed(cg.created):  # deepest first: a nested leaf, then the levels we made above it
             _rmdir_tree(path)
