@@ -47,17 +47,19 @@ bench: setup
 	$(PY) bench/recovery.py
 
 install: setup
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(UNITDIR)
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(UNITDIR) $(DESTDIR)/etc/tmpfiles.d
 	ln -sf $(CURDIR)/$(VENV)/bin/lxcfs-guard $(DESTDIR)$(PREFIX)/bin/lxcfs-guard
-	install -m 0644 units/lxcfs-guard.service $(DESTDIR)$(UNITDIR)/lxcfs-guard.service
-	install -d $(DESTDIR)/etc/tmpfiles.d
+	sed 's#/usr/local/bin/#$(PREFIX)/bin/#g' units/lxcfs-guard.service > $(DESTDIR)$(UNITDIR)/lxcfs-guard.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/lxcfs-guard.service
 	install -m 0644 units/lxcfs-guard.tmpfiles $(DESTDIR)/etc/tmpfiles.d/lxcfs-guard.conf
-	-systemctl daemon-reload 2>/dev/null
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then \
+	  systemd-tmpfiles --create /etc/tmpfiles.d/lxcfs-guard.conf; systemctl daemon-reload; \
+	  echo "installed: systemctl enable --now lxcfs-guard"; fi
 
 uninstall:
-	-systemctl disable --now lxcfs-guard.service 2>/dev/null
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl disable --now lxcfs-guard.service || true; fi
 	rm -f $(DESTDIR)$(PREFIX)/bin/lxcfs-guard $(DESTDIR)$(UNITDIR)/lxcfs-guard.service $(DESTDIR)/etc/tmpfiles.d/lxcfs-guard.conf
-	-systemctl daemon-reload 2>/dev/null
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

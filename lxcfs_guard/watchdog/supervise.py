@@ -748,6 +748,9 @@ def configure_supervise(parser: argparse.ArgumentParser) -> None:
 
 
 def run_supervise(args: argparse.Namespace) -> int:
+    import faulthandler
+
+    faulthandler.enable()  # systemd's watchdog sends SIGABRT first: leave the stuck stack in the journal
     command = args.command
     if not command:
         command = instance.default_command(args.state_dir, args.serve_args)
