@@ -67,6 +67,7 @@ class CpuUsage:
     user: int
     system: int
     per_cpu: dict[int, tuple[int, int]] = field(default_factory=dict)
+    total: int | None = None  # all CPU time (v1 cpuacct.usage, v2 usage_usec); may exceed user + system
 
 
 @dataclass(frozen=True, slots=True)

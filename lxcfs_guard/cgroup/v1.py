@@ -164,7 +164,7 @@ class V1Reader:
                 per_cpu[int(parts[0])] = (int(parts[1]), int(parts[2]))
         user = sum(u for u, _ in per_cpu.values())
         system = sum(s for _, s in per_cpu.values())
-        return CpuUsage(user=user, system=system, per_cpu=per_cpu)
+        return CpuUsage(user=user, system=system, per_cpu=per_cpu, total=read_int(f"{path}/cpuacct.usage"))
 
     def io(self, ref: CgroupRef) -> dict[tuple[int, int], IoStat] | None:
         path = self._path(ref, "blkio")

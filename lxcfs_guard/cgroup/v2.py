@@ -136,7 +136,11 @@ class V2Reader:
         raw = parse_flat_keyed(text)
         if "user_usec" not in raw:
             return None
-        return CpuUsage(user=raw.get("user_usec", 0) * 1000, system=raw.get("system_usec", 0) * 1000)
+        return CpuUsage(
+            user=raw.get("user_usec", 0) * 1000,
+            system=raw.get("system_usec", 0) * 1000,
+            total=raw["usage_usec"] * 1000 if "usage_usec" in raw else None,
+        )
 
     def io(self, ref: CgroupRef) -> dict[tuple[int, int], IoStat] | None:
         path = self._path(ref)

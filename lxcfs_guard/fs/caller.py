@@ -1,12 +1,13 @@
 """Whose view does a FUSE request get? LXCFS's answer: the cgroup of the init process of the caller's pid
 namespace (minus a trailing /init.scope); the caller's own cgroup when it shares our pid namespace.
 
-Every open asks this, so it is cached:
-- callers in a container: keyed by the pid-namespace inode (one stat of /proc/PID/ns/pid per request).
-  A live namespace's inode names exactly one namespace, and the cached init is re-checked (its own ns
-  inode must still match) and its cgroup re-read at most every `ttl` seconds.
-- callers in our own pid namespace: keyed by pid for `ttl` seconds (a pid reused within that window
-  would get the previous owner's view for at most `ttl`).
+Every open asks this, so it is cached twice:
+- by pid, for `ttl` seconds: a process never changes its own pid namespace, so a repeat caller costs one
+  dict lookup. (A pid reused within `ttl`, or a host process that moves itself to another cgroup, sees
+  the previous answer for at most `ttl`.)
+- by pid-namespace inode, for callers in a container: a new process of a known container costs one stat
+  of /proc/PID/ns/pid. A live namespace's inode names exactly one namespace; every `ttl` the cached init
+  is re-checked (its own ns inode must still match) and its cgroup re-read.
 """
 
 from __future__ import annotations
@@ -47,25 +48,27 @@ class Resolver:
         if pid <= 0:
             return None
         now = time.monotonic()
+        # A process never changes its own pid namespace, so within `ttl` a pid answers without a syscall.
+        hit = self._by_pid.get(pid)
+        if hit is not None and hit[0] > now:
+            return hit[1]
         try:
             ns = os.stat(f"{self.proc}/{pid}/ns/pid").st_ino
         except OSError:
             return None
         try:
             if ns == self.host_ns:
-                hit = self._by_pid.get(pid)
-                if hit is not None and hit[0] > now:
-                    return hit[1]
                 view = self._host_view(pid)
-                self._store(self._by_pid, pid, now, view)
-                return view
-            hit = self._by_ns.get(ns)
-            if hit is not None and hit[0] > now:
-                return hit[1]
-            view = self._container_view(pid, ns, hit[1] if hit else None)
-            if view is None:
-                return None
-            self._store(self._by_ns, ns, now, view)
+            else:
+                nshit = self._by_ns.get(ns)
+                if nshit is not None and nshit[0] > now:
+                    view = nshit[1]
+                else:
+                    view = self._container_view(pid, ns, nshit[1] if nshit else None)
+                    if view is None:
+                        return None
+                    self._store(self._by_ns, ns, now, view)
+            self._store(self._by_pid, pid, now, view)
             return view
         except (CgroupGone, ProcessGone, OSError, ValueError):
             return None

@@ -144,7 +144,8 @@ class Content:
         usage = self.reader.cpu_usage(view.ref)
         if usage is None:
             return None
-        return stat.render_stat(self.host_text(self.host_paths["proc/stat"]), self._visible_cpus(view), usage)
+        host = self.host_text(self.host_paths["proc/stat"])
+        return stat.render_stat(host, self._visible_cpus(view), usage, renumber=self.cpu_view == "quota")
 
     def _uptime(self, view: View) -> str | None:
         host = self.host_text(self.host_paths["proc/uptime"])
@@ -156,7 +157,7 @@ class Content:
             ref = view.ref if not view.host else self.reader.ref_for_pid(view.init_pid)
             usage = self.reader.cpu_usage(ref)
             if usage is not None:
-                busy = (usage.user + usage.system) / 1e9
+                busy = (usage.total if usage.total is not None else usage.user + usage.system) / 1e9
         except (CgroupGone, OSError):
             pass
         return uptime.render_uptime(age, busy)

@@ -1,4 +1,4 @@
-"""/proc/stat with one cpuN line per visible CPU (renumbered) carrying the cgroup's own user/system time,
+"""/proc/stat with one cpuN line per visible CPU carrying the cgroup's own user/system time,
 and everything the cgroup did not use counted as idle, like LXCFS on v1. On v2, where cpu.stat has only
 totals (LXCFS shows the host there, #593), the totals are spread evenly over the visible CPUs.
 
@@ -23,7 +23,9 @@ def _cpu_fields(line: str) -> tuple[str, list[int]]:
     return parts[0], nums
 
 
-def render_stat(host: str, cpus: tuple[int, ...] | list[int], usage: CpuUsage) -> str:
+def render_stat(host: str, cpus: tuple[int, ...] | list[int], usage: CpuUsage, renumber: bool = False) -> str:
+    """`renumber` False keeps the host's cpuN names (LXCFS 5.0.3 does, while cpuinfo is renumbered);
+    True names them cpu0..N-1 (the quota view, where the container sees CPUs 0..N-1 everywhere)."""
     host_cpu: dict[int, list[int]] = {}
     rest: list[str] = []
     for line in host.splitlines():
@@ -39,6 +41,7 @@ def render_stat(host: str, cpus: tuple[int, ...] | list[int], usage: CpuUsage) -
     shown = [c for c in cpus if c in host_cpu]
     n = len(shown) or 1
     rows: list[list[int]] = []
+    names = [f"cpu{i}" for i in range(len(shown))] if renumber else [f"cpu{c}" for c in shown]
     for cpu in shown:
         h = host_cpu[cpu] + [0] * (10 - len(host_cpu[cpu]))
         if usage.per_cpu:
@@ -54,6 +57,6 @@ def render_stat(host: str, cpus: tuple[int, ...] | list[int], usage: CpuUsage) -
         rows.append([user, 0, system, idle, 0, 0, 0, 0, 0, 0])
     total = [sum(col) for col in zip(*rows)] if rows else [0] * 10
     out = ["cpu  " + " ".join(map(str, total))]
-    out += [f"cpu{i} " + " ".join(map(str, row)) for i, row in enumerate(rows)]
+    out += [f"{name} " + " ".join(map(str, row)) for name, row in zip(names, rows)]
     out += rest
     return "\n".join(out) + "\n"
