@@ -159,7 +159,7 @@ def do_create(state: HookState, cfg: BundleConfig, mountpoint: str, state_dir: s
 
     try:
         if todo:
-            engine.attach(state.pid, mountpoint, todo, root=root)
+            engine.attach(state.pid, mountpoint, todo, root=root, cid=state.id, state_dir=state_dir)
         Registry(state_dir).add_container(state.id, state.pid, list(plan.binds))
     except ProcessGone:
         raise HookFailure(f"the container's init (pid {state.pid}) is gone") from None

@@ -1,0 +1,196 @@
+"""The OCI hook in real runc containers served by a real `lxcfs-guard supervise`.
+
+Each container's config is `runc spec` plus the shipped deploy/runc/config-snippet.json (the binary's path
+swapped for this checkout's, --mountpoint/--state-dir appended): nothing else binds anything.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lxcfs_guard.config import DEFAULT_BINDS, FSTYPE, target_for
+from lxcfs_guard.kernel.procfs import read_mountinfo
+from tests.support.procs import wait_for
+from tests.support.runc import Container, container
+from tests.support.supervise import BINARY, Guard, supervise
+
+REPO = Path(__file__).resolve().parents[2]
+MEMTOTAL_64M = ["MemTotal:", "65536", "kB"]
+
+
+@pytest.fixture(scope="module")
+def guard() -> Iterator[Guard]:
+    with supervise() as g:
+        yield g
+
+
+def our_mounts(c: Container) -> dict[str, list]:
+    """target -> our FUSE mounts stacked there, from the container's own mount table."""
+    out: dict[str, list] = {}
+    for m in read_mountinfo(c.pid):
+        if m.fstype == FSTYPE:
+            out.setdefault(m.mount_point, []).append(m)
+    return out
+
+
+def first_line(text: str) -> list[str]:
+    return text.splitlines()[0].split()
+
+
+def test_container_sees_its_limits_and_is_listed_until_deleted(guard: Guard) -> None:
+    with container(memory=64 << 20, cpus="0", hooks=guard.hooks()) as c:
+        assert first_line(c.read("/proc/meminfo")) == MEMTOTAL_64M
+        cpuinfo = c.read("/proc/cpuinfo")
+        assert sum(line.startswith("processor") for line in cpuinfo.splitlines()) == 1
+        assert c.read("/sys/devices/system/cpu/online").strip() == "0"
+        mounts = our_mounts(c)
+        assert sorted(mounts) == sorted(target_for(s) for s in DEFAULT_BINDS)
+        assert all(len(v) == 1 for v in mounts.values()), mounts
+        listed = guard.listed()
+        assert c.id in listed, listed
+        entry = json.loads(Path(guard.state_dir, "registry.json").read_text())["containers"][c.id]
+        assert entry["pid"] == c.pid
+        assert sorted(b["target"] for b in entry["binds"]) == sorted(mounts)
+        deleted = c.delete()
+        assert deleted.returncode == 0, deleted.stderr
+        assert c.id not in guard.listed()
+        assert c.id not in json.loads(Path(guard.state_dir, "registry.json").read_text())["containers"]
+
+
+class LineReader:
+    """The container's stdout, each line stamped with time.monotonic() as it arrives."""
+
+    def __init__(self, fd: int) -> None:
+        self.lines: list[tuple[float, str]] = []
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self._run, args=(fd,), daemon=True)
+        self.thread.start()
+
+    def _run(self, fd: int) -> None:
+        with io.open(fd, "rb", buffering=0) as raw, io.BufferedReader(raw) as f:
+            for line in f:
+                with self.lock:
+                    self.lines.append((time.monotonic(), line.decode(errors="replace").strip()))
+
+    def since(self, t: float) -> list[tuple[float, str]]:
+        with self.lock:
+            return [x for x in self.lines if x[0] >= t]
+
+
+def test_container_recovers_by_itself_after_sigkill_of_the_daemon(guard: Guard) -> None:
+    reader_sh = "while :; do head -1 /proc/meminfo 2>&1; usleep 10000; done"
+    r, w = os.pipe()
+    with container(memory=64 << 20, cpus="0", hooks=guard.hooks(), args=("sh", "-c", reader_sh), start=False) as c:
+        try:
+            c.run(stdout=w)
+        finally:
+            os.close(w)
+        reader = LineReader(r)
+        wait_for(lambda: any(x.split() == MEMTOTAL_64M for _, x in reader.since(0)), 10, what="first reads")
+        victim = guard.daemon_pid()
+        assert victim
+        t_kill = time.monotonic()
+        os.kill(victim, signal.SIGKILL)
+
+        def settled() -> bool:  # 200 ms of correct reads, all after some read that came after the kill
+            seen = reader.since(t_kill)
+            return bool(seen) and seen[-1][0] - t_kill > 0.2 and all(
+                x.split() == MEMTOTAL_64M for ts, x in seen if ts >= seen[-1][0] - 0.2)
+
+        wait_for(settled, 15, what="the container to read its own MemTotal again")
+        seen = reader.since(t_kill)
+        bad = [(ts, x) for ts, x in seen if x.split() != MEMTOTAL_64M]
+        last_bad = bad[-1][0] - t_kill if bad else 0.0
+        assert last_bad < 1.0, f"container read wrong values for {last_bad:.3f} s after SIGKILL: {bad[:3]}"
+        for err in {x for _, x in bad}:
+            assert "Transport endpoint is not connected" in err or "Software caused connection abort" in err, err
+        assert guard.daemon_pid() not in (None, victim)
+        assert c.id in guard.listed()
+        assert all(len(v) == 1 for v in our_mounts(c).values()), "repair must not stack mounts"
+        print(f"\nrecovery: {len(bad)} failed reads, last at +{last_bad * 1000:.0f} ms after SIGKILL")
+
+
+def drop_sysfs(c: Container) -> None:
+    c.config["mounts"] = [m for m in c.config["mounts"] if not m["destination"].startswith("/sys")]
+
+
+def test_rootfs_lacking_some_targets(guard: Guard) -> None:
+    """No /sys in the container: cpu/online is skipped, the /proc files are bound, the start succeeds
+    (strict mode too: an absent target is not a failure)."""
+    with container(hooks=guard.hooks(["--strict"]), customize=drop_sysfs, remove=["sys"]) as c:
+        assert first_line(c.read("/proc/meminfo")) == MEMTOTAL_64M
+        assert c.exec("cat", "/sys/devices/system/cpu/online", check=False).returncode != 0
+        mounts = our_mounts(c)
+        assert "/sys/devices/system/cpu/online" not in mounts
+        assert sorted(mounts) == sorted(target_for(s) for s in DEFAULT_BINDS if s.startswith("proc/"))
+        entry = json.loads(Path(guard.state_dir, "registry.json").read_text())["containers"][c.id]
+        assert sorted(b["target"] for b in entry["binds"]) == sorted(mounts)
+
+
+def test_hook_twice_and_again_by_hand_is_idempotent(guard: Guard) -> None:
+    hooks = guard.hooks()
+    hooks["createRuntime"] = hooks["createRuntime"] * 2
+    with container(hooks=hooks) as c:
+        mounts = our_mounts(c)
+        assert len(mounts) == len(DEFAULT_BINDS) and all(len(v) == 1 for v in mounts.values()), mounts
+        state = {"ociVersion": "1.0.2", "id": c.id, "status": "running", "pid": c.pid, "bundle": c.bundle}
+        p = subprocess.run([BINARY, "oci-hook", "--mountpoint", guard.mountpoint, "--state-dir", guard.state_dir],
+                           input=json.dumps(state).encode(), capture_output=True, timeout=30,
+                           env={**os.environ, "LXCFS_GUARD_HOOK_VERBOSE": "1"})
+        assert p.returncode == 0, p.stderr
+        assert b"bound 0 of 8 files" in p.stderr, p.stderr
+        assert our_mounts(c).keys() == mounts.keys() and all(len(v) == 1 for v in our_mounts(c).values())
+        assert list(guard.listed()).count(c.id) == 1
+        assert first_line(c.read("/proc/meminfo")) == MEMTOTAL_64M
+
+
+def test_hook_binds_fast(guard: Guard) -> None:
+    """Wall time of the whole hook process (interpreter start-up included) binding 8 files into a running
+    container, best of three containers (the machine is shared: one slow run is noise, three are not)."""
+    times = []
+    for _ in range(3):
+        with container() as c:
+            state = {"id": c.id, "status": "running", "pid": c.pid, "bundle": c.bundle}
+            t = time.monotonic()
+            p = subprocess.run([BINARY, "oci-hook", "--strict", "--mountpoint", guard.mountpoint,
+                                "--state-dir", guard.state_dir], input=json.dumps(state).encode(),
+                               capture_output=True, timeout=30)
+            times.append(time.monotonic() - t)
+            assert p.returncode == 0, p.stderr
+            assert first_line(c.read("/proc/meminfo")) == MEMTOTAL_64M
+            c.delete()
+            subprocess.run([BINARY, "oci-hook", "--state-dir", guard.state_dir],
+                           input=json.dumps({**state, "status": "stopped"}).encode(), capture_output=True)
+    print(f"\nhook wall time (bind 8 files + register): {', '.join(f'{t * 1000:.0f}' for t in times)} ms")
+    assert min(times) < 0.1, times
+
+
+def test_opt_out_annotation_leaves_the_container_alone(guard: Guard) -> None:
+    with container(hooks=guard.hooks(), annotations={"io.lxcfs-guard.enable": "false"}) as c:
+        assert first_line(c.read("/proc/meminfo")) != MEMTOTAL_64M
+        assert our_mounts(c) == {} and c.id not in guard.listed()
+
+
+def test_files_annotation_binds_only_those(guard: Guard) -> None:
+    with container(hooks=guard.hooks(), annotations={"io.lxcfs-guard.files": "meminfo,cpuinfo"}) as c:
+        assert sorted(our_mounts(c)) == ["/proc/cpuinfo", "/proc/meminfo"]
+        assert first_line(c.read("/proc/meminfo")) == MEMTOTAL_64M
+
+
+@pytest.mark.xfail(strict=True, reason="fs daemon reports st_size 0: sendfile(2) (busybox cat) stops at i_size "
+                   "and reads nothing; LXCFS reports the rendered size. Remove this mark when serve fixes it.")
+def test_busybox_cat_sees_the_files(guard: Guard) -> None:
+    """busybox `cat` copies with sendfile(2), which goes through the page cache and stops at i_size; plain
+    read(2) does not. Images built on busybox (the article's example) read /proc this way."""
+    with container(hooks=guard.hooks()) as c:
+        assert first_line(c.exec("cat", "/proc/meminfo").stdout) == MEMTOTAL_64M
