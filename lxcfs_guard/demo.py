@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from lxcfs_guard.config import FSTYPE
 from lxcfs_guard.oci import runc
+from lxcfs_guard.watchdog.status import read_status
 
 MEMORY = 64 * runc.MiB
 READER = "while :; do head -1 /proc/meminfo 2>&1; usleep 10000; done"
@@ -86,8 +87,6 @@ def descendants(pid: int) -> list[int]:
 
 def fuse_daemon_pid(state: str) -> int | None:
     """The `serve` process serving now, as the watchdog's status file names it (there may be a standby too)."""
-    from lxcfs_guard.watchdog.status import read_status
-
     pid = (read_status(state) or {}).get("daemon_pid")
     return pid if isinstance(pid, int) else None
 
@@ -267,10 +266,17 @@ def main() -> int:
                 back = next(i for i in range(first_fail, len(seen)) if expected in seen[i][1])
                 errors = seen[first_fail:back]
                 gap_ms = (seen[back][0] - t_kill) * 1000
-                say(f"      inside, {len(errors)} reads failed:  {errors[0][1]}")
+                wait_for(lambda: fuse_daemon_pid(state) not in (None, victim), 10, "the new daemon")
+                st = read_status(state) or {}
+                repair = st.get("last_repair") or {}
+                n = len(errors)
+                say(f"      inside, {n} read{'s' if n != 1 else ''} failed:  {errors[0][1]}" if errors else
+                    "      inside, no read failed")
                 say(f"      then, with no one acting:  {seen[back][1]}")
-                say(f"      new FUSE daemon pid {fuse_daemon_pid(state)} (restarted by supervise)")
+                say(f"      supervise: daemon pid {st.get('daemon_pid')} took over"
+                    + (f", container binds repaired in {repair['ms']:.0f} ms" if repair.get("ms") is not None else ""))
                 say(f"      recovery gap seen inside the container: {gap_ms:.0f} ms from SIGKILL to a correct read")
+                say("      (with a plain LXCFS setup it would read 'Transport endpoint is not connected' until restarted)")
                 check = c.read("/proc/meminfo").splitlines()[0]
                 say(f"      `runc exec {c.id} head -1 /proc/meminfo`:  {check}")
 
