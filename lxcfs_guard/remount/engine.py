@@ -1,0 +1,642 @@
+"""The remount engine: make every container's binds of a dead FUSE connection serve the live one again,
+in place, with no restart and no preparation inside the container.
+
+Per mount namespace, in a forked single-threaded worker (setns(CLONE_NEWNS) refuses a threaded process):
+
+1. in the host namespace: `open_tree(live file, OPEN_TREE_CLONE)` once per target (a clone is used up by
+   the move that attaches it), with the flags the old bind had (`mount_setattr`: ro, nosuid, nodev, noexec)
+   set while it is still detached, so the new mount is never briefly writable;
+2. `setns` into the container's mount namespace (fds to it and to /proc/PID/root were opened first);
+3. resolve the target inside the container's root with `openat2(RESOLVE_IN_ROOT|RESOLVE_NO_SYMLINKS, O_PATH)`:
+   a symlink anywhere on the path, or a target that is not a regular file, is refused and reported;
+4. `move_mount(clone, target, MOVE_MOUNT_BENEATH)` slides the live mount *under* the stale one, then the
+   stale one is detached **through the fd we resolved** (`umount2("<fd>")` with our cwd on our own
+   /proc/self/fd, which names exactly that mount, never the new one under it); a reader sees ENOTCONN and
+   then the live file, never the file underneath and never ENOENT. On kernels without BENEATH (< 6.5) the
+   stale mount is detached first and the clone moved onto the file it uncovered (a window of a few
+   microseconds shows the underlying file);
+5. back in the host namespace, verify: the target, resolved again from the container's root, is now on the
+   live connection's device.
+
+Namespaces are spread over a few workers that setns-hop from one container to the next (fork once, not per
+container); each namespace has its own deadline, and a worker that misses it is killed and replaced for the
+rest of its queue, so one wedged namespace never stalls the others. One flock serialises runs; a second run
+finds everything live and changes nothing.
+
+Scoping: only mounts on a *stale* device are touched: a device in `stale_devs` if the caller names them
+(zero-downtime reload: the old daemon still answers), else a device whose connection is dead (statfs gives
+ENOTCONN, probed from a child with a deadline). Mounts of any other live daemon are never touched, and the
+caller's own mount namespace is never entered.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import marshal
+import os
+import select
+import signal
+import time
+from collections.abc import Iterable, Sequence
+
+from lxcfs_guard import config
+from lxcfs_guard.kernel import procfs
+from lxcfs_guard.kernel import syscalls as sc
+from lxcfs_guard.remount import discovery
+from lxcfs_guard.remount.plan import ATTACH, BENEATH, Fix, Job, NsView, plan, top_mounts
+from lxcfs_guard.remount.registry import Entry, Registry
+from lxcfs_guard.remount.report import (
+    ALREADY_LIVE, FAILED, GONE, REFUSED, REPAIRED, NamespaceReport, RemountReport, TargetError,
+)
+
+FSTYPE = config.FSTYPE
+LOCKNAME = "remount.lock"
+ENV_NO_BENEATH = "LXCFS_GUARD_NO_BENEATH"  # "1": use detach-then-move even where BENEATH exists (tests, 6.1 parity)
+MODE_BENEATH = "beneath"
+MODE_DETACH_MOVE = "detach-move"
+
+_S_IFMT = 0o170000
+_S_IFREG = 0o100000
+_S_IFDIR = 0o040000
+_RESOLVE = sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_SYMLINKS
+_O_PATH = os.O_PATH | os.O_CLOEXEC
+_MOVE = sc.MOVE_MOUNT_F_EMPTY_PATH | sc.MOVE_MOUNT_T_EMPTY_PATH
+_AT_FDCWD = -100
+_CLONE = sc.OPEN_TREE_CLONE | sc.OPEN_TREE_CLOEXEC | sc.AT_EMPTY_PATH
+
+
+class AttachError(OSError):
+    """attach() left something unbound; `report` says what and why (errno of the first error)."""
+
+    def __init__(self, report: NamespaceReport) -> None:
+        first = report.errors[0] if report.errors else TargetError("-", errno.EIO, report.action)
+        super().__init__(first.errno, "; ".join(map(str, report.errors)) or report.action)
+        self.report = report
+
+
+class _Refusal(Exception):
+    def __init__(self, errno_: int, message: str) -> None:
+        super().__init__(message)
+        self.errno = errno_
+        self.message = message
+
+
+class _Context:
+    """What every worker inherits through fork: fds opened once in the host namespace."""
+
+    def __init__(self, proc_fd: int, live_dev: int, live_attrs: int, sources: dict[str, int | OSError],
+                 beneath: bool) -> None:
+        self.proc_fd = proc_fd
+        self.host_ns_fd = os.open("self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd)
+        self.host_ns = os.fstat(self.host_ns_fd).st_ino
+        self.live_dev = live_dev
+        self.live_attrs = live_attrs
+        self.sources = sources
+        self.beneath = beneath
+        self.fd_dir = -1  # the worker's own /proc/self/fd, opened after fork
+
+    def close(self) -> None:
+        os.close(self.host_ns_fd)
+        for fd in self.sources.values():
+            if isinstance(fd, int):
+                os.close(fd)
+
+
+# --- one namespace, inside a worker ---------------------------------------------------------------------
+
+
+def _start_time(ctx: _Context, pid: int) -> int:
+    return procfs.parse_stat_start_time(discovery.read_all(f"{pid}/stat", ctx.proc_fd))
+
+
+def _clone(ctx: _Context, fix: Fix) -> int:
+    src = ctx.sources.get(fix.source)
+    if not isinstance(src, int):
+        err = src.errno if isinstance(src, OSError) else errno.ENOENT
+        raise OSError(err, f"the live filesystem has no {fix.source!r}")
+    clone = sc.open_tree("", _CLONE, dirfd=src)
+    if fix.attrs is not None and fix.attrs != ctx.live_attrs:
+        try:
+            sc.mount_setattr(clone, "", sc.AT_EMPTY_PATH, fix.attrs, sc.ALL_MOUNT_ATTRS & ~fix.attrs)
+        except OSError:
+            os.close(clone)
+            raise
+    return clone
+
+
+def _resolve(rootfd: int, target: str) -> int:
+    try:
+        return sc.openat2(rootfd, target.lstrip("/") or ".", _O_PATH | os.O_NOFOLLOW, _RESOLVE)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise _Refusal(errno.ELOOP, "a symlink on the path inside the container; not followed") from None
+        if e.errno == errno.EXDEV:
+            raise _Refusal(errno.EXDEV, "the path leaves the container's root") from None
+        raise
+
+
+def _check_file(mode: int) -> None:
+    kind = mode & _S_IFMT
+    if kind == _S_IFDIR:
+        raise _Refusal(errno.EISDIR, "the target is a directory, not a file")
+    if kind != _S_IFREG:
+        raise _Refusal(errno.EINVAL, f"the target is not a regular file (mode {oct(mode)})")
+
+
+def _apply(ctx: _Context, rootfd: int, fix: Fix, clone: int) -> bool:
+    """Inside the container's namespace: make `fix.target` serve `clone`. False if it already did."""
+    step = "resolving the target"
+    tfd = _resolve(rootfd, fix.target)
+    try:
+        mode, dev = sc.statx_cached(tfd)
+        if dev == ctx.live_dev:
+            return False
+        _check_file(mode)
+        if fix.how == ATTACH:
+            step = "move_mount onto the target"
+            sc.move_mount(clone, tfd, "", _MOVE)
+            return True
+        if dev != fix.expect_dev:
+            raise _Refusal(errno.EBUSY, f"the target is now on device {os.major(dev)}:{os.minor(dev)}, "
+                                        f"not the stale {os.major(fix.expect_dev)}:{os.minor(fix.expect_dev)}")
+        if ctx.beneath:
+            step = "move_mount beneath the stale mount"
+            sc.move_mount(clone, tfd, "", _MOVE | sc.MOVE_MOUNT_BENEATH)
+            step = "detaching the stale mount"
+            sc.umount2(str(tfd), sc.MNT_DETACH)  # cwd is our /proc/self/fd: exactly the mount tfd names
+            return True
+        step = "detaching the stale mount"
+        sc.umount2(str(tfd), sc.MNT_DETACH)
+        step = "resolving the uncovered target"
+        under = _resolve(rootfd, fix.target)
+        try:
+            _check_file(sc.statx_cached(under)[0])
+            step = "move_mount onto the uncovered target"
+            sc.move_mount(clone, under, "", _MOVE)
+        finally:
+            os.close(under)
+        return True
+    except OSError as e:
+        raise OSError(e.errno, f"{step}: {os.strerror(e.errno)}") from None
+    finally:
+        os.close(tfd)
+
+
+def run_job(ctx: _Context, job: Job) -> NamespaceReport:
+    """Repair one namespace (runs in a worker, which starts and ends in the host's namespace)."""
+    t0 = time.perf_counter()
+    rep = NamespaceReport(job.id, job.pid, job.mntns, FAILED, errors=list(job.refusals))
+    refused = bool(job.refusals)
+    failed = False
+    fds: list[int] = []
+    try:
+        try:
+            before = _start_time(ctx, job.pid)
+            if job.start_time is not None and before != job.start_time:
+                raise ProcessLookupError(errno.ESRCH, f"pid {job.pid} was reused")
+            nsfd = os.open(f"{job.pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC, dir_fd=ctx.proc_fd)
+            fds.append(nsfd)
+            rootfd = -1
+            if job.root is None:
+                rootfd = os.open(f"{job.pid}/root", _O_PATH | os.O_DIRECTORY, dir_fd=ctx.proc_fd)
+                fds.append(rootfd)
+            if _start_time(ctx, job.pid) != before:
+                raise ProcessLookupError(errno.ESRCH, f"pid {job.pid} was reused")
+        except (FileNotFoundError, ProcessLookupError) as e:
+            rep.action = GONE
+            rep.errors.append(TargetError("-", errno.ESRCH, str(e.strerror or "the process has exited")))
+            return rep
+        ino = os.fstat(nsfd).st_ino
+        if ino != job.mntns:
+            rep.action = GONE
+            rep.errors.append(TargetError("-", errno.ESRCH, f"pid {job.pid} is now in mount namespace {ino}"))
+            return rep
+        if ino == ctx.host_ns:
+            rep.action = REFUSED
+            rep.errors.append(TargetError("-", errno.EPERM, "the host's own mount namespace is never entered"))
+            return rep
+        clones: list[tuple[Fix, int]] = []
+        for fix in job.fixes:
+            try:
+                clones.append((fix, _clone(ctx, fix)))
+                fds.append(clones[-1][1])
+            except OSError as e:
+                failed = True
+                rep.errors.append(TargetError(fix.target, e.errno, f"cloning the live file: {e.strerror}"))
+        done: list[Fix] = []
+        sc.setns(nsfd, sc.CLONE_NEWNS)
+        try:
+            os.fchdir(ctx.fd_dir)
+            if job.root is not None:
+                rootfd = os.open(job.root, _O_PATH | os.O_DIRECTORY)
+                fds.append(rootfd)
+            for fix, clone in clones:
+                try:
+                    if _apply(ctx, rootfd, fix, clone):
+                        done.append(fix)
+                except _Refusal as r:
+                    refused = True
+                    rep.errors.append(TargetError(fix.target, r.errno, r.message))
+                except OSError as e:
+                    if not (fix.optional and e.errno == errno.ENOENT):
+                        failed = True
+                        rep.errors.append(TargetError(fix.target, e.errno, str(e.strerror)))
+        finally:
+            try:
+                sc.setns(ctx.host_ns_fd, sc.CLONE_NEWNS)
+            except OSError:  # pragma: no cover - stranded in the container: let the parent replace us
+                os._exit(3)
+        for fix in done:  # verify from the host: the target, resolved afresh, is on the live device
+            try:
+                vfd = _resolve(rootfd, fix.target)
+                try:
+                    dev = sc.statx_cached(vfd)[1]
+                finally:
+                    os.close(vfd)
+            except (OSError, _Refusal) as e:
+                dev, why = -1, f"verifying: {e}"
+            else:
+                why = f"verifying: still on device {os.major(dev)}:{os.minor(dev)}"
+            if dev == ctx.live_dev:
+                rep.repaired.append(fix.target)
+            else:
+                failed = True
+                rep.errors.append(TargetError(fix.target, errno.EIO, why))
+        rep.action = FAILED if failed else REFUSED if refused else REPAIRED if rep.repaired else ALREADY_LIVE
+        return rep
+    finally:
+        for fd in fds:
+            os.close(fd)
+        rep.duration_ms = (time.perf_counter() - t0) * 1000
+
+
+# --- workers ----------------------------------------------------------------------------------------------
+
+
+def _encode(rep: NamespaceReport) -> bytes:
+    body = marshal.dumps((rep.id, rep.pid, rep.mntns, rep.action, rep.repaired,
+                          [(e.target, e.errno, e.message) for e in rep.errors], rep.duration_ms))
+    return len(body).to_bytes(4, "little") + body
+
+
+def _decode(body: bytes) -> NamespaceReport:
+    cid, pid, mntns, action, repaired, errors, ms = marshal.loads(body)
+    return NamespaceReport(cid, pid, mntns, action, repaired, [TargetError(*e) for e in errors], ms)
+
+
+def _worker_main(ctx: _Context, jobs: Sequence[Job], w: int) -> None:  # pragma: no cover - runs in a child
+    code = 0
+    try:
+        ctx.fd_dir = os.open("self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=ctx.proc_fd)
+        for job in jobs:
+            try:
+                rep = run_job(ctx, job)
+            except Exception as e:  # noqa: BLE001 - report it against the namespace, keep going
+                rep = NamespaceReport(job.id, job.pid, job.mntns, FAILED,
+                                      errors=[TargetError("-", getattr(e, "errno", None) or errno.EIO,
+                                                          f"{type(e).__name__}: {e}")])
+            data = _encode(rep)
+            while data:
+                data = data[os.write(w, data):]
+    except BaseException:  # noqa: BLE001
+        code = 1
+    finally:
+        os._exit(code)
+
+
+class _Worker:
+    __slots__ = ("pid", "fd", "jobs", "next", "buf", "deadline")
+
+    def __init__(self, ctx: _Context, jobs: Sequence[Job], timeout: float) -> None:
+        r, w = os.pipe2(os.O_CLOEXEC)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover
+            os.close(r)
+            _worker_main(ctx, jobs, w)
+        os.close(w)
+        self.pid, self.fd, self.jobs, self.next, self.buf = pid, r, jobs, 0, b""
+        self.deadline = time.monotonic() + timeout
+
+    def reap(self) -> None:
+        os.close(self.fd)
+        os.waitpid(self.pid, 0)
+
+
+def run_jobs(ctx: _Context, jobs: Sequence[Job], workers: int, timeout: float) -> list[NamespaceReport]:
+    """Run `jobs` on up to `workers` forked workers; each namespace gets `timeout` seconds. Reports come
+    back in the order of `jobs`."""
+    results: dict[int, NamespaceReport] = {}
+    index = {id(job): i for i, job in enumerate(jobs)}
+    active: dict[int, _Worker] = {}
+    poller = select.poll()
+
+    def spawn(queue: Sequence[Job]) -> None:
+        if queue:
+            wk = _Worker(ctx, queue, timeout)
+            active[wk.fd] = wk
+            poller.register(wk.fd, select.POLLIN)
+
+    def retire(wk: _Worker, errno_: int, message: str) -> None:
+        poller.unregister(wk.fd)
+        del active[wk.fd]
+        with_kill = errno_ == errno.ETIMEDOUT
+        if with_kill:
+            os.kill(wk.pid, signal.SIGKILL)
+        wk.reap()
+        if wk.next < len(wk.jobs):
+            job = wk.jobs[wk.next]
+            results[index[id(job)]] = NamespaceReport(job.id, job.pid, job.mntns, FAILED,
+                                                      errors=[TargetError("-", errno_, message)],
+                                                      duration_ms=timeout * 1000 if with_kill else 0.0)
+            spawn(wk.jobs[wk.next + 1:])
+
+    n = max(1, min(workers, len(jobs)))
+    for k in range(n):
+        spawn(jobs[k::n])
+    while active:
+        now = time.monotonic()
+        wait_ms = max(0, min(wk.deadline for wk in active.values()) - now) * 1000
+        for fd, _ in poller.poll(wait_ms):
+            wk = active[fd]
+            data = os.read(fd, 1 << 16)
+            if not data:
+                status = "exited" if wk.next < len(wk.jobs) else ""
+                retire(wk, errno.EIO, f"the worker {status} before finishing this namespace")
+                continue
+            wk.buf += data
+            while len(wk.buf) >= 4 and len(wk.buf) >= 4 + (size := int.from_bytes(wk.buf[:4], "little")):
+                rep = _decode(wk.buf[4:4 + size])
+                wk.buf = wk.buf[4 + size:]
+                results[index[id(wk.jobs[wk.next])]] = rep
+                wk.next += 1
+                wk.deadline = time.monotonic() + timeout
+        now = time.monotonic()
+        for wk in [wk for wk in active.values() if wk.deadline <= now]:
+            retire(wk, errno.ETIMEDOUT, f"this namespace did not finish within {timeout:g} s; worker killed")
+    return [results[i] for i in range(len(jobs))]
+
+
+# --- the run ----------------------------------------------------------------------------------------------
+
+
+def _lock(state_dir: str, timeout: float) -> int:
+    """flock on <state-dir>/remount.lock: runs (and attaches) take turns."""
+    os.makedirs(state_dir, mode=0o755, exist_ok=True)
+    fd = os.open(os.path.join(state_dir, LOCKNAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise TimeoutError(f"another remount holds {state_dir}/{LOCKNAME} for more than {timeout:g} s") from None
+            time.sleep(0.005)
+
+
+def live_mount(live_root: str, fstype: str, proc_fd: int) -> tuple[int, int]:
+    """(device, MOUNT_ATTR bits) of the live mount at `live_root`; OSError if it is dead or not ours."""
+    st = os.stat(live_root)  # ENOTCONN here means the "live" root is itself dead
+    real = os.path.realpath(live_root)
+    for m in discovery.parse_ours(discovery.read_all("self/mountinfo", proc_fd), fstype):
+        if m.target == real and m.dev == st.st_dev:
+            return st.st_dev, sc.attrs_from_options(m.options)
+    raise OSError(errno.ENOENT, f"no {fstype} mount at {live_root}")
+
+
+def _open_sources(live_root: str, sources: Iterable[str]) -> dict[str, int | OSError]:
+    """O_PATH fds of the live files, resolved beneath the live root (a mountinfo root column is data)."""
+    out: dict[str, int | OSError] = {}
+    rootfd = os.open(live_root, _O_PATH | os.O_DIRECTORY)
+    try:
+        for src in sources:
+            if src not in out:
+                try:
+                    out[src] = sc.openat2(rootfd, src or ".", _O_PATH,
+                                          sc.RESOLVE_BENEATH | sc.RESOLVE_NO_SYMLINKS | sc.RESOLVE_NO_XDEV)
+                except OSError as e:
+                    out[src] = e
+    finally:
+        os.close(rootfd)
+    return out
+
+
+def _use_beneath(beneath: bool | None) -> bool:
+    if beneath is None:
+        beneath = os.environ.get(ENV_NO_BENEATH, "") not in ("1", "yes", "true")
+    return beneath and sc.move_mount_beneath_supported()
+
+
+def _default_workers(n_jobs: int) -> int:
+    return max(1, min(os.cpu_count() or 1, 4, (n_jobs + 7) // 8))
+
+
+def remount(
+    live_root: str,
+    state_dir: str,
+    *,
+    fstype: str = FSTYPE,
+    ids: list[str] | None = None,
+    stale_devs: set[int] | None = None,
+    dry_run: bool = False,
+    timeout: float = 5.0,
+    jobs: int | None = None,
+    beneath: bool | None = None,
+    probe_timeout: float = 1.0,
+    lock_timeout: float = 30.0,
+) -> RemountReport:
+    """Repair every container whose binds of `fstype` point at a stale connection, cloning from the live
+    mount at `live_root` (the host mountpoint, or a standby's private mountpoint).
+
+    A mount is repaired if its device differs from `live_root`'s and is in `stale_devs` when given (a
+    reload: the old daemon still answers), else if its connection is dead (statfs gives ENOTCONN). Mounts
+    of any other live connection are never touched, nor is the caller's own mount namespace.
+    `ids` limits the run to those registered containers (None: every registered and discovered one).
+    `timeout` is per namespace; `jobs` the number of forked workers (default: by CPU count and work);
+    `beneath` forces (True) or forbids (False) MOVE_MOUNT_BENEATH (default: use it where the kernel has it,
+    unless LXCFS_GUARD_NO_BENEATH=1). Registered containers found gone are removed from the registry
+    (not in a dry run). Never raises for a container's failure: see the report's `ok` and per-namespace
+    `action` and `errors`.
+    """
+    t0 = time.perf_counter()
+    report = RemountReport(live_root, fstype, dry_run)
+    lock_fd = -1
+    proc_fd = discovery.open_proc()
+    try:
+        lock_fd = _lock(state_dir, lock_timeout)
+        try:
+            live_dev, live_attrs = live_mount(live_root, fstype, proc_fd)
+        except OSError as e:
+            report.error = f"live mount {live_root}: {e.strerror or e}"
+            return report
+        report.live_dev = live_dev
+        registry = Registry(state_dir)
+        entries = registry.load()
+        if registry.problem:
+            report.warnings.append(registry.problem)
+        host_ns = os.stat("self/ns/mnt", dir_fd=proc_fd).st_ino
+        selected: list[Entry] = []
+        unknown: list[str] = []
+        for cid in ids if ids is not None else sorted(entries):
+            (selected.append(entries[cid]) if cid in entries else unknown.append(cid))
+        report.namespaces += [NamespaceReport(cid, 0, 0, FAILED, errors=[
+            TargetError("-", errno.ENOENT, "no such registered container")]) for cid in unknown]
+        identities = {e.id: discovery.identity(e.pid, proc_fd) for e in selected}
+        first = [e.pid for e in selected if identities[e.id][1] == e.mntns]
+        if ids is None:
+            first += sorted(int(n) for n in os.listdir(proc_fd) if n.isdigit())
+        namespaces = discovery.scan(fstype, proc_fd, pids=first, skip=(host_ns,))
+        stale = _stale_devices(namespaces, live_dev, stale_devs, proc_fd, probe_timeout, report)
+        todo, known = plan(namespaces, selected, identities, live_dev, stale, host_ns)
+        report.mode = MODE_BENEATH if _use_beneath(beneath) else MODE_DETACH_MOVE
+        if dry_run:
+            report.namespaces += known
+            report.namespaces += [NamespaceReport(j.id, j.pid, j.mntns, REFUSED if j.refusals else REPAIRED,
+                                                  [f.target for f in j.fixes], list(j.refusals)) for j in todo]
+            return report
+        results = _execute(todo, live_root, live_dev, live_attrs, report.mode == MODE_BENEATH, proc_fd,
+                           jobs, timeout)
+        report.namespaces += known + results
+        gone = {e.id: (e.pid, e.start_time) for e in selected
+                if any(ns.id == e.id and ns.action == GONE for ns in report.namespaces)}
+        if gone:
+            registry.remove_if(gone)
+        return report
+    except TimeoutError as e:
+        report.error = str(e)
+        return report
+    finally:
+        if lock_fd >= 0:
+            os.close(lock_fd)
+        os.close(proc_fd)
+        report.duration_ms = (time.perf_counter() - t0) * 1000
+
+
+def _stale_devices(namespaces: dict[int, NsView], live_dev: int, stale_devs: set[int] | None, proc_fd: int,
+                   probe_timeout: float, report: RemountReport) -> set[int]:
+    if stale_devs is not None:
+        return set(stale_devs) - {live_dev}
+    samples: dict[int, tuple[int, str]] = {}
+    for view in namespaces.values():
+        for m in top_mounts(view.mounts).values():
+            if m.dev != live_dev and m.dev not in samples:
+                samples[m.dev] = (view.pid, m.target)
+    if not samples:
+        return set()
+    states = discovery.probe(samples, proc_fd, probe_timeout)
+    for dev, state in sorted(states.items()):
+        if state not in (discovery.DEAD, discovery.LIVE):
+            report.warnings.append(f"connection {os.major(dev)}:{os.minor(dev)} is {state} (probed through pid "
+                                   f"{samples[dev][0]}); its containers were left alone")
+    return {dev for dev, state in states.items() if state == discovery.DEAD}
+
+
+def _execute(todo: list[Job], live_root: str, live_dev: int, live_attrs: int, beneath: bool, proc_fd: int,
+             jobs: int | None, timeout: float) -> list[NamespaceReport]:
+    if not todo:
+        return []
+    sources = _open_sources(live_root, {f.source for j in todo for f in j.fixes})
+    ctx = _Context(proc_fd, live_dev, live_attrs, sources, beneath)
+    try:
+        return run_jobs(ctx, todo, jobs or _default_workers(len(todo)), timeout)
+    finally:
+        ctx.close()
+
+
+# --- attach: bind into a container that has none -----------------------------------------------------------
+
+
+def attach(
+    pid: int,
+    live_root: str,
+    binds: Sequence[tuple[str, ...]],
+    *,
+    root: str | None = None,
+    fstype: str = FSTYPE,
+    optional: Iterable[str] = (),
+    cid: str | None = None,
+    state_dir: str | None = None,
+    timeout: float = 5.0,
+    beneath: bool | None = None,
+) -> NamespaceReport:
+    """Bind files of the live mount at `live_root` into the running container whose init is `pid`.
+
+    `binds` are (source, target[, flags]) with source relative to the filesystem root ("proc/meminfo"),
+    target inside the container ("/proc/meminfo") and flags per-mount options ("ro,nosuid,nodev"; default:
+    the live mount's). Targets are resolved inside the container's root without following symlinks; `root`
+    is that root's path inside the container's mount namespace when /proc/PID/root is not it yet (an OCI
+    hook at createRuntime passes the not-yet-pivoted rootfs). A target already on the live connection is
+    left alone (never stacked); one that is missing is an error unless listed in `optional`.
+    Holds the remount lock when `state_dir` is given. Returns the report; raises procfs.ProcessGone if the
+    pid does not exist, AttachError (an OSError) if any target was refused or failed.
+    """
+    proc_fd = discovery.open_proc()
+    lock_fd = _lock(state_dir, 30.0) if state_dir else -1
+    try:
+        start_time, mntns = discovery.identity(pid, proc_fd)
+        if start_time is None or mntns is None:
+            raise procfs.ProcessGone(pid)
+        if mntns == os.stat("self/ns/mnt", dir_fd=proc_fd).st_ino:
+            raise OSError(errno.EPERM, f"pid {pid} is in our own mount namespace, not a container's")
+        live_dev, live_attrs = live_mount(live_root, fstype, proc_fd)
+        view = discovery.scan(fstype, proc_fd, pids=[pid]).get(mntns)
+        tops = top_mounts(view.mounts if view else ())
+        prefix = root.rstrip("/") if root else ""
+        optional = frozenset(optional)
+        fixes, refusals = [], []
+        for bind in binds:
+            source, target, flags = (tuple(bind) + ("",))[:3]
+            target = "/" + target.lstrip("/")
+            m = tops.get(prefix + target)
+            if m is not None and m.dev != live_dev:
+                refusals.append(TargetError(target, errno.EBUSY, f"already bound to connection "
+                                            f"{os.major(m.dev)}:{os.minor(m.dev)}; `remount` repairs stale binds"))
+            elif m is None:
+                fixes.append(Fix(source, target, ATTACH, None, sc.attrs_from_options(flags) if flags else None,
+                                 target in optional))
+        job = Job(cid or f"pid:{pid}", pid, mntns, fixes, start_time, refusals, root)
+        rep = (_execute([job], live_root, live_dev, live_attrs, _use_beneath(beneath), proc_fd, 1, timeout)
+               or [NamespaceReport(job.id, pid, mntns, REFUSED if refusals else ALREADY_LIVE, errors=refusals)])[0]
+        if rep.action == GONE:
+            raise procfs.ProcessGone(pid)
+        if not rep.ok:
+            raise AttachError(rep)
+        return rep
+    finally:
+        if lock_fd >= 0:
+            os.close(lock_fd)
+        os.close(proc_fd)
+
+
+# --- swap_mount: the host side of a restart -----------------------------------------------------------------
+
+
+def swap_mount(live_path: str, target: str) -> None:
+    """In the caller's own mount namespace, make `target` serve the mount at `live_path` (a new or standby
+    instance's private mountpoint): a clone of it goes *under* whatever is mounted at `target`
+    (MOVE_MOUNT_BENEATH), then the old top is detached, so a reader on the host never finds the mountpoint
+    empty. Without BENEATH (kernel < 6.5): detach the old top, then move the clone in. With nothing mounted
+    at `target`, the clone is simply attached there. `live_path` stays mounted; the caller may detach it."""
+    clone = sc.open_tree(live_path, sc.OPEN_TREE_CLONE | sc.OPEN_TREE_CLOEXEC)
+    try:
+        real = os.path.realpath(target)
+        with open("/proc/self/mountinfo", "rb") as f:
+            mounted = any(procfs.parse_mountinfo_line(line.decode(errors="surrogateescape")).mount_point == real
+                          for line in f if f" {real} ".encode() in line)
+        if not mounted:
+            sc.move_mount(clone, _AT_FDCWD, real, sc.MOVE_MOUNT_F_EMPTY_PATH)
+            return
+        if _use_beneath(None):
+            tfd = os.open(real, _O_PATH)
+            try:
+                sc.move_mount(clone, tfd, "", _MOVE | sc.MOVE_MOUNT_BENEATH)
+                sc.umount2(f"/proc/self/fd/{tfd}", sc.MNT_DETACH)
+            finally:
+                os.close(tfd)
+        else:
+            sc.umount2(real, sc.MNT_DETACH)
+            sc.move_mount(clone, _AT_FDCWD, real, sc.MOVE_MOUNT_F_EMPTY_PATH)
+    finally:
+        os.close(clone)

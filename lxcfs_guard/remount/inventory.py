@@ -1,0 +1,82 @@
+"""`list`: every registered and discovered container with the state of its binds, read from mountinfo
+(no FUSE request, except the deadline-bounded statfs probe of connections other than the live one).
+
+States: live (every bind on the live connection), dead (some on a dead connection: `remount` repairs it),
+stale (some on another connection, not probed), other (bound to another daemon that answers), hung (that
+daemon does not answer), unbound (registered, no bind of ours), gone (registered, the container is gone).
+"""
+
+from __future__ import annotations
+
+import os
+
+from lxcfs_guard.remount import discovery
+from lxcfs_guard.remount.plan import identity_problem, ns_id, top_mounts
+from lxcfs_guard.remount.registry import Registry
+
+
+def _fmt(dev: int) -> str:
+    return f"{os.major(dev)}:{os.minor(dev)}"
+
+
+def inventory(mountpoint: str, state_dir: str, fstype: str, probe: bool = True,
+              probe_timeout: float = 1.0) -> tuple[list[dict[str, object]], list[str]]:
+    """(rows, warnings): one row per container, registered ones first."""
+    warnings: list[str] = []
+    registry = Registry(state_dir)
+    entries = registry.load()
+    if registry.problem:
+        warnings.append(registry.problem)
+    proc_fd = discovery.open_proc()
+    try:
+        try:
+            live_dev: int | None = os.stat(mountpoint).st_dev
+        except OSError as e:
+            warnings.append(f"live mount {mountpoint}: {e.strerror}")
+            live_dev = None
+        host_ns = os.stat("self/ns/mnt", dir_fd=proc_fd).st_ino
+        idents = {cid: discovery.identity(e.pid, proc_fd) for cid, e in entries.items()}
+        pids = [e.pid for e in entries.values()] + sorted(int(n) for n in os.listdir(proc_fd) if n.isdigit())
+        views = discovery.scan(fstype, proc_fd, pids=pids, skip=(host_ns,))
+        states: dict[int, str] = {}
+        others = {}
+        for view in views.values():
+            for m in top_mounts(view.mounts).values():
+                if m.dev != live_dev:
+                    others.setdefault(m.dev, (view.pid, m.target))
+        if probe and others:
+            states = discovery.probe(others, proc_fd, probe_timeout)
+    finally:
+        os.close(proc_fd)
+
+    def label(dev: int) -> str:
+        if dev == live_dev:
+            return "live"
+        state = states.get(dev, "stale")
+        return "other" if state == discovery.LIVE else state
+
+    def state_of(mounts: list) -> tuple[str, list[str]]:
+        devs = sorted({m.dev for m in top_mounts(mounts).values()})
+        labels = {label(d) for d in devs}
+        worst = next((s for s in ("dead", "hung", "stale", "other", "live") if s in labels), None)
+        return worst or (sorted(labels)[0] if labels else "unbound"), [_fmt(d) for d in devs]
+
+    rows: list[dict[str, object]] = []
+    claimed: set[int] = set()
+    for cid, e in sorted(entries.items()):
+        start, mntns = idents[cid]
+        row = {"id": cid, "pid": e.pid, "mntns": e.mntns, "registered": True, "binds": len(e.binds)}
+        problem = identity_problem(e, start, mntns)
+        if problem:
+            row.update(state="gone", devices=[], reason=problem)
+        else:
+            claimed.add(e.mntns)
+            view = views.get(e.mntns)
+            row["state"], row["devices"] = state_of(view.mounts if view else [])
+        rows.append(row)
+    for mntns, view in sorted(views.items()):
+        if mntns not in claimed:
+            state, devs = state_of(view.mounts)
+            rows.append({"id": ns_id(mntns), "pid": view.pid, "mntns": mntns, "registered": False,
+                         "binds": len(top_mounts(view.mounts)), "state": state, "devices": devs})
+    return rows, warnings

@@ -1,0 +1,201 @@
+"""Decide, without touching the kernel, what to do in each mount namespace (pure functions, unit-tested
+with fixture data).
+
+Inputs are what discovery saw (per namespace: one live pid and the mountinfo lines of our fstype), what the
+registry intends (per container: identity and binds), the live connection's device and the set of devices
+judged stale. The output is a list of jobs for the engine (one per namespace: the targets to fix and how)
+plus the outcomes already known without entering anything (already live, gone, refused).
+
+Scoping rule (the caller's contract): a mount is repaired only if its device is in `stale_devs` — devices
+of dead connections, or of a daemon being replaced. A mount on any other device is another daemon's (a
+standby, another test run) and is never touched; a namespace that has only such mounts is not reported.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterable, Mapping
+
+from lxcfs_guard.kernel.syscalls import attrs_from_options
+from lxcfs_guard.remount.registry import Entry
+from lxcfs_guard.remount.report import ALREADY_LIVE, GONE, REFUSED, NamespaceReport, TargetError
+
+BENEATH = "beneath"  # a stale mount is at the target: put the live one under it, then detach it
+ATTACH = "attach"  # a registered target has no mount of ours: bind the live file on top of it
+
+class Mount:
+    """One mountinfo line of our fstype in a namespace, reduced to what the plan needs."""
+
+    __slots__ = ("mount_id", "parent_id", "dev", "root", "target", "options")
+
+    def __init__(self, mount_id: int, parent_id: int, dev: int, root: str, target: str, options: str) -> None:
+        self.mount_id = mount_id
+        self.parent_id = parent_id
+        self.dev = dev
+        self.root = root
+        self.target = target
+        self.options = options
+
+    def __repr__(self) -> str:
+        return f"Mount({self.mount_id}, {self.parent_id}, {os.major(self.dev)}:{os.minor(self.dev)}, {self.root!r}, {self.target!r})"
+
+
+class NsView:
+    """A mount namespace as discovery saw it: its inode, the pid whose mountinfo (and root) was read, and
+    the mounts of our fstype (paths relative to that pid's root)."""
+
+    __slots__ = ("mntns", "pid", "mounts")
+
+    def __init__(self, mntns: int, pid: int, mounts: list[Mount]) -> None:
+        self.mntns = mntns
+        self.pid = pid
+        self.mounts = mounts
+
+
+class Fix:
+    """One target to make serve the live connection. `how` is BENEATH (replace the stale mount whose
+    device is `expect_dev`) or ATTACH (bind on top of the plain file there). `attrs` are the MOUNT_ATTR_*
+    bits the new mount must carry (None: keep the live mount's). An `optional` target that does not exist
+    is skipped silently (cpu/online in a container without /sys)."""
+
+    __slots__ = ("source", "target", "how", "expect_dev", "attrs", "optional")
+
+    def __init__(self, source: str, target: str, how: str, expect_dev: int | None = None,
+                 attrs: int | None = None, optional: bool = False) -> None:
+        self.source = source.lstrip("/")
+        self.target = target
+        self.how = how
+        self.expect_dev = expect_dev
+        self.attrs = attrs
+        self.optional = optional
+
+    def __repr__(self) -> str:
+        return f"Fix({self.source!r}, {self.target!r}, {self.how})"
+
+
+class Job:
+    """The work for one namespace. `start_time` (registered containers) must still match when the engine
+    opens the pid. `refusals` are targets of this namespace already refused by the plan; the engine's
+    report for the namespace carries them. `root` is the container's root as a path inside its namespace,
+    for when /proc/PID/root is not it yet (an OCI hook before pivot_root); None: /proc/PID/root."""
+
+    __slots__ = ("id", "pid", "start_time", "mntns", "fixes", "refusals", "root")
+
+    def __init__(self, id: str, pid: int, mntns: int, fixes: list[Fix], start_time: int | None = None,
+                 refusals: list[TargetError] | None = None, root: str | None = None) -> None:
+        self.id = id
+        self.pid = pid
+        self.mntns = mntns
+        self.fixes = fixes
+        self.start_time = start_time
+        self.refusals = refusals or []
+        self.root = root
+
+    def __repr__(self) -> str:
+        return f"Job({self.id!r}, pid={self.pid}, fixes={self.fixes!r})"
+
+
+def ns_id(mntns: int) -> str:
+    return f"mntns:{mntns}"
+
+
+def top_mounts(mounts: Iterable[Mount]) -> dict[str, Mount]:
+    """Per target, the mount a path lookup lands on: where mounts are stacked on one target, the one no
+    other mount at that target sits on."""
+    by_target: dict[str, list[Mount]] = {}
+    for m in mounts:
+        by_target.setdefault(m.target, []).append(m)
+    tops: dict[str, Mount] = {}
+    for target, group in by_target.items():
+        if len(group) == 1:
+            tops[target] = group[0]
+            continue
+        covered = {m.parent_id for m in group}
+        uncovered = [m for m in group if m.mount_id not in covered]
+        tops[target] = (uncovered or group)[-1]
+    return tops
+
+
+def identity_problem(entry: Entry, start_time: int | None, mntns: int | None) -> str | None:
+    """Why the process now at `entry.pid` is not the registered container (None: it is)."""
+    if start_time is None:
+        return f"pid {entry.pid} has exited"
+    if start_time != entry.start_time:
+        return f"pid {entry.pid} was reused (start time {start_time}, registered {entry.start_time})"
+    if mntns != entry.mntns:
+        return f"pid {entry.pid} is in mount namespace {mntns}, registered {entry.mntns}"
+    return None
+
+
+def _dev(dev: int) -> str:
+    return f"{os.major(dev)}:{os.minor(dev)}"
+
+
+def plan(
+    namespaces: Mapping[int, NsView],
+    entries: Iterable[Entry],
+    identities: Mapping[str, tuple[int | None, int | None]],
+    live_dev: int,
+    stale_devs: set[int],
+    host_ns: int,
+    optional_targets: frozenset[str] = frozenset(),
+) -> tuple[list[Job], list[NamespaceReport]]:
+    """Jobs for the engine and the outcomes known already.
+
+    `identities[id]` is (start time, mount-namespace inode) read now for the entry's pid (None, None if it
+    is gone). `namespaces` must include the namespace of every registered container that is still itself
+    (with its pid); the namespace of the caller (`host_ns`) is never planned for.
+    """
+    jobs: list[Job] = []
+    done: list[NamespaceReport] = []
+    claimed: set[int] = set()
+
+    for entry in entries:
+        start_time, mntns = identities.get(entry.id, (None, None))
+        problem = identity_problem(entry, start_time, mntns)
+        if problem:
+            done.append(NamespaceReport(entry.id, entry.pid, entry.mntns, GONE,
+                                        errors=[TargetError("-", errno.ESRCH, problem)]))
+            continue
+        if entry.mntns == host_ns:
+            done.append(NamespaceReport(entry.id, entry.pid, entry.mntns, REFUSED, errors=[
+                TargetError("-", errno.EPERM, "registered pid is in the host's own mount namespace")]))
+            continue
+        claimed.add(entry.mntns)
+        view = namespaces.get(entry.mntns)
+        tops = top_mounts(view.mounts if view else ())
+        fixes: list[Fix] = []
+        refusals: list[TargetError] = []
+        wanted = set()
+        for bind in entry.binds:
+            wanted.add(bind.target)
+            m = tops.get(bind.target)
+            if m is None:
+                attrs = attrs_from_options(bind.flags) if bind.flags else None
+                fixes.append(Fix(bind.source, bind.target, ATTACH, None, attrs, bind.target in optional_targets))
+            elif m.dev in stale_devs:
+                fixes.append(Fix(m.root, m.target, BENEATH, m.dev, attrs_from_options(m.options)))
+            elif m.dev != live_dev:
+                refusals.append(TargetError(bind.target, errno.EBUSY,
+                                            f"bound to another live connection ({_dev(m.dev)}), not ours to replace"))
+        fixes += [Fix(m.root, m.target, BENEATH, m.dev, attrs_from_options(m.options))
+                  for m in tops.values() if m.target not in wanted and m.dev in stale_devs]
+        if fixes:
+            jobs.append(Job(entry.id, entry.pid, entry.mntns, fixes, entry.start_time, refusals))
+        elif refusals:
+            done.append(NamespaceReport(entry.id, entry.pid, entry.mntns, REFUSED, errors=refusals))
+        else:
+            done.append(NamespaceReport(entry.id, entry.pid, entry.mntns, ALREADY_LIVE))
+
+    for mntns, view in namespaces.items():
+        if mntns == host_ns or mntns in claimed:
+            continue
+        tops = top_mounts(view.mounts)
+        fixes = [Fix(m.root, m.target, BENEATH, m.dev, attrs_from_options(m.options))
+                 for m in tops.values() if m.dev in stale_devs]
+        if fixes:
+            jobs.append(Job(ns_id(mntns), view.pid, mntns, fixes))
+        elif any(m.dev == live_dev for m in tops.values()):
+            done.append(NamespaceReport(ns_id(mntns), view.pid, mntns, ALREADY_LIVE))
+    return jobs, done

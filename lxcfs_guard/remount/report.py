@@ -1,0 +1,137 @@
+"""What a remount (or attach) run did, per container, in a form a person and a script can both read.
+
+Actions, one per container (mount namespace):
+  repaired      every broken bind now serves the live connection (verified from the host)
+  already_live  nothing to do: every bind of ours already points at the live connection
+  refused       something is not safe to touch (a symlinked or directory target, the host's own namespace,
+                a target bound to another live daemon); nothing was mounted for that target
+  gone          the container is no longer there (pid exited, or reused by another process)
+  failed        a syscall failed or the namespace timed out; each error names the target and the errno
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+
+REPAIRED = "repaired"
+ALREADY_LIVE = "already_live"
+REFUSED = "refused"
+GONE = "gone"
+FAILED = "failed"
+ACTIONS = (REPAIRED, ALREADY_LIVE, REFUSED, GONE, FAILED)
+OK_ACTIONS = frozenset((REPAIRED, ALREADY_LIVE, GONE))
+
+
+class TargetError:
+    """One target that could not be (or must not be) repaired, with the errno that says why."""
+
+    __slots__ = ("target", "errno", "message")
+
+    def __init__(self, target: str, errno: int, message: str) -> None:
+        self.target = target
+        self.errno = errno
+        self.message = message
+
+    def to_dict(self) -> dict[str, object]:
+        return {"target": self.target, "errno": self.errno,
+                "errname": _errno.errorcode.get(self.errno, str(self.errno)), "message": self.message}
+
+    def __str__(self) -> str:
+        return f"{self.target}: {_errno.errorcode.get(self.errno, self.errno)} ({self.message})"
+
+    def __repr__(self) -> str:
+        return f"TargetError({self.target!r}, {self.errno}, {self.message!r})"
+
+
+class NamespaceReport:
+    """The outcome for one container: `id` is the registry id or "mntns:<inode>" for a discovered one;
+    `repaired` lists the targets that now serve the live connection (or would, in a dry run)."""
+
+    __slots__ = ("id", "pid", "mntns", "action", "repaired", "errors", "duration_ms")
+
+    def __init__(self, id: str, pid: int, mntns: int, action: str, repaired: list[str] | None = None,
+                 errors: list[TargetError] | None = None, duration_ms: float = 0.0) -> None:
+        self.id = id
+        self.pid = pid
+        self.mntns = mntns
+        self.action = action
+        self.repaired = repaired or []
+        self.errors = errors or []
+        self.duration_ms = duration_ms
+
+    @property
+    def ok(self) -> bool:
+        return self.action in OK_ACTIONS
+
+    def to_dict(self) -> dict[str, object]:
+        return {"id": self.id, "pid": self.pid, "mntns": self.mntns, "action": self.action,
+                "repaired": list(self.repaired), "errors": [e.to_dict() for e in self.errors],
+                "duration_ms": round(self.duration_ms, 3)}
+
+    def line(self, dry_run: bool = False) -> str:
+        what = self.action.replace("_", " ")
+        if dry_run and self.action == REPAIRED:
+            what = "would repair"
+        parts = [f"{self.id:<28} pid {self.pid:<8} {what:<13}"]
+        if self.repaired:
+            parts.append(f"{len(self.repaired)} file(s)")
+        parts.append(f"{self.duration_ms:.1f} ms")
+        out = "  ".join(parts)
+        for e in self.errors:
+            out += f"\n    {e}"
+        return out
+
+    def __repr__(self) -> str:
+        return f"NamespaceReport({self.id!r}, pid={self.pid}, action={self.action!r}, errors={self.errors!r})"
+
+
+class RemountReport:
+    """The whole run: `ok` is False when anything is left broken (failed or refused) or the run itself
+    could not start (`error`)."""
+
+    __slots__ = ("live_root", "live_dev", "fstype", "mode", "dry_run", "namespaces", "warnings", "error",
+                 "duration_ms")
+
+    def __init__(self, live_root: str, fstype: str, dry_run: bool = False) -> None:
+        self.live_root = live_root
+        self.live_dev: int | None = None
+        self.fstype = fstype
+        self.mode = ""  # "beneath" or "detach-move"
+        self.dry_run = dry_run
+        self.namespaces: list[NamespaceReport] = []
+        self.warnings: list[str] = []
+        self.error: str | None = None
+        self.duration_ms = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and all(ns.ok for ns in self.namespaces)
+
+    def count(self, action: str) -> int:
+        return sum(1 for ns in self.namespaces if ns.action == action)
+
+    def to_dict(self) -> dict[str, object]:
+        import os
+
+        dev = self.live_dev
+        return {"ok": self.ok, "live_root": self.live_root, "fstype": self.fstype,
+                "live_dev": None if dev is None else f"{os.major(dev)}:{os.minor(dev)}",
+                "mode": self.mode, "dry_run": self.dry_run, "error": self.error, "warnings": list(self.warnings),
+                "counts": {a: self.count(a) for a in ACTIONS},
+                "namespaces": [ns.to_dict() for ns in self.namespaces], "duration_ms": round(self.duration_ms, 3)}
+
+    def to_json(self) -> str:
+        import json
+
+        return json.dumps(self.to_dict(), indent=1)
+
+    def text(self) -> str:
+        lines = [f"warning: {w}" for w in self.warnings]
+        if self.error:
+            lines.append(f"error: {self.error}")
+        lines += [ns.line(self.dry_run) for ns in self.namespaces]
+        counts = ", ".join(f"{self.count(a)} {a.replace('_', ' ')}" for a in ACTIONS if self.count(a))
+        lines.append(f"{len(self.namespaces)} container(s){': ' + counts if counts else ''}"
+                     f"{' (dry run)' if self.dry_run else ''} in {self.duration_ms:.1f} ms"
+                     f"{' via ' + self.mode if self.mode else ''}")
+        return "\n".join(lines)
