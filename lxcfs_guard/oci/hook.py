@@ -15,6 +15,7 @@ annotation io.lxcfs-guard.strict=true) does a failure stop the container, with a
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 import time
@@ -107,15 +108,16 @@ class ContainerView:
         self.root = root or ""
         self.dirfd = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
-    def dev(self, target: str) -> int | None:
-        """st_dev of `target`, or None if the container has no such file."""
+    def lookup(self, target: str) -> int | OSError | None:
+        """st_dev of `target`; None if the container has no such file (ENOENT, ENOTDIR); the OSError if it
+        has something we must not bind over (ELOOP: a symlink somewhere on the path)."""
         from lxcfs_guard.kernel import syscalls
 
         try:
             fd = syscalls.openat2(self.dirfd, self.root + target, os.O_PATH | os.O_CLOEXEC,
                                   syscalls.RESOLVE_IN_ROOT | syscalls.RESOLVE_NO_SYMLINKS)
-        except OSError:
-            return None
+        except OSError as e:
+            return None if e.errno in (errno.ENOENT, errno.ENOTDIR) else e
         try:
             return syscalls.statx_cached(fd)[1]
         finally:
@@ -149,24 +151,40 @@ def do_create(state: HookState, cfg: BundleConfig, mountpoint: str, state_dir: s
     except OSError as e:
         raise HookFailure(f"cannot look into the container (pid {state.pid}): {e.strerror}") from None
     try:
-        devs = {target_for(f): view.dev(target_for(f)) for f in files}
+        found = {target_for(f): view.lookup(target_for(f)) for f in files}
     finally:
         view.close()
-    plan: BindPlan = plan_binds(files, lambda t: devs[t] is not None)
-    todo = [(s, t) for s, t in plan.binds if devs[t] != live_dev]  # a second run finds them bound: no-op
+    plan: BindPlan = plan_binds(files, lambda t: found[t] is not None)
+    problems = [f"{t} is a symlink (or has one on its path) in the container: refused, never bound over"
+                if e.errno == errno.ELOOP else f"{t}: {e.strerror or e}" for t, e in found.items()
+                if isinstance(e, OSError)]
+    live = {t for t, dev in found.items() if dev == live_dev}  # a second run finds them bound: nothing to do
+    todo = [(s, t) for s, t in plan.binds if t not in live and not isinstance(found[t], OSError)]
     from lxcfs_guard.remount import engine
     from lxcfs_guard.remount.registry import Registry
 
+    bound = list(todo)
     try:
         if todo:
-            engine.attach(state.pid, mountpoint, todo, root=root, cid=state.id, state_dir=state_dir)
-        Registry(state_dir).add_container(state.id, state.pid, list(plan.binds))
+            try:
+                engine.attach(state.pid, mountpoint, todo, root=root, cid=state.id, state_dir=state_dir)
+            except engine.AttachError as e:
+                repaired = set(e.report.repaired)
+                bound = [b for b in todo if b[1] in repaired]
+                problems += [str(err) for err in e.report.errors]
+        registered = [b for b in plan.binds if b[1] in live or b in bound]
+        if registered:  # what is bound is registered even if something else failed: remount must know it
+            Registry(state_dir).add_container(state.id, state.pid, registered)
     except ProcessGone:
         raise HookFailure(f"the container's init (pid {state.pid}) is gone") from None
     except OSError as e:
         raise HookFailure(f"binding into pid {state.pid} failed: {e}") from None
-    skipped = f"; skipped (absent in the container): {', '.join(plan.missing)}" if plan.missing else ""
-    return f"bound {len(todo)} of {len(plan.binds)} files (pid {state.pid}){skipped}"
+    summary = f"bound {len(bound)} of {len(plan.binds)} files (pid {state.pid})"
+    if plan.missing:
+        summary += f"; skipped (absent in the container): {', '.join(plan.missing)}"
+    if problems:
+        raise HookFailure(f"{summary}; failed: {'; '.join(problems)}")
+    return summary
 
 
 def do_stop(state: HookState, state_dir: str) -> str:

@@ -137,6 +137,34 @@ def test_rootfs_lacking_some_targets(guard: Guard) -> None:
         assert sorted(b["target"] for b in entry["binds"]) == sorted(mounts)
 
 
+def plant_symlink(c: Container) -> None:
+    """No sysfs, and the image has a symlink where cpu/online would be: binding over it would let the image
+    choose where our mount lands."""
+    drop_sysfs(c)
+    os.makedirs(c.rootfs + "/sys/devices/system/cpu", exist_ok=True)
+    os.symlink("/etc/passwd", c.rootfs + "/sys/devices/system/cpu/online")
+
+
+def test_symlinked_target_is_refused_lenient_binds_the_rest(guard: Guard) -> None:
+    with container(hooks=guard.hooks(), customize=plant_symlink, remove=["sys"]) as c:
+        mounts = our_mounts(c)
+        assert "/sys/devices/system/cpu/online" not in mounts
+        assert len(mounts) == 7 and first_line(c.read("/proc/meminfo")) == MEMTOTAL_64M
+        assert c.read("/etc/passwd").startswith("root:")  # the symlink's target untouched
+        entry = json.loads(Path(guard.state_dir, "registry.json").read_text())["containers"][c.id]
+        assert sorted(b["target"] for b in entry["binds"]) == sorted(mounts)
+
+
+def test_symlinked_target_fails_the_start_in_strict_mode(guard: Guard) -> None:
+    with container(hooks=guard.hooks(), customize=plant_symlink, remove=["sys"],
+                   annotations={"io.lxcfs-guard.strict": "true"}, start=False) as c:
+        with pytest.raises(RuntimeError) as exc:
+            c.run()
+        msg = str(exc.value)
+        assert "/sys/devices/system/cpu/online" in msg and "symlink" in msg and "strict mode" in msg, msg
+        assert c.id not in guard.listed()  # runc ran poststop when it gave up on the container
+
+
 def test_hook_twice_and_again_by_hand_is_idempotent(guard: Guard) -> None:
     hooks = guard.hooks()
     hooks["createRuntime"] = hooks["createRuntime"] * 2
