@@ -1,0 +1,145 @@
+"""Content: the glue between caller, readers and views. Fixture trees stand in for /sys/fs/cgroup and
+/proc, so every fallback to the host file is exercised without a kernel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lxcfs_guard.cgroup import V1Reader, V2Reader
+from lxcfs_guard.fs import content as content_mod
+from lxcfs_guard.fs.caller import View
+from lxcfs_guard.fs.content import Content
+from lxcfs_guard.fs.loadavg import LoadSampler, count_threads
+from lxcfs_guard.fs.tree import ROOT_INODE, Tree
+
+from tests.unit.test_cgroup_readers import PROC_CGROUP_V1, v1_tree, v2_tree, write_tree
+from tests.unit.test_fs_views import HOST_CPUINFO, HOST_MEMINFO, host_stat
+
+
+def host_files(tmp_path: Path) -> dict[str, str]:
+    files = {
+        "proc/meminfo": HOST_MEMINFO,
+        "proc/cpuinfo": HOST_CPUINFO,
+        "proc/stat": host_stat(4),
+        "proc/swaps": "Filename\tType\tSize\tUsed\tPriority\n/dev/zram0 partition 8388604 0 100\n",
+        "proc/uptime": "1000.00 3000.00\n",
+        "proc/loadavg": "0.50 0.40 0.30 2/300 4242\n",
+        "proc/diskstats": "   8       0 sda 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17\n",
+        "proc/slabinfo": "slabinfo - version: 2.1\n",
+        "sys/devices/system/cpu/online": "0-3\n",
+    }
+    write_tree(tmp_path / "host", files)
+    return {name: str(tmp_path / "host" / name) for name in files}
+
+
+def test_v1_render_and_host_fallbacks(tmp_path: Path) -> None:
+    reader = V1Reader(str(v1_tree(tmp_path / "cg")))
+    paths = host_files(tmp_path)
+    c = Content(reader, ttl=0, host_paths=paths)
+    view = View(ref=reader.parse_proc_cgroup(PROC_CGROUP_V1), init_pid=1, init_start=0, host=True)
+    mem = c.render("proc/meminfo", view).decode()
+    assert mem.startswith("MemTotal:         262144 kB\n")
+    assert c.render("sys/devices/system/cpu/online", view) == b"1,3\n"
+    assert c.render("proc/cpuinfo", view).decode().count("processor") == 2
+    st = c.render("proc/stat", view).decode().splitlines()
+    assert st[1].startswith("cpu1 100 0 50 ") and st[2].startswith("cpu3 200 0 0 ")
+    assert c.render("proc/diskstats", view).decode().split()[:3] == ["8", "0", "sda"]
+    assert c.render("proc/swaps", view).decode().splitlines()[1].split()[2:4] == ["65536", "2048"]
+    # nothing resolved (pid 0, process gone): the host's own file
+    assert c.render("proc/meminfo", None).decode() == HOST_MEMINFO
+    # a controller that is not there: the host file, not an error
+    nomem = View(ref=reader.parse_proc_cgroup("3:pids:/x\n"), init_pid=1, init_start=0, host=True)
+    assert c.render("proc/meminfo", nomem).decode() == HOST_MEMINFO
+    assert c.render("proc/stat", nomem).decode() == host_stat(4)
+    # a cgroup that vanished between resolution and render: the host file
+    gone = View(ref=reader.parse_proc_cgroup("12:memory:/lxc/gone\n11:cpu,cpuacct:/lxc/gone\n"), init_pid=1,
+                init_start=0, host=True)
+    assert c.render("proc/meminfo", gone).decode() == HOST_MEMINFO
+    assert c.render("proc/stat", gone).decode() == host_stat(4)
+
+
+def test_v2_render_virtualizes_stat_and_diskstats(tmp_path: Path) -> None:
+    reader = V2Reader(str(v2_tree(tmp_path / "cg")))
+    c = Content(reader, ttl=0, host_paths=host_files(tmp_path))
+    view = View(ref=reader.parse_proc_cgroup("0::/kubepods/pod1/ctr/leaf\n"), init_pid=7, init_start=50_000, host=False)
+    mem = c.render("proc/meminfo", view).decode()
+    assert "MemTotal:         524288 kB" in mem and "Mapped:             2048 kB" in mem
+    st = c.render("proc/stat", view).decode().splitlines()
+    assert st[0] == "cpu  200 0 100 " + st[0].split()[4] + " 0 0 0 0 0 0"  # cpu.stat, not the host's
+    assert [l.split()[0] for l in st[:3]] == ["cpu", "cpu2", "cpu3"]
+    assert c.render("proc/diskstats", view).decode().split()[3] == "10"  # rios from io.stat
+    up = c.render("proc/uptime", view).decode().split()
+    ticks = content_mod.clock_ticks()
+    assert float(up[0]) == round(1000.0 - 50_000 / ticks, 2)
+    assert c.render("sys/devices/system/cpu/online", view) == b"2-3\n"
+    quota = Content(reader, cpu_view="quota", ttl=0, host_paths=host_files(tmp_path))
+    assert quota.render("sys/devices/system/cpu/online", view) == b"0\n"  # ceil(50000/100000) = 1
+
+
+def test_render_cache_is_per_cgroup_and_expires(tmp_path: Path) -> None:
+    root = v2_tree(tmp_path / "cg")
+    reader = V2Reader(str(root))
+    c = Content(reader, ttl=3600, host_paths=host_files(tmp_path))
+    view = View(ref=reader.parse_proc_cgroup("0::/kubepods/pod1/ctr/leaf\n"), init_pid=7, init_start=0, host=False)
+    first = c.render("proc/meminfo", view)
+    (root / "kubepods/memory.max").write_text(f"{128 * 2**20}\n")
+    assert c.render("proc/meminfo", view) == first  # cached
+    c.ttl = 0
+    c._cache.clear()
+    assert b"MemTotal:         131072 kB" in c.render("proc/meminfo", view)
+
+
+def test_a_broken_view_serves_the_host_file(tmp_path: Path, monkeypatch) -> None:
+    reader = V2Reader(str(v2_tree(tmp_path / "cg")))
+    c = Content(reader, ttl=0, host_paths=host_files(tmp_path))
+    view = View(ref=reader.parse_proc_cgroup("0::/kubepods/pod1/ctr/leaf\n"), init_pid=7, init_start=0, host=False)
+
+    def boom(host, mem):
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(content_mod.meminfo, "render_meminfo", boom)
+    assert c.render("proc/meminfo", view).decode() == HOST_MEMINFO
+
+
+def test_loadavg_sampler_counts_running_threads(tmp_path: Path) -> None:
+    cg = v2_tree(tmp_path / "cg")
+    proc = tmp_path / "proc"
+    write_tree(proc, {
+        "5/task/5/stat": "5 (a b) R 1 2 3\n",
+        "5/task/8/stat": "8 (a b) S 1 2 3\n",
+        "6/task/6/stat": "6 (x) D 1 2 3\n",
+    })
+    assert count_threads([5, 6, 99], str(proc)) == (2, 3)
+    reader = V2Reader(str(cg))
+    sampler = LoadSampler(reader, proc=str(proc))
+    ref = reader.parse_proc_cgroup("0::/kubepods/pod1/ctr/leaf\n")
+    avg, running, total = sampler.get(ref)
+    assert avg == (0, 0, 0) and (running, total) == (2, 3)
+    for _ in range(12):
+        sampler.tick()
+    avg, _, _ = sampler.get(ref)
+    assert 1.2 < avg[0] / 2048 < 1.3  # 2 active for a minute: 2 * (1 - 1/e)
+    c = Content(reader, ttl=0, sampler=sampler, host_paths=host_files(tmp_path))
+    view = View(ref=ref, init_pid=7, init_start=0, host=False)
+    text = c.render("proc/loadavg", view).decode()
+    assert text.split()[3:] == ["2/3", "4242"]
+    # a cgroup nobody read for long is forgotten
+    sampler.idle_after = -1
+    sampler.tick()
+    assert len(sampler) == 0
+
+
+def test_tree_has_the_lxcfs_layout() -> None:
+    t = Tree()
+    proc = t.lookup(ROOT_INODE, b"proc")
+    assert proc is not None and proc.is_dir
+    assert sorted(proc.children) == sorted(
+        n.encode() for n in ("cpuinfo", "diskstats", "loadavg", "meminfo", "stat", "swaps", "uptime", "slabinfo"))
+    node = ROOT_INODE
+    for part in (b"sys", b"devices", b"system", b"cpu", b"online"):
+        found = t.lookup(node, part)
+        assert found is not None
+        node = found.inode
+    assert not t.get(node).is_dir
+    assert t.lookup(ROOT_INODE, b"nope") is None
+    assert t.lookup(t.by_path["proc/meminfo"], b"x") is None
