@@ -12,6 +12,7 @@ cover exactly the files the filesystem serves, every privilege the DaemonSet nee
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import importlib
 import json
@@ -209,3 +210,58 @@ def test_runc_snippet() -> None:
     for entries in doc["hooks"].values():
         for hook in entries:
             parses_with_our_cli(hook["args"])
+
+
+def test_daemonset_command_and_probe_run_for_real() -> None:
+    """The container's command, run here with the node paths moved to a temp dir, serves; its liveness
+    probe, with the env the manifest sets, passes while it does and fails once the supervisor is gone."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    from lxcfs_guard.kernel.procfs import read_mountinfo
+    from tests.support.procs import force_unmount, stop
+    from tests.support.supervise import descendants
+
+    (c,) = find("DaemonSet")["spec"]["template"]["spec"]["containers"]
+    top = tempfile.mkdtemp(prefix="lxcfs-guard-ds-")
+    moved = {DEFAULT_MOUNTPOINT: os.path.join(top, "mnt"), DEFAULT_STATE_DIR: os.path.join(top, "state")}
+    for d in moved.values():
+        os.makedirs(d)
+    bindir = os.path.dirname(sys.executable)
+    argv = [moved.get(a, a) for a in c["command"]]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LXCFS_GUARD_") and k != "NOTIFY_SOCKET"}
+    env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
+    env.update({e["name"]: moved.get(e["value"], e["value"]) for e in c["env"]})
+    probe = c["livenessProbe"]["exec"]["command"]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    tree: list[int] = []
+    try:
+        deadline = time.monotonic() + 30
+        while subprocess.run(probe, env=env, capture_output=True, timeout=30).returncode != 0:
+            assert proc.poll() is None, "the DaemonSet's command exited"
+            assert time.monotonic() < deadline, "the liveness probe never passed"
+            time.sleep(0.1)
+        tree = descendants(proc.pid)
+        stop(proc, signal.SIGKILL)
+        for pid in tree:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while subprocess.run(probe, env=env, capture_output=True, timeout=30).returncode == 0:
+            assert time.monotonic() < deadline, "the liveness probe still passes with everything killed"
+            time.sleep(0.1)
+    finally:
+        stop(proc, signal.SIGKILL)
+        for pid in tree or descendants(proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for m in reversed(read_mountinfo()):
+            if m.mount_point.startswith(top + "/"):
+                force_unmount(m.mount_point)
+        shutil.rmtree(top, ignore_errors=True)
