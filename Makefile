@@ -7,8 +7,9 @@ V2_APT_PACKAGES := qemu-system-x86 linux-image-amd64 busybox-static
 PYTEST_ARGS ?=
 PREFIX ?= /usr/local
 UNITDIR ?= /etc/systemd/system
+HOOKSDIR ?= /etc/containers/oci/hooks.d
 
-.PHONY: setup apt test test-unit test-v2 demo bench install uninstall clean
+.PHONY: setup apt test test-unit test-v2 demo bench install uninstall install-oci-hook uninstall-oci-hook clean
 
 setup: apt $(VENV)/.installed
 
@@ -60,6 +61,17 @@ uninstall:
 	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl disable --now lxcfs-guard.service || true; fi
 	rm -f $(DESTDIR)$(PREFIX)/bin/lxcfs-guard $(DESTDIR)$(UNITDIR)/lxcfs-guard.service $(DESTDIR)/etc/tmpfiles.d/lxcfs-guard.conf
 	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+
+# podman/CRI-O: every container gets the hook (`always`); for opt-in by annotation install
+# deploy/podman/lxcfs-guard-opt-in.json instead (HOOK_JSON=deploy/podman/lxcfs-guard-opt-in.json).
+HOOK_JSON ?= units/hooks.d/lxcfs-guard.json
+install-oci-hook:
+	install -d $(DESTDIR)$(HOOKSDIR)
+	sed 's#/usr/local/bin/#$(PREFIX)/bin/#g' $(HOOK_JSON) > $(DESTDIR)$(HOOKSDIR)/lxcfs-guard.json
+	chmod 0644 $(DESTDIR)$(HOOKSDIR)/lxcfs-guard.json
+
+uninstall-oci-hook:
+	rm -f $(DESTDIR)$(HOOKSDIR)/lxcfs-guard.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -265,3 +265,21 @@ def test_daemonset_command_and_probe_run_for_real() -> None:
             if m.mount_point.startswith(top + "/"):
                 force_unmount(m.mount_point)
         shutil.rmtree(top, ignore_errors=True)
+
+
+@pytest.mark.parametrize("hook_json", ["units/hooks.d/lxcfs-guard.json", "deploy/podman/lxcfs-guard-opt-in.json"])
+def test_make_install_oci_hook(tmp_path: Path, hook_json: str) -> None:
+    """`make install-oci-hook` writes a valid hooks.d file whose path follows PREFIX."""
+    import subprocess
+
+    p = subprocess.run(["make", "-s", "-C", str(REPO), "install-oci-hook", f"DESTDIR={tmp_path}", "PREFIX=/opt/lg",
+                        f"HOOK_JSON={hook_json}"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    installed = tmp_path / "etc/containers/oci/hooks.d/lxcfs-guard.json"
+    doc = json.loads(installed.read_text())
+    jsonschema.validate(doc, HOOKS_D_SCHEMA)
+    assert doc["hook"]["path"] == "/opt/lg/bin/lxcfs-guard"
+    assert doc["when"] == json.loads((REPO / hook_json).read_text())["when"]
+    subprocess.run(["make", "-s", "-C", str(REPO), "uninstall-oci-hook", f"DESTDIR={tmp_path}"], check=True,
+                   capture_output=True, timeout=60)
+    assert not installed.exists()
