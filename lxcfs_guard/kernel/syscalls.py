@@ -101,8 +101,10 @@ def move_mount(from_fd: int, to_fd: int, to_path: str = "", flags: int = 0, from
     _check(ret, "move_mount", to_path or None)
 
 
-def mount_setattr(dirfd: int, path: str, flags: int, attr_set: int, attr_clr: int = 0) -> None:
-    attr = _MountAttr(attr_set, attr_clr, 0, 0)
+def mount_setattr(dirfd: int, path: str, flags: int, attr_set: int, attr_clr: int = 0, propagation: int = 0) -> None:
+    """Set/clear MOUNT_ATTR_* bits; `propagation` (MS_PRIVATE, MS_SLAVE, ...) changes the propagation type too:
+    a clone of a shared mount is a peer of it until made private."""
+    attr = _MountAttr(attr_set, attr_clr, propagation, 0)
     ret = _syscall(SYS_MOUNT_SETATTR, dirfd, path.encode(), flags, ctypes.byref(attr), ctypes.sizeof(attr))
     _check(ret, "mount_setattr", path or None)
 
