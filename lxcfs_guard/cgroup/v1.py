@@ -168,8 +168,8 @@ class V1Reader:
 
     def io(self, ref: CgroupRef) -> dict[tuple[int, int], IoStat] | None:
         path = self._path(ref, "blkio")
-        if path is None:
-            return None
+        if path is None or ref.get("blkio") in ("/", ""):
+            return None  # the root cgroup is the whole machine: the host's own diskstats say it best
         tables: dict[str, dict[tuple[int, int], dict[str, int]]] = {}
         found = False
         for name in (

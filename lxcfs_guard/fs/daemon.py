@@ -33,6 +33,8 @@ def configure_serve(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cgroup-root", default="/sys/fs/cgroup", help="where the cgroup hierarchies are mounted")
     parser.add_argument("--cache-ttl", type=float, default=0.1,
                         help="seconds a rendered file is reused for the same cgroup (0: render every open)")
+    parser.add_argument("--loadavg-interval", type=float, default=5.0,
+                        help="seconds between loadavg samples (the kernel's decay constants assume 5)")
     parser.add_argument("--max-workers", type=int, default=16, help="FUSE requests in flight at most")
     parser.add_argument("--debug", action="store_true", help="log at debug level")
 
@@ -68,12 +70,13 @@ def write_state(state_dir: str, mountpoint: str) -> str:
 
 
 def fuse_options() -> set[str]:
+    """No default_permissions: files are 0444 for everyone, the ro mount refuses writes in the VFS, and
+    without it the kernel does not refresh attributes on every path walk (a GETATTR per component)."""
     return {
         f"fsname={config.FSNAME}",
         f"subtype={config.FSNAME}",
         "allow_other",
         "ro",
-        "default_permissions",
     }
 
 
@@ -136,7 +139,7 @@ def run_serve(args: argparse.Namespace) -> int:
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch_signals, nursery.cancel_scope)
-            nursery.start_soon(sampler.run)
+            nursery.start_soon(sampler.run, args.loadavg_interval)
             nursery.start_soon(announce_ready)
             await pyfuse3.main(min_tasks=1, max_tasks=max(1, args.max_workers))
             nursery.cancel_scope.cancel()  # the kernel ended the session (umount, abort)

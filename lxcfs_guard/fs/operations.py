@@ -22,7 +22,9 @@ from lxcfs_guard.fs.tree import ROOT_INODE, Tree
 
 log = logging.getLogger(__name__)
 
-ENTRY_TIMEOUT = 300.0  # the tree never changes while we run
+ENTRY_TIMEOUT = 300.0  # the tree never changes while we run: names are cached long
+FILE_ATTR_TIMEOUT = 1.0  # like LXCFS: stdio's fstat after open is served by the kernel, yet a stat() of a
+# file on a dead connection turns into ENOTCONN within a second
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
 
 
@@ -51,7 +53,10 @@ class Operations(pyfuse3.Operations):
             a.st_blksize = 4096
             a.st_blocks = 0
             a.entry_timeout = ENTRY_TIMEOUT
-            a.attr_timeout = ENTRY_TIMEOUT
+            # Directories' attributes are never cached: stat() of the mountpoint must reach us, so a dead
+            # connection shows as ENOTCONN (how the next daemon and the watchdog recognise it). Path walks
+            # do not ask for them (no default_permissions), so reads pay nothing for it.
+            a.attr_timeout = 0 if node.is_dir else FILE_ATTR_TIMEOUT
             self._attrs[inode] = a
 
     # -- names and attributes -------------------------------------------------------------------------

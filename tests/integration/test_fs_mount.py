@@ -1,0 +1,187 @@
+"""The mount itself: shape, refusals, start-up over a dead mount, clean shutdown, readiness, and many
+readers at once. Every test runs a real `lxcfs-guard serve` on a temp dir."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+
+import pytest
+
+from tests.support.cgroups import make_cgroup
+from tests.support.daemon import serve
+from tests.support.procs import force_unmount, is_mounted, stop, wait_for
+
+PY = sys.executable
+
+
+def mountinfo_line(path: str) -> list[str]:
+    with open("/proc/self/mountinfo") as f:
+        lines = [line.split() for line in f if line.split()[4] == os.path.realpath(path)]
+    assert lines, f"{path} not mounted"
+    return lines[-1]
+
+
+def test_mount_shape_tree_and_state_file() -> None:
+    with serve() as d:
+        fields = mountinfo_line(d.mountpoint)
+        sep = fields.index("-", 6)
+        assert fields[sep + 1] == "fuse.lxcfs-guard" and fields[sep + 2] == "lxcfs-guard"
+        assert "ro" in fields[5].split(",")
+        assert "allow_other" in fields[sep + 3].split(",")
+        assert sorted(os.listdir(d.mountpoint)) == ["proc", "sys"]
+        assert sorted(os.listdir(d.path("proc"))) == sorted(
+            ["cpuinfo", "diskstats", "loadavg", "meminfo", "stat", "swaps", "uptime", "slabinfo"])
+        assert os.listdir(d.path("sys/devices/system/cpu")) == ["online"]
+        for name in ("proc/meminfo", "proc/cpuinfo", "proc/stat", "proc/uptime", "proc/loadavg", "proc/swaps",
+                     "proc/diskstats", "proc/slabinfo", "sys/devices/system/cpu/online"):
+            with open(d.path(name)) as f:
+                assert f.read(), name
+        with open(os.path.join(d.state_dir, "serve", f"{d.pid}.json")) as f:
+            state = json.load(f)
+        assert state["pid"] == d.pid and state["mountpoint"] == d.mountpoint and state["started"] > 0
+
+
+def test_writes_are_refused_and_unknown_names_are_enoent() -> None:
+    with serve() as d:
+        for flags in (os.O_WRONLY, os.O_RDWR, os.O_RDONLY | os.O_TRUNC):
+            with pytest.raises(OSError) as e:
+                os.open(d.path("proc/meminfo"), flags)
+            assert e.value.errno in (errno.EROFS, errno.EACCES)
+        for call in (lambda: os.mkdir(d.path("proc/x")), lambda: os.unlink(d.path("proc/meminfo")),
+                     lambda: os.rename(d.path("proc/meminfo"), d.path("proc/m2")),
+                     lambda: os.open(d.path("proc/new"), os.O_CREAT | os.O_WRONLY),
+                     lambda: os.truncate(d.path("proc/stat"), 0), lambda: os.chmod(d.path("proc/stat"), 0o777)):
+            with pytest.raises(OSError) as e:
+                call()
+            assert e.value.errno in (errno.EROFS, errno.EACCES, errno.EPERM)
+        for name in ("proc/nope", "nope", "sys/devices/system/cpu/cpu0", "proc/meminfo/x"):
+            with pytest.raises(OSError) as e:
+                os.stat(d.path(name))
+            assert e.value.errno in (errno.ENOENT, errno.ENOTDIR)
+        with open(d.path("proc/meminfo")) as f:  # still serving after all that
+            assert f.read().startswith("MemTotal:")
+
+
+def test_sigterm_and_sigint_unmount_cleanly() -> None:
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with serve() as d:
+            state = os.path.join(d.state_dir, "serve", f"{d.pid}.json")
+            os.kill(d.pid, sig)
+            assert d.proc.wait(10) == 0, d.log()
+            assert not is_mounted(d.mountpoint)
+            assert not os.path.exists(state)
+
+
+def test_dead_mount_on_the_mountpoint_is_detached_first() -> None:
+    mnt = tempfile.mkdtemp(prefix="lxcfs-guard-dead-")
+    try:
+        with serve(mountpoint=mnt) as first:
+            os.kill(first.pid, signal.SIGKILL)
+            first.proc.wait(10)
+            with pytest.raises(OSError) as e:
+                os.stat(os.path.join(mnt, "proc"))
+            assert e.value.errno == errno.ENOTCONN
+            with serve(mountpoint=mnt) as second:
+                assert second.pid != first.pid
+                with open(second.path("proc/meminfo")) as f:
+                    assert f.read().startswith("MemTotal:")
+                # the dead connection is gone from the mount table, only the live one is left
+                with open("/proc/self/mountinfo") as f:
+                    assert sum(1 for line in f if line.split()[4] == mnt) == 1
+                assert "detaching the dead mount" in second.log()
+    finally:
+        force_unmount(mnt)
+        os.rmdir(mnt)
+
+
+def test_ready_is_notified_once_the_mount_answers() -> None:
+    sock_dir = tempfile.mkdtemp(prefix="lxcfs-guard-notify-")
+    sock_path = os.path.join(sock_dir, "notify")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(sock_path)
+    sock.settimeout(20)
+    try:
+        mnt = tempfile.mkdtemp(prefix="lxcfs-guard-mnt-")
+        state = tempfile.mkdtemp(prefix="lxcfs-guard-state-")
+        env = dict(os.environ, NOTIFY_SOCKET=sock_path)
+        proc = subprocess.Popen([os.path.join(os.path.dirname(PY), "lxcfs-guard"), "serve", "--mountpoint", mnt,
+                                 "--state-dir", state], env=env, stderr=subprocess.DEVNULL)
+        try:
+            msg = sock.recv(4096).decode()
+            assert "READY=1" in msg
+            # READY came after the mount answered: a read works now, and the state file is there
+            with open(os.path.join(mnt, "proc", "meminfo")) as f:
+                assert f.read().startswith("MemTotal:")
+            assert os.path.exists(os.path.join(state, "serve", f"{proc.pid}.json"))
+        finally:
+            stop(proc)
+            force_unmount(mnt)
+            os.rmdir(mnt)
+            subprocess.run(["rm", "-rf", state])
+    finally:
+        sock.close()
+        subprocess.run(["rm", "-rf", sock_dir])
+
+
+def test_many_concurrent_readers_all_get_whole_files() -> None:
+    code = textwrap.dedent("""
+        import os, sys
+        path, n = sys.argv[1], int(sys.argv[2])
+        first = None
+        for _ in range(n):
+            with open(path, "rb") as f:
+                data = f.read()
+            assert data.startswith(b"MemTotal:") and data.endswith(b"kB\\n"), data[-40:]
+            first = first or len(data.splitlines())
+            assert len(data.splitlines()) == first
+        print("ok")
+    """)
+    with serve(args=["--max-workers", "4"]) as d:
+        procs = [subprocess.Popen([PY, "-c", code, d.path("proc/meminfo"), "150"], stdout=subprocess.PIPE, text=True)
+                 for _ in range(24)]
+        outs = [p.communicate(timeout=120)[0] for p in procs]
+        assert all(p.returncode == 0 for p in procs)
+        assert outs == ["ok\n"] * 24
+        assert d.proc.poll() is None
+
+
+def test_a_cgroup_that_vanishes_gives_the_host_file() -> None:
+    # The reader reads once (its view is now cached for ~1 s), leaves its cgroup, removes it, and reads
+    # again at once: the cached view points at a cgroup that no longer exists.
+    code = textwrap.dedent("""
+        import os, sys
+        mnt, dirs = sys.argv[1], sys.argv[2:]
+        with open(mnt + "/proc/meminfo") as f:
+            before = f.readline()
+        for d in dirs:
+            with open(os.path.dirname(d) + "/cgroup.procs", "w") as f:
+                f.write(str(os.getpid()))
+        for d in dirs:
+            os.rmdir(d)
+        for name in ("proc/meminfo", "proc/stat", "proc/cpuinfo", "proc/uptime", "proc/swaps", "proc/diskstats",
+                     "proc/loadavg", "sys/devices/system/cpu/online"):
+            with open(mnt + "/" + name) as f:
+                assert f.read(), name
+        with open(mnt + "/proc/meminfo") as f:
+            after = f.readline()
+        print(before.split()[1], after.split()[1])
+    """)
+    with open("/proc/meminfo") as f:
+        host_total = f.readline().split()[1]
+    with serve(args=["--cache-ttl", "0"]) as d, make_cgroup(memory=64 * 2**20, cpus="0") as cg:
+        join = "; ".join(f"echo $$ > {p}/cgroup.procs" for p in cg.paths.values())
+        r = subprocess.run(["sh", "-c", f'{join}; exec "$0" -c "$1" "$2" ' + " ".join(cg.paths.values()),
+                            PY, code, d.mountpoint], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        before, after = r.stdout.split()
+        assert before == "65536"
+        assert after == host_total
+        assert d.proc.poll() is None
