@@ -87,7 +87,16 @@ class LineReader:
             return [x for x in self.lines if x[0] >= t]
 
 
-def test_container_recovers_by_itself_after_sigkill_of_the_daemon(guard: Guard) -> None:
+@pytest.fixture(scope="module")
+def cold_guard() -> Iterator[Guard]:
+    """supervise without its hot standby: after a crash it must start a new daemon from scratch."""
+    with supervise("--no-standby") as g:
+        yield g
+
+
+@pytest.mark.parametrize("which", ["standby", "cold"])
+def test_container_recovers_by_itself_after_sigkill_of_the_daemon(which: str, request: pytest.FixtureRequest) -> None:
+    guard: Guard = request.getfixturevalue("guard" if which == "standby" else "cold_guard")
     reader_sh = "while :; do head -1 /proc/meminfo 2>&1; usleep 10000; done"
     r, w = os.pipe()
     with container(memory=64 << 20, cpus="0", hooks=guard.hooks(), args=("sh", "-c", reader_sh), start=False) as c:
@@ -117,7 +126,7 @@ def test_container_recovers_by_itself_after_sigkill_of_the_daemon(guard: Guard) 
         assert guard.daemon_pid() not in (None, victim)
         assert c.id in guard.listed()
         assert all(len(v) == 1 for v in our_mounts(c).values()), "repair must not stack mounts"
-        print(f"\nrecovery: {len(bad)} failed reads, last at +{last_bad * 1000:.0f} ms after SIGKILL")
+        print(f"\nrecovery ({which}): {len(bad)} failed reads, last at +{last_bad * 1000:.0f} ms after SIGKILL")
 
 
 def drop_sysfs(c: Container) -> None:
