@@ -51,15 +51,24 @@ def configure_oci_hook(parser: argparse.ArgumentParser) -> None:
         "virtual /proc files into the container and registers it; at poststop it unregisters it. "
         "The stage is read from the state's status unless --stage is given."
     )
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = (
+        "container annotations:\n"
+        "  io.lxcfs-guard.strict=true    refuse to start the container if a file cannot be bound\n"
+        "  io.lxcfs-guard.enable=false   leave this container alone (=true selects it for the opt-in hooks.d)\n"
+        "  io.lxcfs-guard.files=LIST     bind only these, e.g. meminfo,cpuinfo,online\n"
+        "Without strict mode every problem is logged (stderr, journal) and the container starts with the\n"
+        "host's /proc."
+    )
     parser.add_argument("--stage", choices=("createRuntime", "prestart", "poststart", "poststop"),
                         help="the hook stage (default: from the state's status)")
-    parser.add_argument("--mountpoint", default=None, help="the live lxcfs-guard mount (default: %(default)s, "
-                        "env LXCFS_GUARD_MOUNTPOINT, else /var/lib/lxcfs)")
-    parser.add_argument("--state-dir", default=None, help="registry directory (env LXCFS_GUARD_STATE_DIR, else "
-                        "/run/lxcfs-guard)")
+    parser.add_argument("--mountpoint", default=None,
+                        help="the live lxcfs-guard mount (default: env LXCFS_GUARD_MOUNTPOINT, else /var/lib/lxcfs)")
+    parser.add_argument("--state-dir", default=None,
+                        help="registry directory (default: env LXCFS_GUARD_STATE_DIR, else /run/lxcfs-guard)")
     parser.add_argument("--strict", action="store_true",
-                        help="fail the container start if the files cannot be bound (also LXCFS_GUARD_STRICT=1 or "
-                        "the annotation io.lxcfs-guard.strict=true)")
+                        help="fail the container start if the files cannot be bound (also LXCFS_GUARD_STRICT=1 "
+                        "in the hook's env, or the annotation io.lxcfs-guard.strict=true)")
 
 
 # --- reporting ---------------------------------------------------------------------------------------------
