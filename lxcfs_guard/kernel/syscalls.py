@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _syscall = _libc.syscall
@@ -19,7 +18,7 @@ _syscall.restype = ctypes.c_long
 SYS_OPEN_TREE = 428
 SYS_MOVE_MOUNT = 429
 SYS_MOUNT_SETATTR = 442
-SYS_SETNS = {"x86_64": 308, "aarch64": 268}.get(platform.machine(), 308)
+SYS_SETNS = {"x86_64": 308, "aarch64": 268}.get(os.uname().machine, 308)
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWPID = 0x20000000
@@ -135,7 +134,7 @@ def attrs_from_options(options: str) -> int:
 # --- path resolution confined to a container's root, and cache-only stat (added for the remount engine) ---
 
 SYS_OPENAT2 = 437
-SYS_STATX = 332 if platform.machine() == "x86_64" else 291
+SYS_STATX = 332 if os.uname().machine == "x86_64" else 291
 RESOLVE_NO_XDEV = 0x01
 RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_NO_SYMLINKS = 0x04
