@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from lxcfs_guard.kernel import procfs, syscalls
 from lxcfs_guard.remount.plan import Mount, NsView
 
+
 DEAD = "dead"
 LIVE = "live"
 HUNG = "hung"

@@ -50,6 +50,7 @@ from lxcfs_guard.remount.report import (
     ALREADY_LIVE, FAILED, GONE, REFUSED, REPAIRED, NamespaceReport, RemountReport, TargetError,
 )
 
+
 FSTYPE = config.FSTYPE
 LOCKNAME = "remount.lock"
 ENV_NO_BENEATH = "LXCFS_GUARD_NO_BENEATH"  # "1": use detach-then-move even where BENEATH exists (tests, 6.1 parity)
@@ -116,12 +117,15 @@ def _clone(ctx: _Context, fix: Fix) -> int:
         err = src.errno if isinstance(src, OSError) else errno.ENOENT
         raise OSError(err, f"the live filesystem has no {fix.source!r}")
     clone = sc.open_tree("", _CLONE, dirfd=src)
-    if fix.attrs is not None and fix.attrs != ctx.live_attrs:
-        try:
-            sc.mount_setattr(clone, "", sc.AT_EMPTY_PATH, fix.attrs, sc.ALL_MOUNT_ATTRS & ~fix.attrs)
-        except OSError:
-            os.close(clone)
-            raise
+    # Private: a clone of a shared mount (any mount on a systemd host) is a peer of it, and would make the
+    # binds of every container one peer group, so that detaching one container's stale mount propagated
+    # into the others. Flags: those the old bind had, set before the clone is visible anywhere.
+    attrs = ctx.live_attrs if fix.attrs is None else fix.attrs
+    try:
+        sc.mount_setattr(clone, "", sc.AT_EMPTY_PATH, attrs, sc.ALL_MOUNT_ATTRS & ~attrs, sc.MS_PRIVATE)
+    except OSError:
+        os.close(clone)
+        raise
     return clone
 
 

@@ -21,6 +21,7 @@ from lxcfs_guard.kernel.syscalls import attrs_from_options
 from lxcfs_guard.remount.registry import Entry
 from lxcfs_guard.remount.report import ALREADY_LIVE, GONE, REFUSED, NamespaceReport, TargetError
 
+
 BENEATH = "beneath"  # a stale mount is at the target: put the live one under it, then detach it
 ATTACH = "attach"  # a registered target has no mount of ours: bind the live file on top of it
 

@@ -24,10 +24,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
 import os
 import time
 from collections.abc import Iterable, Iterator
+
 
 SCHEMA = 1
 FILENAME = "registry.json"
@@ -101,6 +101,8 @@ class RegistryError(Exception):
 
 def parse(text: str | bytes) -> dict[str, Entry]:
     """Entries of a registry file's text (pure). Raises RegistryError with the reason."""
+    import json  # only when there is a file to read: not every remount pays for it
+
     try:
         doc = json.loads(text)
     except ValueError as e:
@@ -120,6 +122,8 @@ def parse(text: str | bytes) -> dict[str, Entry]:
 
 def dump(entries: dict[str, Entry]) -> str:
     """The file text for `entries` (pure), keys sorted so equal registries give equal files."""
+    import json
+
     doc = {"schema": SCHEMA, "containers": {cid: e.to_dict() for cid, e in sorted(entries.items())}}
     return json.dumps(doc, indent=1, sort_keys=True) + "\n"
 
