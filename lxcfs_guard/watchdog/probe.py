@@ -98,9 +98,9 @@ class Probe:
         return self._result
 
     def cancel(self, wait: float = 1.0) -> ProbeResult:
-        """Give up on the probe: kill the child and reap it (waits at most `wait` for a child stuck in
-        the kernel; it is reaped later by `reap_strays` if it takes longer)."""
-        if self.result() is None:
+        """Give up on the probe (its outcome is TIMEOUT, whatever the child does now): kill the child and
+        reap it (waits at most `wait` for a child stuck in the kernel; `reap_strays` reaps it later)."""
+        if self._result is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
             if select.select([self._pidfd], [], [], wait)[0]:

@@ -115,7 +115,8 @@ def format_text(report: dict[str, Any]) -> str:
 # --- gathering ------------------------------------------------------------------------------------
 
 
-def _alive(pid: Any, start_time: Any = None) -> bool:
+def alive(pid: Any, start_time: Any = None) -> bool:
+    """Is `pid` running (and, given `start_time`, still the very process recorded)?"""
     try:
         pid = int(pid)
         if pid <= 0:
@@ -129,18 +130,13 @@ def _alive(pid: Any, start_time: Any = None) -> bool:
 
 def registered_containers(state_dir: str) -> list[tuple[str, int, int | None]]:
     """(id, pid, start_time) of every registered container; empty if the registry is absent or unreadable."""
-    try:
-        from lxcfs_guard.remount.registry import Registry  # type: ignore[import-not-found]
-    except ImportError:
-        return []
+    from lxcfs_guard.remount.registry import Registry
+
     try:
         entries = Registry(state_dir).load()
     except Exception:  # noqa: BLE001 - a broken registry must not break `status`
         return []
-    out = []
-    for e in entries.values() if isinstance(entries, dict) else entries:
-        out.append((str(e.id), int(e.pid), getattr(e, "start_time", None)))
-    return out
+    return [(e.id, e.pid, e.start_time) for e in entries.values()]
 
 
 def container_states(
@@ -148,7 +144,7 @@ def container_states(
 ) -> list[ContainerState]:
     out = []
     for cid, pid, start_time in entries:
-        if not _alive(pid, start_time):
+        if not alive(pid, start_time):
             out.append(ContainerState(cid, pid, "gone"))
             continue
         try:
@@ -164,7 +160,7 @@ def _serve_records(state_dir: str) -> list[dict[str, Any]]:
         with contextlib.suppress(OSError, ValueError):
             with open(path) as f:
                 rec = json.load(f)
-            if isinstance(rec, dict) and _alive(rec.get("pid")):
+            if isinstance(rec, dict) and alive(rec.get("pid")):
                 out.append(rec)
     return out
 
@@ -173,7 +169,7 @@ def gather(state_dir: str, mountpoint: str, fstype: str, probe_timeout: float = 
     """The status report (see module doc); `healthy` is measured here unless a live supervisor's fresh
     record says it."""
     rec = read_status(state_dir)
-    supervised = rec is not None and _alive(rec.get("supervisor_pid"), rec.get("supervisor_start_time"))
+    supervised = rec is not None and alive(rec.get("supervisor_pid"), rec.get("supervisor_start_time"))
     report: dict[str, Any]
     if rec is not None and supervised:
         mountpoint = rec.get("mountpoint", mountpoint)
@@ -184,7 +180,7 @@ def gather(state_dir: str, mountpoint: str, fstype: str, probe_timeout: float = 
             "daemon_pid": rec.get("daemon_pid"),
             "standby_pid": rec.get("standby_pid"),
             "mountpoint": mountpoint,
-            "healthy": bool(rec.get("healthy")) and _alive(rec.get("daemon_pid")),
+            "healthy": bool(rec.get("healthy")) and alive(rec.get("daemon_pid")),
             "restarts": int(rec.get("restarts", 0)),
             "last_recovery_ms": rec.get("last_recovery_ms"),
             "updated": rec.get("updated"),

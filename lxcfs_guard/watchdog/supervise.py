@@ -36,9 +36,10 @@ from typing import Any
 
 from lxcfs_guard import config
 from lxcfs_guard.kernel import notify, procfs, syscalls
+from lxcfs_guard.remount.registry import FILENAME as REGISTRY_FILE
 from lxcfs_guard.watchdog import fusectl, instance, policy, status
 from lxcfs_guard.watchdog.instance import Instance
-from lxcfs_guard.watchdog.probe import Outcome, Probe, reap_strays
+from lxcfs_guard.watchdog.probe import Outcome, Probe, ProbeResult, probe, reap_strays
 
 LOCK_FILE = "supervise.lock"
 STATUS_EVERY = 10.0  # seconds between periodic status/registry refreshes
@@ -111,7 +112,9 @@ class Supervisor:
         self.announced_ready = False
         self.containers_total = 0
         self.containers_live = 0
-        self.registered: dict[int, str] = {}  # container init pid -> id
+        self.registered: dict[int, tuple[str, int | None]] = {}  # container init pid -> (id, start time)
+        self.registry_mtime = 0
+        self.dead_dev: int | None = None  # the connection of the primary that just died
         self.stopping = False
         self.exit_code = 0
         self._signals: list[int] = []
@@ -383,17 +386,31 @@ class Supervisor:
         else:
             self._promote(inst)
 
-    def _promote(self, inst: Instance, stale: set[int] | None = None) -> None:
+    def _promote(self, inst: Instance, stale: set[int] | None = None, reload: bool = False) -> None:
         """Make `inst` the primary: containers first (they are what is waiting), then the host mountpoint."""
         inst.role = "primary"
         self.primary = inst
-        self._repair(inst, stale)
+        if not stale and self.dead_dev is not None:  # a crash: we know which connection died
+            stale = {self.dead_dev}
+        self.dead_dev = None
+        t0 = time.monotonic()
+        fast = 0.0
+        if stale:  # we know which connection to leave: registered containers first, without a full scan
+            self._refresh_registry()
+            fast = self._repair(inst, stale, ids=sorted(cid for cid, _ in self.registered.values()))
         self._publish(inst)
         now = time.monotonic()
         if self.fault_at is not None:
             self.last_recovery_ms = (now - self.fault_at) * 1000
-            log(f"recovered from {self.fault_kind} in {self.last_recovery_ms:.1f} ms (serve pid {inst.pid})")
+            ready = inst.ready_at or t0
+            log(
+                f"recovered from {self.fault_kind} in {self.last_recovery_ms:.1f} ms (serve pid {inst.pid}: "
+                f"{'standby' if inst.launched < self.fault_at else f'started in {(ready - inst.launched) * 1000:.0f} ms'}"
+                f", registered containers repaired in {fast:.1f} ms)"
+            )
             self.fault_at = None
+        # Then everything else: discovered (unregistered) binds, and binds of any older dead connection.
+        self._repair(inst, stale if reload else None)
         self.probe_at = now + self.o.probe_interval
         self._healthy(True, force_status=True)
         if not self.announced_ready:
@@ -410,7 +427,7 @@ class Supervisor:
         old = self.primary
         assert old is not None
         stale = {old.dev} if old.dev is not None else set()
-        self._promote(new, stale)
+        self._promote(new, stale, reload=True)
         old.role = "old"
         old.retire_at = time.monotonic() + self.o.reload_grace
         self.retiring.append(old)
@@ -437,6 +454,7 @@ class Supervisor:
             return
         if inst is self.primary:
             self.primary = None
+            self.dead_dev = inst.dev
             self._healthy(False)
             if self.fault_at is None:
                 self.fault_at, self.fault_kind = now, "crash"
@@ -498,15 +516,19 @@ class Supervisor:
 
     # --- mounts ---------------------------------------------------------------------------------------
 
-    def _repair(self, inst: Instance, stale: set[int] | None) -> None:
-        if self.engine is None:
-            return
+    def _repair(self, inst: Instance, stale: set[int] | None, ids: list[str] | None = None) -> float:
+        """Run the remount engine onto `inst`; returns the time it took (ms). `ids` limits it to those
+        registered containers (the fast pass: no scan of every process's mount table), `stale` names the
+        connections to move off (a reload, or a crash whose dead device we know: no liveness probing)."""
+        if self.engine is None or ids == []:
+            return 0.0
         t0 = time.monotonic()
         try:
             report = self.engine.remount(
                 inst.mnt,
                 self.o.state_dir,
                 fstype=self.o.fstype,
+                ids=ids,
                 stale_devs=stale or None,
                 timeout=self.o.remount_timeout,
                 jobs=self.o.jobs,
@@ -514,22 +536,24 @@ class Supervisor:
         except Exception as e:  # noqa: BLE001 - a failed repair must not take the supervisor down
             log(f"remount failed: {e!r}")
             self.last_repair = {"ok": False, "error": repr(e)}
-            return
+            return (time.monotonic() - t0) * 1000
         took = (time.monotonic() - t0) * 1000
-        self.last_repair = {"ok": bool(getattr(report, "ok", False)), "ms": round(took, 1)}
-        if not getattr(report, "ok", False):
-            with contextlib.suppress(Exception):
-                log(f"remount left something broken: {report.to_json()}")
+        self.last_repair = {"ok": bool(report.ok), "ms": round(took, 1), "scope": "registered" if ids else "all"}
+        if not report.ok:
+            broken = "; ".join(
+                [report.error or ""] + [ns.line().replace("\n", ",") for ns in report.namespaces if not ns.ok]
+            ).strip("; ")
+            log(f"remount left something broken: {broken}")
+        return took
 
     def _publish(self, inst: Instance) -> None:
-        """Put `inst`'s mount on the host mountpoint: atomically beneath whatever of ours is there (dead or
-        the previous instance), or a plain bind when nothing of ours is mounted there."""
-        mounts = procfs.read_mountinfo("self")
-        top = status.top_mount_dev(mounts, self.mountpoint, self.o.fstype)
-        if top == inst.dev:
+        """Put `inst`'s mount on the host mountpoint: atomically beneath whatever is there (a dead mount, or
+        the previous instance's), so the host path is never empty; attached plainly if nothing is."""
+        top = status.top_mount_dev(procfs.read_mountinfo("self"), self.mountpoint, self.o.fstype)
+        if top is not None and top == inst.dev:
             return
         try:
-            if top is not None and self.engine is not None and hasattr(self.engine, "swap_mount"):
+            if self.engine is not None:
                 self.engine.swap_mount(inst.mnt, self.mountpoint)
                 return
             if top is not None:  # no engine: detach, then bind (the host path is briefly empty)
@@ -560,7 +584,8 @@ class Supervisor:
             if inst is None:
                 continue
             known.add(inst.dir)
-            if role in ("primary", "standby") and inst.dev is not None and self._probe_now(inst):
+            result = self._probe_now(inst) if role in ("primary", "standby") and inst.dev is not None else None
+            if result is not None and result.ok:
                 inst.ready = True
                 inst.probe = None
                 if role == "primary" and self.primary is None:
@@ -571,7 +596,7 @@ class Supervisor:
                     self.standby = inst
                     log(f"adopted standby pid {inst.pid}")
                     continue
-            log(f"stopping left-over {role} pid {inst.pid}")
+            log(f"stopping left-over {role} pid {inst.pid} ({result.describe() if result else 'not adoptable'})")
             if inst.dev is not None:
                 fusectl.abort(inst.dev)
             inst.kill()
@@ -586,10 +611,8 @@ class Supervisor:
         else:
             self._launch_next("start")
 
-    def _probe_now(self, inst: Instance) -> bool:
-        from lxcfs_guard.watchdog.probe import probe
-
-        return probe(os.path.join(inst.mnt, self.o.probe_file), self.o.probe_timeout).ok
+    def _probe_now(self, inst: Instance) -> ProbeResult:
+        return probe(os.path.join(inst.mnt, self.o.probe_file), self.o.probe_timeout)
 
     def _sweep_instances_root(self, keep: set[str]) -> None:
         """Detach and remove instance directories nobody owns (left by a supervisor that was killed)."""
@@ -602,39 +625,45 @@ class Supervisor:
 
     # --- containers ---------------------------------------------------------------------------------
 
-    def _registry(self) -> Any:
-        try:
-            from lxcfs_guard.remount.registry import Registry  # type: ignore[import-not-found]
-        except ImportError:
-            return None
-        return Registry(self.o.state_dir)
-
     def _refresh_registry(self) -> None:
+        with contextlib.suppress(OSError):
+            self.registry_mtime = os.stat(os.path.join(self.o.state_dir, REGISTRY_FILE)).st_mtime_ns
         entries = status.registered_containers(self.o.state_dir)
-        self.registered = {pid: cid for cid, pid, _ in entries}
-        gone = [cid for cid, pid, st in entries if not status._alive(pid, st)]
-        for cid in gone:
-            self._unregister(cid)
+        self.registered = {pid: (cid, st) for cid, pid, st in entries}
+        self._unregister({cid: (pid, st) for cid, pid, st in entries if st is not None and not status.alive(pid, st)})
 
     def _on_proc_events(self) -> None:
         assert self.events is not None
         exits = self.events.drain()
-        if -1 in exits:  # events were lost: rescan
+        try:
+            changed = os.stat(os.path.join(self.o.state_dir, REGISTRY_FILE)).st_mtime_ns != self.registry_mtime
+        except OSError:
+            changed = False
+        if -1 in exits or changed:  # events were lost, or containers were registered since: rescan
             self._refresh_registry()
+        gone = {}
         for pid in exits:
-            cid = self.registered.pop(pid, None)
-            if cid is not None:
-                self._unregister(cid)
+            found = self.registered.pop(pid, None)
+            if found is not None and found[1] is not None:
+                gone[found[0]] = (pid, found[1])
+        self._unregister(gone)
 
-    def _unregister(self, cid: str) -> None:
-        reg = self._registry()
-        if reg is None:
+    def _unregister(self, gone: dict[str, tuple[int, int]]) -> None:
+        """Forget containers whose init exited (only if the entry still names that very process)."""
+        if not gone:
             return
         try:
-            reg.unregister(cid)
+            from lxcfs_guard.remount.registry import Registry
+
+            removed = Registry(self.o.state_dir).remove_if(gone)
+        except Exception as e:  # noqa: BLE001 - a registry problem must not take the supervisor down
+            log(f"cannot unregister {sorted(gone)}: {e!r}")
+            return
+        for cid in removed:
             log(f"container {cid} exited: unregistered")
-        except Exception as e:  # noqa: BLE001
-            log(f"cannot unregister container {cid}: {e!r}")
+        if removed:
+            self._count_containers()
+            self._write_status()
 
     def _count_containers(self) -> None:
         live_dev = self.primary.dev if self.primary is not None else None
