@@ -148,10 +148,6 @@ class Content:
         return stat.render_stat(host, self._visible_cpus(view), usage, renumber=self.cpu_view == "quota")
 
     def _uptime(self, view: View) -> str | None:
-        if view.host:
-            # A caller in our own pid namespace has no container init: LXCFS 5.0.3 serves the host's uptime
-            # then (checked on a real v2 kernel, tests/v2), not the age of pid 1, which started after boot.
-            return None
         host = self.host_text(self.host_paths["proc/uptime"])
         now = float(host.split()[0])
         age = now - view.init_start / self._ticks
