@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import signal
 import sys
 import time
 from collections.abc import Mapping
@@ -37,6 +38,8 @@ from lxcfs_guard.oci.state import (
 )
 
 PROG = "lxcfs-guard oci-hook"
+ENV_DEADLINE = "LXCFS_GUARD_HOOK_DEADLINE"
+DEFAULT_DEADLINE = 8.0  # seconds; the shipped hook configs give the runtime's timeout as 10
 MAX_STATE_BYTES = 1 << 20
 LIVE_FSTYPES = (FSTYPE, LXCFS_FSTYPE)
 
@@ -206,34 +209,51 @@ def do_stop(state: HookState, state_dir: str) -> str:
 # --- the command -------------------------------------------------------------------------------------------
 
 
+def _deadline(env: Mapping[str, str]) -> float:
+    try:
+        return max(0.05, float(env.get(ENV_DEADLINE) or DEFAULT_DEADLINE))
+    except ValueError:
+        return DEFAULT_DEADLINE
+
+
+def _on_deadline(signum: int, frame: object) -> None:
+    raise HookFailure("gave up after the hook's deadline (another repair holds the lock, or the container is "
+                      f"wedged); {ENV_DEADLINE} sets it")
+
+
 def run_oci_hook(args: argparse.Namespace, stdin: bytes | None = None, env: Mapping[str, str] | None = None) -> int:
     env = os.environ if env is None else env
     t0 = time.monotonic()
     mountpoint = args.mountpoint or default_mountpoint()
     state_dir = args.state_dir or default_state_dir()
-    raw = sys.stdin.buffer.read(MAX_STATE_BYTES + 1) if stdin is None else stdin
     cid: str | None = None
     strict = strict_hint(env) or args.strict
+    # Give up on our own before the runtime's hook timeout kills us: a killed hook fails the container
+    # start even in lenient mode. (Interval timers are not inherited by the engine's forked workers.)
+    signal.signal(signal.SIGALRM, _on_deadline)
+    signal.setitimer(signal.ITIMER_REAL, _deadline(env))
     try:
+        raw = sys.stdin.buffer.read(MAX_STATE_BYTES + 1) if stdin is None else stdin
         if len(raw) > MAX_STATE_BYTES:
             raise HookInputError(f"OCI state on stdin is larger than {MAX_STATE_BYTES} bytes")
         state = parse_state(raw)
         cid = state.id
         strict = strict_hint(env, [state.annotations]) or args.strict
         stage = stage_of(state, args.stage)
-        if stage != CREATE:
-            strict = False  # strictness is about refusing a start; a stop cannot be refused
         if stage == CREATE:
             cfg = read_config(state)
             opts = options_from(env, state.annotations, cfg.annotations, strict=args.strict)
             strict = opts.strict
             if not opts.enabled:
-                log("disabled by annotation io.lxcfs-guard.enable=false; leaving the container alone", cid=cid)
-                return 0
-            summary = do_create(state, cfg, mountpoint, state_dir, opts.files)
+                summary = "disabled by annotation io.lxcfs-guard.enable=false; leaving the container alone"
+            else:
+                summary = do_create(state, cfg, mountpoint, state_dir, opts.files)
         else:
+            strict = False  # strictness is about refusing a start; a stop cannot be refused
             summary = do_stop(state, state_dir)
+        signal.setitimer(signal.ITIMER_REAL, 0)
     except (HookInputError, HookFailure, OSError) as e:
+        signal.setitimer(signal.ITIMER_REAL, 0)
         what = e.strerror + f": {e.filename}" if isinstance(e, OSError) and e.strerror else str(e)
         if strict:
             log(f"error: {what} (strict mode: refusing to start the container)", cid=cid, error=True)
@@ -242,6 +262,7 @@ def run_oci_hook(args: argparse.Namespace, stdin: bytes | None = None, env: Mapp
             "refuse instead)", cid=cid, error=True)
         return 0
     except Exception as e:  # a bug of ours must not stop containers unless the user asked for strictness
+        signal.setitimer(signal.ITIMER_REAL, 0)
         log(f"internal error: {e.__class__.__name__}: {e}{' (strict mode)' if strict else ''}", cid=cid, error=True)
         return 1 if strict else 0
     if env.get("LXCFS_GUARD_HOOK_VERBOSE"):

@@ -106,3 +106,21 @@ def test_runc_refuses_to_start_in_strict_mode_without_a_daemon(empty_dirs: tuple
         msg = str(exc.value)
         assert "nothing serves" in msg and "strict mode" in msg, msg
         assert c._runc("state", c.id, check=False, capture_output=True).returncode != 0  # runc destroyed it
+
+
+def test_stdin_never_closed_gives_up_by_the_deadline() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LXCFS_GUARD_")}
+    env["LXCFS_GUARD_HOOK_DEADLINE"] = "0.3"
+    p = subprocess.Popen([BINARY, "oci-hook"], stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        p.stdin.write(b'{"id": "x", ')  # half a state, and the writer never closes
+        p.stdin.flush()
+        rc = p.wait(timeout=10)
+        err = p.stderr.read()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        p.stdin.close()
+        p.stderr.close()
+    assert rc == 0 and b"deadline" in err and b"Traceback" not in err, err
