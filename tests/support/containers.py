@@ -232,3 +232,62 @@ def light_containers(
             for c in out:
                 stop(c)
             shutil.rmtree(parent, ignore_errors=True)
+
+
+class LoopingReader:
+    """A process of container `c` that reads `path` in a tight loop (open, read, close) until stopped, and
+    records what it saw as runs: [("own", n), ("ENOTCONN", n), ("own", n)]. "own" means MemTotal equals
+    the container's limit; anything else is "MemTotal=<kB>" or the errno's name. Stop with `stop()`."""
+
+    def __init__(self, c: LightContainer, path: str = "/proc/meminfo") -> None:
+        import errno as _errno
+        import json
+
+        self._stop_r, self._stop_w = os.pipe()
+        self._out_r, out_w = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:  # pragma: no cover - child
+            code = 1
+            try:
+                os.close(self._stop_w)
+                os.close(self._out_r)
+                enter(c)
+                os.set_blocking(self._stop_r, False)
+                own = c.limit // 1024
+                runs: list[list] = []
+                while True:
+                    try:
+                        with open(path, "rb") as f:
+                            kb = memtotal_kb(f.read().decode())
+                        kind = "own" if kb == own else f"MemTotal={kb}"
+                    except OSError as e:
+                        kind = _errno.errorcode.get(e.errno or 0, str(e.errno))
+                    except ValueError:
+                        kind = "garbled"
+                    if runs and runs[-1][0] == kind:
+                        runs[-1][1] += 1
+                    else:
+                        runs.append([kind, 1])
+                    try:
+                        if os.read(self._stop_r, 1) is not None:
+                            break
+                    except BlockingIOError:
+                        pass
+                data = json.dumps(runs).encode()
+                while data:
+                    data = data[os.write(out_w, data):]
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(self._stop_r)
+        os.close(out_w)
+
+    def stop(self) -> list[tuple[str, int]]:
+        import json
+
+        os.write(self._stop_w, b"x")
+        os.close(self._stop_w)
+        with os.fdopen(self._out_r, "rb") as f:
+            data = f.read()
+        os.waitpid(self.pid, 0)
+        return [(k, n) for k, n in json.loads(data)]

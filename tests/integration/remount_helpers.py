@@ -1,0 +1,61 @@
+"""Shared pieces of the remount integration tests: a restartable daemon per test, the CLI, mount counts."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+
+from tests.support.containers import LightContainer
+from tests.support.daemon import LXCFS_GUARD
+from tests.support.restartable import Restartable
+
+
+@contextlib.contextmanager
+def daemon(lxcfs: bool = False) -> Iterator[Restartable]:
+    """A daemon on a fresh mountpoint with a fresh state dir (both removed afterwards)."""
+    mountpoint = tempfile.mkdtemp(prefix="lxcfs-guard-rm-mnt-")
+    state_dir = tempfile.mkdtemp(prefix="lxcfs-guard-rm-state-")
+    d = Restartable(mountpoint, state_dir, lxcfs=lxcfs)
+    try:
+        with d:
+            yield d
+    finally:
+        shutil.rmtree(state_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.rmdir(mountpoint)
+
+
+def cli(d: Restartable, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """`lxcfs-guard ARGS --mountpoint M --state-dir S --fstype T` (text output captured)."""
+    cmd = [LXCFS_GUARD, *args, "--mountpoint", d.mountpoint, "--state-dir", d.state_dir]
+    if args[0] != "unregister":
+        cmd += ["--fstype", d.fstype]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def remount_json(d: Restartable, *args: str) -> tuple[int, dict]:
+    proc = cli(d, "remount", "--json", *args)
+    try:
+        return proc.returncode, json.loads(proc.stdout)
+    except ValueError:
+        raise AssertionError(f"remount printed no JSON (rc {proc.returncode}):\n{proc.stdout}\n{proc.stderr}") from None
+
+
+def actions(report: dict, pids: set[int] | None = None) -> dict[int, str]:
+    """pid -> action of the report's namespaces (only `pids`, if given: another test run's containers may
+    show up in a full scan of the host)."""
+    return {ns["pid"]: ns["action"] for ns in report["namespaces"] if pids is None or ns["pid"] in pids}
+
+
+def our_mounts(c: LightContainer, fstype: str) -> list[tuple[str, str, str]]:
+    """(target, device, per-mount options) of every mount of `fstype` in the container, sorted."""
+    out = []
+    for line in c.mounts_of(fstype):
+        f = line.split()
+        out.append((f[4], f[2], f[5]))
+    return sorted(out)
