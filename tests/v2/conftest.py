@@ -26,3 +26,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if str(item.fspath).startswith(here):
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def guard():
+    """One `lxcfs-guard serve` for the v2 view tests (default cpuset view); stopped and unmounted at the end."""
+    from tests.support.daemon import serve
+
+    with serve(timeout=120) as d:
+        yield d
+
+
+@pytest.fixture(scope="session")
+def lxcfs():
+    """Debian's LXCFS 5.0.3 (default options), the reference, on its own mountpoint."""
+    from tests.support.daemon import lxcfs_reference
+
+    with lxcfs_reference(timeout=120) as mnt:
+        yield mnt
