@@ -13,7 +13,7 @@ from lxcfs_guard.fs.loadavg import LoadSampler, count_threads
 from lxcfs_guard.fs.tree import ROOT_INODE, Tree
 
 from tests.unit.test_cgroup_readers import PROC_CGROUP_V1, v1_tree, v2_tree, write_tree
-from tests.unit.test_fs_views import HOST_CPUINFO, HOST_MEMINFO, host_stat
+from tests.unit.test_view_renderers import HOST_CPUINFO, HOST_MEMINFO, host_stat
 
 
 def host_files(tmp_path: Path) -> dict[str, str]:
