@@ -81,7 +81,11 @@ class Resolver:
 
     def _host_view(self, pid: int) -> View:
         if self._host_init is None:
-            self._host_init = (1, pid_start_time(1, self.proc))
+            try:
+                start = pid_start_time(1, self.proc)
+            except (ProcessGone, OSError):
+                start = 0  # an unreadable pid 1 (some sandboxes): its age is the machine's uptime
+            self._host_init = (1, start)
         ref = self.reader.ref_for_pid(pid, self.proc)
         return View(ref=ref, init_pid=self._host_init[0], init_start=self._host_init[1], host=True)
 

@@ -13,6 +13,7 @@ import errno
 import itertools
 import logging
 import os
+import time
 
 import pyfuse3
 
@@ -42,6 +43,7 @@ class Operations(pyfuse3.Operations):
         self._open: dict[int, bytes] = {}
         self._attrs: dict[int, pyfuse3.EntryAttributes] = {}
         self.opens = 0
+        started_ns = time.time_ns()
         for inode, node in tree.nodes.items():
             a = pyfuse3.EntryAttributes()
             a.st_ino = inode
@@ -52,6 +54,7 @@ class Operations(pyfuse3.Operations):
             a.st_size = 0
             a.st_blksize = 4096
             a.st_blocks = 0
+            a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = started_ns
             a.entry_timeout = ENTRY_TIMEOUT
             # Directories' attributes are never cached: stat() of the mountpoint must reach us, so a dead
             # connection shows as ENOTCONN (how the next daemon and the watchdog recognise it). Path walks
