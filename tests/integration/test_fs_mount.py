@@ -185,3 +185,22 @@ def test_a_cgroup_that_vanishes_gives_the_host_file() -> None:
         assert before == "65536"
         assert after == host_total
         assert d.proc.poll() is None
+
+
+def test_small_reads_and_seeks_see_one_consistent_snapshot() -> None:
+    with serve(args=["--cache-ttl", "0"]) as d:
+        fd = os.open(d.path("proc/stat"), os.O_RDONLY)
+        try:
+            chunks = []
+            while True:
+                b = os.read(fd, 7)  # many READ requests at growing offsets, one render behind them
+                if not b:
+                    break
+                chunks.append(b)
+            whole = b"".join(chunks)
+            assert whole.startswith(b"cpu  ") and whole.endswith(b"\n")
+            assert os.pread(fd, 5, 0) == b"cpu  "
+            assert os.pread(fd, 100, len(whole)) == b""
+            assert os.pread(fd, 10**6, 0) == whole  # the same bytes, though the clock moved on
+        finally:
+            os.close(fd)
