@@ -60,6 +60,7 @@ MODE_DETACH_MOVE = "detach-move"
 _S_IFMT = 0o170000
 _S_IFREG = 0o100000
 _S_IFDIR = 0o040000
+_S_IFLNK = 0o120000
 _RESOLVE = sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_SYMLINKS
 _O_PATH = os.O_PATH | os.O_CLOEXEC
 _MOVE = sc.MOVE_MOUNT_F_EMPTY_PATH | sc.MOVE_MOUNT_T_EMPTY_PATH
@@ -131,7 +132,8 @@ def _clone(ctx: _Context, fix: Fix) -> int:
 
 def _resolve(rootfd: int, target: str) -> int:
     try:
-        return sc.openat2(rootfd, target.lstrip("/") or ".", _O_PATH | os.O_NOFOLLOW, _RESOLVE)
+        # No O_NOFOLLOW: with it, O_PATH would open a trailing symlink itself instead of failing with ELOOP.
+        return sc.openat2(rootfd, target.lstrip("/") or ".", _O_PATH, _RESOLVE)
     except OSError as e:
         if e.errno == errno.ELOOP:
             raise _Refusal(errno.ELOOP, "a symlink on the path inside the container; not followed") from None
@@ -142,6 +144,8 @@ def _resolve(rootfd: int, target: str) -> int:
 
 def _check_file(mode: int) -> None:
     kind = mode & _S_IFMT
+    if kind == _S_IFLNK:
+        raise _Refusal(errno.ELOOP, "the target is a symlink; not followed")
     if kind == _S_IFDIR:
         raise _Refusal(errno.EISDIR, "the target is a directory, not a file")
     if kind != _S_IFREG:

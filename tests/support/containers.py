@@ -25,7 +25,7 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from lxcfs_guard.kernel import syscalls as sc
 from tests.support.cgroups import TestCgroup, make_cgroup
@@ -102,6 +102,28 @@ class LightContainer:
             return 255, ""
         return (0, data[1:].decode()) if data[0] == 0 else (data[0], "")
 
+    def call(self, fn: Callable[[], object], chroot: bool = True) -> None:
+        """Run `fn` in a forked process inside the container (its cgroup and mount namespace; its root too
+        unless chroot=False, when paths are as its namespace's root sees them: see host_path). Raises
+        RuntimeError with the child's exception if `fn` raised."""
+        r, w = os.pipe()
+        child = os.fork()
+        if child == 0:  # pragma: no cover - child
+            try:
+                os.close(r)
+                enter(self, chroot=chroot)
+                fn()
+            except BaseException as e:  # noqa: BLE001
+                os.write(w, f"{type(e).__name__}: {e}".encode()[:4000])
+            finally:
+                os._exit(0)
+        os.close(w)
+        with os.fdopen(r, "rb") as f:
+            err = f.read()
+        os.waitpid(child, 0)
+        if err:
+            raise RuntimeError(f"in container {self.pid}: {err.decode(errors='replace')}")
+
     def memtotal_kb(self) -> int:
         """MemTotal of /proc/meminfo as the container reads it; OSError if the read fails."""
         err, text = self.read("/proc/meminfo")
@@ -117,14 +139,15 @@ def memtotal_kb(text: str) -> int:
     raise ValueError("no MemTotal line")
 
 
-def enter(c: LightContainer) -> None:
+def enter(c: LightContainer, chroot: bool = True) -> None:
     """Make the calling (forked, single-threaded) process a process of container `c`."""
     c.cgroup.add(os.getpid())
     nsfd = os.open(f"/proc/{c.pid}/ns/mnt", os.O_RDONLY)
     rootfd = os.open(f"/proc/{c.pid}/root", os.O_RDONLY | os.O_DIRECTORY)
     sc.setns(nsfd, sc.CLONE_NEWNS)
-    os.fchdir(rootfd)
-    os.chroot(".")
+    if chroot:
+        os.fchdir(rootfd)
+        os.chroot(".")
     os.close(nsfd)
     os.close(rootfd)
 
@@ -166,16 +189,21 @@ def start(
     flags: int = 0,
     slave: bool = False,
     parent: str | None = None,
+    want_pid: int | None = None,
 ) -> LightContainer:
     """Start one light container in `cgroup`. With `bind_from` (a FUSE mountpoint), its `files` are bound
     over the container's /proc files (MS_RDONLY etc. in `flags`). `slave`: mounts propagate in from the
-    host (for a shared tunnel). The root dir is made under `parent` (default: a temp dir)."""
+    host (for a shared tunnel). The root dir is made under `parent` (default: a temp dir). `want_pid`
+    asks the kernel for that pid (ns_last_pid): a test of pid reuse checks `pid` and retries."""
     root = tempfile.mkdtemp(prefix="lgc-", dir=parent)
     for d in ("proc", "sys", "bin", "tmp"):
         os.mkdir(f"{root}/{d}")
     open(f"{root}/bin/busybox", "w").close()
     binds = [(f"{bind_from}/{f}", "/" + f, flags) for f in files] if bind_from else []
     r, w = os.pipe2(os.O_CLOEXEC)  # closed by the exec: EOF = success, data = the error
+    if want_pid is not None:  # the next pid the kernel hands out is want_pid, unless someone forks first
+        with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+            f.write(str(want_pid - 1))
     pid = os.fork()
     if pid == 0:  # pragma: no cover - child
         os.close(r)
