@@ -25,6 +25,7 @@ from pathlib import Path
 ROOT = "/sys/fs/cgroup"
 PARENT = f"{ROOT}/lg-parent"
 CT = f"{PARENT}/ct"
+IDLE = f"{PARENT}/idle"  # no process, no I/O, but io.max set: its io.stat has a bare "MAJ:MIN " line
 MiB = 1024 * 1024
 LIMITS = {
     PARENT: {"memory.max": str(64 * MiB)},
@@ -50,7 +51,9 @@ in the root's subtree_control, no systemd.
   +cpuset +cpu +io +memory +pids); `cgroup/lg-parent/ct/` (memory.swap.max=32M, cpuset.cpus=0,
   cpu.max="50000 100000", one process that pushed 80 MiB of anon memory past the limit into swap, wrote 2 MiB to
   /dev/shm, mapped a file, ran a 1 s CPU loop and did O_DIRECT I/O on /dev/vda: 1 MiB written, 512 KiB read).
-  `_files.txt` in each lists every file with its mode, including the write-only ones.
+  `cgroup/lg-parent/idle/`: no process and no I/O, but io.max set on /dev/vda, so its io.stat shows the
+  device with no keys at all ("254:0 "). `_files.txt` in each lists every file with its mode, including the
+  write-only ones.
 - `host/`: the VM's own /proc files (the views' host input) at the same moment; `host/proc/PID/cgroup` is the
   workload's, `host/proc/self/mountinfo.cgroup2` the cgroup2 mount line.
 - `lxcfs-5.0.3-in-ct/`: what Debian's LXCFS 5.0.3 (default options, run in its own non-root cgroup as systemd
@@ -155,10 +158,13 @@ def in_vm(out: Path) -> int:
         shutil.rmtree(out)
     out.mkdir(parents=True)
     os.makedirs(CT)
+    os.makedirs(IDLE)
     _write(f"{PARENT}/cgroup.subtree_control", "+cpuset +cpu +io +memory +pids")
     for path, files in LIMITS.items():
         for name, value in files.items():
             _write(f"{path}/{name}", value)
+    scratch = os.stat("/dev/vda").st_rdev
+    _write(f"{IDLE}/io.max", f"{os.major(scratch)}:{os.minor(scratch)} wbps=104857600")
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -174,6 +180,7 @@ def in_vm(out: Path) -> int:
         dump_dir(ROOT, out / "cgroup")
         dump_dir(PARENT, out / "cgroup" / "lg-parent")
         dump_dir(CT, out / "cgroup" / "lg-parent" / "ct")
+        dump_dir(IDLE, out / "cgroup" / "lg-parent" / "idle")
         proc_out = out / "host"
         for path in PROC_FILES:
             target = proc_out / path.lstrip("/")
@@ -193,7 +200,7 @@ def in_vm(out: Path) -> int:
     finally:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
-        for path in (CT, PARENT):
+        for path in (CT, IDLE, PARENT):
             for _ in range(100):
                 try:
                     os.rmdir(path)
