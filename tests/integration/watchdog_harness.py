@@ -115,6 +115,9 @@ def supervised(*args: str, start: bool = True, env: dict[str, str] | None = None
             s.start()
             s.wait_healthy()
         yield s
+    except BaseException:
+        print(f"--- supervise log ({s.top}) ---\n{s.log()}")  # pytest shows it with the failure
+        raise
     finally:
         s.cleanup()
 
