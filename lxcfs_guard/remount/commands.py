@@ -102,7 +102,12 @@ def run_attach(args: argparse.Namespace) -> int:
         print(f"lxcfs-guard attach: pid {args.pid} does not exist", file=sys.stderr)
         return 1
     except engine.AttachError as e:
-        print(e.report.to_dict() if args.json else f"lxcfs-guard attach: {e.report.line()}", file=sys.stderr)
+        if args.json:
+            import json
+
+            print(json.dumps(e.report.to_dict(), indent=1))
+        else:
+            print(f"lxcfs-guard attach: {e.report.line()}", file=sys.stderr)
         return 1
     except OSError as e:
         print(f"lxcfs-guard attach: {e}", file=sys.stderr)
