@@ -64,7 +64,10 @@ def job_spec(argv: list[str]) -> dict:
         "LXCFS_GUARD_VM_SCRATCH": "/dev/vda",
         "LXCFS_GUARD_VM_SWAP": "/dev/vdb",
     }
-    return {"argv": argv, "cwd": str(REPO), "env": env}
+    # Host paths the job needs even if they sit under /tmp or /run, which the VM mounts fresh.
+    keep = [str(REPO), sys.prefix, sys.base_prefix, os.path.realpath(sys.executable)]
+    keep = [p if os.path.isdir(p) else os.path.dirname(p) for p in keep]
+    return {"argv": argv, "cwd": str(REPO), "env": env, "keep": keep}
 
 
 def qemu_command(

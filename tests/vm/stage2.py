@@ -38,11 +38,24 @@ def log(msg: str) -> None:
     print(f"lxcfs-guard-vm: {msg}", flush=True)
 
 
-def mount_all() -> None:
+def mount_all(keep: list[str]) -> None:
+    """Mount MOUNTS; host directories in `keep` (the checkout, the virtualenv) that a fresh tmpfs would hide
+    (a clone under /tmp) are carried over: bound aside first, then moved back to the same path on top."""
+    parked: list[tuple[str, str]] = []
+    fresh = [target for fstype, _, target, _ in MOUNTS if fstype == "tmpfs"]
+    for i, path in enumerate(sorted(set(keep))):
+        if any(path == t or path.startswith(t + "/") for t in fresh) and os.path.isdir(path):
+            aside = f"/.vm-keep-{i}"
+            os.makedirs(aside, exist_ok=True)
+            subprocess.run(["mount", "--bind", path, aside], check=True)
+            parked.append((aside, path))
     for fstype, source, target, opts in MOUNTS:
         os.makedirs(target, exist_ok=True)
         cmd = ["mount", "-t", fstype] + (["-o", opts] if opts else []) + [source, target]
         subprocess.run(cmd, check=True)
+    for aside, path in parked:
+        os.makedirs(path, exist_ok=True)
+        subprocess.run(["mount", "--move", aside, path], check=True)
 
 
 def enable_swap(device: str = "/dev/vdb") -> None:
@@ -98,15 +111,15 @@ def main() -> None:
     code = 3
     os.environ["PATH"] = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
     try:
-        mount_all()
+        with open(f"{SHARE}/job.json") as f:
+            job = json.load(f)
+        mount_all(job.get("keep", []))
         with open("/proc/uptime") as f:
             uptime = float(f.read().split()[0])
         enabled = enable_controllers()
         enable_swap()
         subprocess.run(["hostname", "lxcfs-guard-vm"], check=False)
         log(f"stage 2 up after {uptime:.1f}s guest time; controllers: {' '.join(enabled)}")
-        with open(f"{SHARE}/job.json") as f:
-            job = json.load(f)
         code = run_job(job)
         log(f"job exited with {code}")
     except BaseException:  # noqa: BLE001  PID 1 must never die with an exception
