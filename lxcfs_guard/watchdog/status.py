@@ -89,6 +89,13 @@ def top_mount_dev(mounts: list[procfs.MountInfo], mountpoint: str, fstype: str) 
     return top.dev if top.fstype == fstype else None
 
 
+def mountpoint_path(path: str) -> str:
+    """The canonical path of a mountpoint as mountinfo shows it, without touching the mountpoint itself:
+    realpath() would lstat it, and an lstat of a hung FUSE mount's root blocks forever."""
+    path = os.path.abspath(path)
+    return os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+
+
 def format_text(report: dict[str, Any]) -> str:
     rec = report.get("last_recovery_ms")
     lines = [
@@ -168,6 +175,7 @@ def _serve_records(state_dir: str) -> list[dict[str, Any]]:
 def gather(state_dir: str, mountpoint: str, fstype: str, probe_timeout: float = 1.0) -> dict[str, Any]:
     """The status report (see module doc); `healthy` is measured here unless a live supervisor's fresh
     record says it."""
+    mountpoint = mountpoint_path(mountpoint)
     rec = read_status(state_dir)
     supervised = rec is not None and alive(rec.get("supervisor_pid"), rec.get("supervisor_start_time"))
     report: dict[str, Any]
@@ -186,9 +194,8 @@ def gather(state_dir: str, mountpoint: str, fstype: str, probe_timeout: float = 
             "updated": rec.get("updated"),
         }
     else:
-        serving = [r for r in _serve_records(state_dir) if r.get("mountpoint") == mountpoint] or _serve_records(
-            state_dir
-        )
+        records = _serve_records(state_dir)
+        serving = [r for r in records if mountpoint_path(str(r.get("mountpoint"))) == mountpoint] or records
         daemon = serving[0] if serving else None
         report = {
             "mode": "serve" if daemon else "stopped",
@@ -199,7 +206,7 @@ def gather(state_dir: str, mountpoint: str, fstype: str, probe_timeout: float = 
             "last_recovery_ms": rec.get("last_recovery_ms") if rec else None,
         }
     mounts = procfs.read_mountinfo("self")
-    live_dev = top_mount_dev(mounts, os.path.realpath(mountpoint), fstype)
+    live_dev = top_mount_dev(mounts, mountpoint, fstype)
     if report["mode"] == "serve":
         from lxcfs_guard.watchdog.probe import probe
 

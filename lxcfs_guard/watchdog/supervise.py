@@ -84,7 +84,7 @@ def _load_engine() -> Any:
 class Supervisor:
     def __init__(self, opts: Options) -> None:
         self.o = opts
-        self.mountpoint = os.path.realpath(opts.mountpoint)
+        self.mountpoint = status.mountpoint_path(opts.mountpoint)
         self.command = opts.command or instance.default_command(opts.state_dir)
         self.engine = _load_engine()
         self.primary: Instance | None = None
