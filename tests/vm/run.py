@@ -127,10 +127,15 @@ def run_vm(job: dict, collect: Callable[[Path], None] | None = None) -> int:
                 sys.stdout.flush()
             qemu_rc = proc.wait()
         finally:
-            if proc.poll() is None:
+            if proc.poll() is None:  # interrupted: `timeout` passes SIGTERM on to qemu; SIGKILL would orphan it
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
+                    os.kill(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(proc.pid, signal.SIGKILL)
+                    proc.wait()
         t_end = time.monotonic()
         print("-" * 70)
         if ready_at is not None:
@@ -170,8 +175,13 @@ def boot_and_run(pytest_args: list[str]) -> int:
     return code
 
 
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds through run_vm's finally: qemu stopped, per-run dir removed
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         return boot_and_run(args)
     except VMSetupError as e:
