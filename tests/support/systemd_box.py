@@ -97,7 +97,7 @@ pivot_root . .oldroot
 umount -l /.oldroot
 rmdir /.oldroot || true
 exec env -i container=lxcfs-guard-sdbox PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-  /lib/systemd/systemd --system --log-target=console --log-level=warning
+  /lib/systemd/systemd --system --log-target=journal --log-level=info
 """
 
 
@@ -125,17 +125,21 @@ def _own_cgroups() -> dict[str, str]:
     return out
 
 
+def _inherit_cpuset(path: str) -> None:
+    if os.path.exists(os.path.join(path, "cpuset.cpus")):  # a new v1 cpuset is empty: inherit
+        parent = os.path.dirname(path)
+        for fname in ("cpuset.cpus", "cpuset.mems"):
+            with open(os.path.join(parent, fname)) as src, open(os.path.join(path, fname), "w") as dst:
+                dst.write(src.read().strip())
+
+
 def _make_cgroups(name: str) -> list[str]:
     made = []
     for hier, own in _own_cgroups().items():
         path = os.path.join(hier, own.lstrip("/"), name)
         os.makedirs(path)
         made.append(path)
-        if os.path.exists(os.path.join(path, "cpuset.cpus")):  # a new v1 cpuset is empty: inherit
-            parent = os.path.dirname(path)
-            for fname in ("cpuset.cpus", "cpuset.mems"):
-                with open(os.path.join(parent, fname)) as src, open(os.path.join(path, fname), "w") as dst:
-                    dst.write(src.read().strip())
+        _inherit_cpuset(path)
     return made
 
 
@@ -165,6 +169,23 @@ def _remove_tree(path: str, timeout: float = 10.0) -> None:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
                 time.sleep(0.05)
+
+
+@dataclass
+class BoxCgroup:
+    name: str  # its path inside the box is /<name>
+    paths: list[str]  # host paths, one per v1 hierarchy
+
+    def add(self, pid: int) -> None:
+        for path in self.paths:
+            with open(os.path.join(path, "cgroup.procs"), "w") as f:
+                f.write(str(pid))
+
+    def write(self, filename: str, value: str) -> None:
+        for path in self.paths:
+            if os.path.exists(os.path.join(path, filename)):
+                with open(os.path.join(path, filename), "w") as f:
+                    f.write(value)
 
 
 @dataclass
@@ -205,6 +226,29 @@ class SystemdBox:
                         if len(ids) > 1 and ids[-1] == box_pid:
                             return pid
         raise LookupError(f"no process {box_pid} in the box")
+
+    @contextlib.contextmanager
+    def cgroup(self, memory: int | None = None) -> Iterator[BoxCgroup]:
+        """A cgroup inside the box (under its cgroup-namespace root, in every v1 controller hierarchy), with
+        an optional memory limit; processes left in it are killed (they are the box's) and it is removed."""
+        name = f"lxcfs-guard-test-{uuid.uuid4().hex[:10]}"
+        paths = []
+        try:
+            for box_root in self.cgroups:
+                named = box_root.startswith(f"{CGROUP_ROOT}/systemd/")  # systemd's own hierarchy
+                if named or not os.path.exists(os.path.join(box_root, "tasks")):  # (and skip cgroup2)
+                    continue
+                path = os.path.join(box_root, name)
+                os.makedirs(path)
+                paths.append(path)
+                _inherit_cpuset(path)
+            cg = BoxCgroup(name, paths)
+            if memory is not None:
+                cg.write("memory.limit_in_bytes", str(memory))
+            yield cg
+        finally:
+            for path in paths:
+                _remove_tree(path)
 
     def journal(self, unit: str, lines: int = 80) -> str:
         return self.run("journalctl", "--no-pager", "-u", unit, "-n", str(lines), check=False).stdout
