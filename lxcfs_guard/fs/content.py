@@ -106,6 +106,11 @@ class Content:
             return text
         return read_text(path) or ""
 
+    def size_bound(self, name: str) -> int:
+        """An st_size no caller's rendering of `name` exceeds: a view never has more lines than the host
+        file and its numbers are at most a few digits longer, so twice the host file, page-rounded."""
+        return (2 * len(self.host_bytes(name)) + 8191) // 4096 * 4096
+
     def host_bytes(self, name: str) -> bytes:
         try:
             return self.host_text(self.host_paths[name]).encode()

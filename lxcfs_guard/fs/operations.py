@@ -24,6 +24,10 @@ from lxcfs_guard.fs.tree import ROOT_INODE, Tree
 log = logging.getLogger(__name__)
 
 ENTRY_TIMEOUT = 300.0  # the tree never changes while we run: names are cached long
+# Regular files report a size that bounds any caller's content (see Content.size_bound): read(2) on a
+# direct_io file ignores i_size, but sendfile(2)/splice (busybox `cat`) go through the page cache and stop
+# at i_size, so a size of 0 reads as an empty file. The kernel trims i_size to the real end at the first
+# short read, so a generous bound costs nothing.
 FILE_ATTR_TIMEOUT = 1.0  # like LXCFS: stdio's fstat after open is served by the kernel, yet a stat() of a
 # file on a dead connection turns into ENOTCONN within a second
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
@@ -51,7 +55,7 @@ class Operations(pyfuse3.Operations):
             a.st_nlink = 2 if node.is_dir else 1
             a.st_uid = 0
             a.st_gid = 0
-            a.st_size = 0
+            a.st_size = 0 if node.is_dir else content.size_bound(node.name)
             a.st_blksize = 4096
             a.st_blocks = 0
             a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = started_ns

@@ -204,3 +204,36 @@ def test_small_reads_and_seeks_see_one_consistent_snapshot() -> None:
             assert os.pread(fd, 10**6, 0) == whole  # the same bytes, though the clock moved on
         finally:
             os.close(fd)
+
+
+def _sendfile_all(path: str) -> bytes:
+    """Copy a file the way busybox `cat` does: sendfile(2), which stops at i_size."""
+    with open(path, "rb") as src, tempfile.TemporaryFile() as dst:
+        while os.sendfile(dst.fileno(), src.fileno(), None, 1 << 20):
+            pass
+        dst.seek(0)
+        return dst.read()
+
+
+def test_sendfile_readers_get_whole_files_like_read() -> None:
+    """sendfile/splice go through the page cache and stop at i_size; a file that reports size 0 reads as
+    empty to busybox `cat`. A limited caller (shorter content) and the host (longer) both get whole files."""
+    with serve() as d, make_cgroup(memory=64 << 20, cpus="0") as cg:
+        for rel in ("proc/cpuinfo", "proc/meminfo", "proc/stat", "sys/devices/system/cpu/online"):
+            with open(d.path(rel), "rb") as f:
+                by_read = f.read()
+            by_sendfile = _sendfile_all(d.path(rel))
+            assert by_sendfile.splitlines()[0] == by_read.splitlines()[0], rel
+            assert len(by_sendfile.splitlines()) == len(by_read.splitlines()), rel
+        code = (
+            "import os,sys,tempfile\n"
+            "src=os.open(sys.argv[1],os.O_RDONLY); dst=tempfile.TemporaryFile()\n"
+            "while os.sendfile(dst.fileno(),src,None,1<<20): pass\n"
+            "dst.seek(0); sys.stdout.write(dst.read().decode())\n"
+        )
+        p = subprocess.Popen([PY, "-c", "import sys,os; sys.stdin.read(1); os.execv(sys.argv[1], sys.argv[1:])",
+                              PY, "-c", code, d.path("proc/meminfo")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        cg.add(p.pid)
+        out = p.communicate("x", timeout=30)[0]
+        assert out.splitlines()[0].split() == ["MemTotal:", "65536", "kB"]
+        assert out.endswith("kB\n") and len(out.splitlines()) > 20

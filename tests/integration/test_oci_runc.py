@@ -236,8 +236,6 @@ def test_files_annotation_binds_only_those(guard: Guard) -> None:
         assert first_line(c.read("/proc/meminfo")) == MEMTOTAL_64M
 
 
-@pytest.mark.xfail(strict=True, reason="fs daemon reports st_size 0: sendfile(2) (busybox cat) stops at i_size "
-                   "and reads nothing; LXCFS reports the rendered size. Remove this mark when serve fixes it.")
 def test_busybox_cat_sees_the_files(guard: Guard) -> None:
     """busybox `cat` copies with sendfile(2), which goes through the page cache and stops at i_size; plain
     read(2) does not. Images built on busybox (the article's example) read /proc this way."""
