@@ -15,10 +15,10 @@ import os
 import select
 import signal
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from lxcfs_guard.kernel import procfs, syscalls
-from lxcfs_guard.remount.plan import Mount, NsView
+from lxcfs_guard.remount.plan import Mount, NsView, top_mounts
 
 
 DEAD = "dead"
@@ -58,13 +58,15 @@ def parse_ours(data: bytes, fstype: str) -> list[Mount]:
     return out
 
 
-def scan(fstype: str, proc_fd: int, *, pids: Iterable[int] | None = None, skip: Iterable[int] = ()) -> dict[int, NsView]:
+def scan(fstype: str, proc_fd: int, *, pids: Iterable[int] | None = None, skip: Iterable[int] = (),
+         on_found: Callable[[NsView], None] | None = None) -> dict[int, NsView]:
     """Mount namespaces (by inode) holding a mount of `fstype`, each with the first pid seen in it.
 
     `pids` limits the scan (default: every process); namespaces in `skip` (the caller's own) are not read.
     A namespace whose first pid shows no mount of ours is not looked at again through another pid, so a
     process chrooted somewhere else in a namespace can hide binds that are outside its root: containers
-    keep their init at their root, which is the pid discovery meets first.
+    keep their init at their root, which is the pid discovery meets first. `on_found` sees each namespace
+    as soon as it is read (the prober starts asking about its devices while the scan goes on).
     """
     seen = set(skip)
     found: dict[int, NsView] = {}
@@ -80,7 +82,9 @@ def scan(fstype: str, proc_fd: int, *, pids: Iterable[int] | None = None, skip: 
         except OSError:  # exited meanwhile, or a kernel thread we may not look into
             continue
         if mounts:
-            found[ino] = NsView(ino, pid, mounts)
+            found[ino] = view = NsView(ino, pid, mounts)
+            if on_found is not None:
+                on_found(view)
     return found
 
 
@@ -98,6 +102,7 @@ def _probe_child(proc_fd: int, pid: int, target: str, w: int) -> None:
         root = os.open(f"{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=proc_fd)
         fd = syscalls.openat2(root, target.lstrip("/") or ".", os.O_PATH | os.O_CLOEXEC,
                               syscalls.RESOLVE_IN_ROOT | syscalls.RESOLVE_NO_SYMLINKS)
+        os.write(w, b"S")  # from here on only the connection can make us wait
         os.fstatvfs(fd)
         code = 0
     except OSError as e:
@@ -105,43 +110,81 @@ def _probe_child(proc_fd: int, pid: int, target: str, w: int) -> None:
     os.write(w, bytes((min(code, 255),)))
 
 
-def probe(samples: dict[int, tuple[int, str]], proc_fd: int, timeout: float = 1.0) -> dict[int, str]:
-    """For each device: DEAD, LIVE, HUNG (no answer within `timeout`) or "error:<errno>" (could not reach
-    the sample path). `samples[dev]` is a (pid, target) whose top mount is on that device. One forked child
-    per device, all at once, so one hung daemon costs one deadline, not one per device."""
-    children: dict[int, tuple[int, int]] = {}  # read fd -> (dev, child pid)
-    for dev, (pid, target) in samples.items():
+class Prober:
+    """Is a connection dead? Asked by statfs through a bind of it, from a forked child per device.
+
+    A dead connection answers at once, from the kernel, with ENOTCONN; only a live daemon takes a round
+    trip. So a child that has reached its statfs (it says so on its pipe) and still has no answer `grace`
+    seconds later has a daemon on the other end, busy or hung: HUNG, not dead, and the run goes on without
+    it (a SIGSTOPped daemon of someone else costs milliseconds, not a timeout). `timeout` bounds the rest (a
+    path that itself crosses a hung daemon). Children start as discovery finds devices (`add`, or `watch`
+    as scan's callback), so probing overlaps the scan; `results()` collects, kills and reaps them."""
+
+    def __init__(self, proc_fd: int, skip: Iterable[int] = (), timeout: float = 1.0, grace: float = 0.02) -> None:
+        self.proc_fd = proc_fd
+        self.skip = set(skip)
+        self.timeout = timeout
+        self.grace = grace
+        self.samples: dict[int, tuple[int, str]] = {}
+        self._children: dict[int, tuple[int, int]] = {}  # read fd -> (dev, child pid)
+        self._deadline: dict[int, float] = {}
+        self._out: dict[int, str] = {}
+
+    def watch(self, view: NsView) -> None:
+        for m in top_mounts(view.mounts).values():
+            self.add(m.dev, view.pid, m.target)
+
+    def add(self, dev: int, pid: int, target: str) -> None:
+        if dev in self.skip or dev in self.samples:
+            return
+        self.samples[dev] = (pid, target)
         r, w = os.pipe2(os.O_CLOEXEC)
         child = os.fork()
         if child == 0:  # pragma: no cover - runs in the child
             try:
                 os.close(r)
-                _probe_child(proc_fd, pid, target, w)
+                _probe_child(self.proc_fd, pid, target, w)
             finally:
                 os._exit(0)
         os.close(w)
-        children[r] = (dev, child)
-    out: dict[int, str] = {}
-    deadline = time.monotonic() + timeout
-    poller = select.poll()
-    for r in children:
-        poller.register(r, select.POLLIN | select.POLLHUP)
-    pending = set(children)
-    while pending:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        for r, _ in poller.poll(left * 1000):
-            data = os.read(r, 1)
-            dev = children[r][0]
-            code = data[0] if data else 255
-            out[dev] = LIVE if code == 0 else DEAD if code in DEAD_ERRNOS else f"error:{code}"
-            poller.unregister(r)
-            pending.discard(r)
-    for r, (dev, child) in children.items():
-        if r in pending:
-            out[dev] = HUNG
-            os.kill(child, signal.SIGKILL)
-        os.close(r)
-        os.waitpid(child, 0)
-    return out
+        self._children[r] = (dev, child)
+        self._deadline[r] = time.monotonic() + self.timeout
+
+    def results(self) -> dict[int, str]:
+        """Per device: DEAD, LIVE, HUNG or "error:<errno>" (the sample path could not be reached)."""
+        poller = select.poll()
+        for r in self._children:
+            poller.register(r, select.POLLIN | select.POLLHUP)
+        done: set[int] = set()
+        while True:
+            now = time.monotonic()
+            running = [t for r, t in self._deadline.items() if r not in done and t > now]
+            if not running:
+                break
+            for r, _ in poller.poll((min(running) - now) * 1000):
+                data = os.read(r, 2)
+                if data[:1] == b"S":
+                    self._deadline[r] = time.monotonic() + self.grace
+                    data = data[1:]
+                    if not data:
+                        continue
+                code = data[0] if data else 255
+                self._out[self._children[r][0]] = LIVE if code == 0 else DEAD if code in DEAD_ERRNOS else f"error:{code}"
+                poller.unregister(r)
+                done.add(r)
+        for r, (dev, child) in self._children.items():
+            if r not in done:
+                self._out[dev] = HUNG
+                os.kill(child, signal.SIGKILL)
+            os.close(r)
+            os.waitpid(child, 0)
+        self._children.clear()
+        return self._out
+
+
+def probe(samples: dict[int, tuple[int, str]], proc_fd: int, timeout: float = 1.0, grace: float = 0.02) -> dict[int, str]:
+    """Probe each device of `samples` ({dev: (pid, target)}) at once; see Prober."""
+    prober = Prober(proc_fd, timeout=timeout, grace=grace)
+    for dev, (pid, target) in samples.items():
+        prober.add(dev, pid, target)
+    return prober.results()

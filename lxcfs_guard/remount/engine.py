@@ -495,8 +495,20 @@ def remount(
         first = [e.pid for e in selected if identities[e.id][1] == e.mntns]
         if ids is None:
             first += sorted(int(n) for n in os.listdir(proc_fd) if n.isdigit())
-        namespaces = discovery.scan(fstype, proc_fd, pids=first, skip=(host_ns,))
-        stale = _stale_devices(namespaces, live_dev, stale_devs, proc_fd, probe_timeout, report)
+        prober = None if stale_devs is not None else discovery.Prober(proc_fd, skip=(live_dev,), timeout=probe_timeout)
+        try:
+            namespaces = discovery.scan(fstype, proc_fd, pids=first, skip=(host_ns,),
+                                        on_found=prober.watch if prober else None)
+        finally:
+            states = prober.results() if prober else {}
+        if stale_devs is not None:
+            stale = set(stale_devs) - {live_dev}
+        else:
+            stale = {dev for dev, state in states.items() if state == discovery.DEAD}
+            for dev, state in sorted(states.items()):
+                if state not in (discovery.DEAD, discovery.LIVE):
+                    report.warnings.append(f"connection {os.major(dev)}:{os.minor(dev)} is {state} (probed through "
+                                           f"pid {prober.samples[dev][0]}); its binds were left alone")
         todo, known = plan(namespaces, selected, identities, live_dev, stale, host_ns)
         report.mode = MODE_BENEATH if _use_beneath(beneath) else MODE_DETACH_MOVE
         if dry_run:
@@ -520,25 +532,6 @@ def remount(
             os.close(lock_fd)
         os.close(proc_fd)
         report.duration_ms = (time.perf_counter() - t0) * 1000
-
-
-def _stale_devices(namespaces: dict[int, NsView], live_dev: int, stale_devs: set[int] | None, proc_fd: int,
-                   probe_timeout: float, report: RemountReport) -> set[int]:
-    if stale_devs is not None:
-        return set(stale_devs) - {live_dev}
-    samples: dict[int, tuple[int, str]] = {}
-    for view in namespaces.values():
-        for m in top_mounts(view.mounts).values():
-            if m.dev != live_dev and m.dev not in samples:
-                samples[m.dev] = (view.pid, m.target)
-    if not samples:
-        return set()
-    states = discovery.probe(samples, proc_fd, probe_timeout)
-    for dev, state in sorted(states.items()):
-        if state not in (discovery.DEAD, discovery.LIVE):
-            report.warnings.append(f"connection {os.major(dev)}:{os.minor(dev)} is {state} (probed through pid "
-                                   f"{samples[dev][0]}); its containers were left alone")
-    return {dev for dev, state in states.items() if state == discovery.DEAD}
 
 
 def _execute(todo: list[Job], live_root: str, live_dev: int, live_attrs: int, beneath: bool, proc_fd: int,

@@ -37,15 +37,12 @@ def inventory(mountpoint: str, state_dir: str, fstype: str, probe: bool = True,
         host_ns = os.stat("self/ns/mnt", dir_fd=proc_fd).st_ino
         idents = {cid: discovery.identity(e.pid, proc_fd) for cid, e in entries.items()}
         pids = [e.pid for e in entries.values()] + sorted(int(n) for n in os.listdir(proc_fd) if n.isdigit())
-        views = discovery.scan(fstype, proc_fd, pids=pids, skip=(host_ns,))
-        states: dict[int, str] = {}
-        others = {}
-        for view in views.values():
-            for m in top_mounts(view.mounts).values():
-                if m.dev != live_dev:
-                    others.setdefault(m.dev, (view.pid, m.target))
-        if probe and others:
-            states = discovery.probe(others, proc_fd, probe_timeout)
+        prober = discovery.Prober(proc_fd, skip=(live_dev,), timeout=probe_timeout) if probe else None
+        try:
+            views = discovery.scan(fstype, proc_fd, pids=pids, skip=(host_ns,),
+                                   on_found=prober.watch if prober else None)
+        finally:
+            states = prober.results() if prober else {}
     finally:
         os.close(proc_fd)
 

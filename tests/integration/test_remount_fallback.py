@@ -11,7 +11,7 @@ import pytest
 
 from lxcfs_guard.kernel import procfs
 from lxcfs_guard.remount import engine
-from tests.integration.remount_helpers import actions, daemon, our_mounts, remount_json
+from tests.integration.remount_helpers import actions, assert_exit_code, daemon, our_mounts, remount_json
 from tests.support.containers import light_containers
 from tests.support.procs import force_unmount, wait_for
 
@@ -28,7 +28,8 @@ def test_detach_then_move_repairs_without_stacking(how: str, monkeypatch: pytest
             rc, report = remount_json(d, "--all")
         else:
             rc, report = remount_json(d, "--all", "--no-beneath")
-        assert rc == 0 and report["mode"] == "detach-move"
+        assert report["mode"] == "detach-move"
+        assert_exit_code(rc, report, pids)
         assert actions(report, pids) == {p: "repaired" for p in pids}
         for c in cs:
             assert [(t, o) for t, _, o in our_mounts(c, d.fstype)] == before[c.pid]
@@ -87,7 +88,8 @@ def test_stock_lxcfs_is_guarded_through_fstype() -> None:
         assert all(c.read("/proc/meminfo")[0] == errno.ENOTCONN for c in cs)
         d.start()
         rc, report = remount_json(d, "--all")
-        assert rc == 0 and report["fstype"] == "fuse.lxcfs"
+        assert report["fstype"] == "fuse.lxcfs"
+        assert_exit_code(rc, report, pids)
         assert actions(report, pids) == {p: "repaired" for p in pids}
         assert all(c.memtotal_kb() == c.limit // 1024 for c in cs)
         assert all(len(our_mounts(c, "fuse.lxcfs")) == 7 for c in cs)

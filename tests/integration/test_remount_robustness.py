@@ -10,7 +10,7 @@ import subprocess
 import time
 
 from lxcfs_guard.kernel import syscalls as sc
-from tests.integration.remount_helpers import actions, cli, daemon, our_mounts
+from tests.integration.remount_helpers import actions, assert_exit_code, cli, daemon, our_mounts
 from tests.support.containers import light_containers, stop
 from tests.support.daemon import LXCFS_GUARD
 
@@ -23,7 +23,8 @@ def test_two_concurrent_runs_are_serialised_and_never_stack() -> None:
         cmd = [LXCFS_GUARD, "remount", "--all", "--json", "--mountpoint", d.mountpoint, "--state-dir", d.state_dir]
         procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(2)]
         reports = [json.loads(p.communicate(timeout=60)[0]) for p in procs]
-        assert [p.returncode for p in procs] == [0, 0]
+        for p, r in zip(procs, reports):
+            assert_exit_code(p.returncode, r, pids)
         for pid in pids:  # each container repaired by exactly one run; the other found it live
             assert sorted(actions(r, {pid}).get(pid, "-") for r in reports) == ["already_live", "repaired"], reports
         for c in cs:

@@ -13,7 +13,7 @@ from lxcfs_guard.kernel import procfs
 from lxcfs_guard.kernel import syscalls as sc
 from lxcfs_guard.remount import engine
 from lxcfs_guard.remount.registry import Entry, Registry
-from tests.integration.remount_helpers import actions, daemon, our_mounts, remount_json
+from tests.integration.remount_helpers import actions, assert_exit_code, daemon, our_mounts, remount_json
 from tests.support.cgroups import make_cgroup
 from tests.support.containers import MiB, light_containers, start, stop
 
@@ -90,7 +90,7 @@ def test_corrupt_registry_is_set_aside_with_a_message_and_discovery_still_repair
         d.kill()
         d.start()
         rc, report = remount_json(d, "--all")
-        assert rc == 0 and report["ok"], report
+        assert_exit_code(rc, report, {c.pid for c in cs})
         assert actions(report, {c.pid for c in cs}) == {c.pid: "repaired" for c in cs}
         (warning,) = [w for w in report["warnings"] if "registry" in w]
         assert "corrupt" in warning and "moved to" in warning and "discovery only" in warning
