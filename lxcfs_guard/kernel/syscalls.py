@@ -20,6 +20,7 @@ SYS_MOVE_MOUNT = 429
 SYS_MOUNT_SETATTR = 442
 SYS_SETNS = {"x86_64": 308, "aarch64": 268}.get(os.uname().machine, 308)
 
+CLONE_FS = 0x00000200
 CLONE_NEWNS = 0x00020000
 CLONE_NEWPID = 0x20000000
 
@@ -156,14 +157,11 @@ def openat2(dirfd: int, path: str | bytes, flags: int, resolve: int = 0) -> int:
     return _check(ret, "openat2", os.fsdecode(path))
 
 
-_statx_buf = ctypes.create_string_buffer(256)
-
-
 def statx_cached(fd: int) -> tuple[int, int]:
     """(st_mode, st_dev) of what `fd` (an O_PATH fd is fine) refers to, without asking the filesystem:
     AT_STATX_DONT_SYNC keeps FUSE from sending GETATTR, so this neither blocks on a hung daemon nor fails
-    on a dead connection; st_dev comes from the superblock anyway. Not thread-safe (one shared buffer)."""
-    buf = _statx_buf
+    on a dead connection; st_dev comes from the superblock anyway."""
+    buf = ctypes.create_string_buffer(256)
     _check(_syscall(SYS_STATX, fd, b"", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, 0, buf), "statx")
     raw = buf.raw
     mode = int.from_bytes(raw[28:30], "little")
