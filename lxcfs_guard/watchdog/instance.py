@@ -177,6 +177,18 @@ def _same_process(pid: int, start_time: int) -> bool:
         return False
 
 
+def pids_serving(mountpoint: str) -> list[int]:
+    """Processes whose command line names `mountpoint` as a word (a daemon started for it)."""
+    want = mountpoint.encode()
+    out = []
+    for pid in procfs.list_pids():
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if want in f.read().split(b"\0"):
+                    out.append(pid)
+    return out
+
+
 def instances_root(state_dir: str) -> str:
     return os.path.join(state_dir, INSTANCES)
 

@@ -59,9 +59,9 @@ class CrashLoop:
 
 @dataclass
 class WatchdogPinger:
-    """WATCHDOG=1 at most every `interval` seconds (systemd wants it at least every WatchdogSec; half of
-    that is the documented habit), and only after a passing probe: a hung daemon must starve systemd's
-    watchdog rather than be vouched for."""
+    """WATCHDOG=1 at most every `interval` seconds (a quarter of WatchdogSec: a ping is only earned by a
+    passing probe, so it must be cheap to be early), and only after a passing probe: a hung supervisor or
+    a hang it cannot repair must starve systemd's watchdog rather than be vouched for."""
 
     interval: float
     last: float = float("-inf")
@@ -71,6 +71,17 @@ class WatchdogPinger:
 
     def sent(self, now: float) -> None:
         self.last = now
+
+
+def fit_probe_to_watchdog(interval: float, timeout: float, watchdog: float) -> tuple[float, float]:
+    """Shrink the probe's interval and timeout (keeping their ratio) so that interval + timeout stays within
+    a third of systemd's WatchdogSec: supervise then finds, kills and replaces a hung serve, and pings again,
+    before systemd's watchdog would restart the whole unit over it."""
+    budget = watchdog / 3
+    if interval + timeout <= budget:
+        return interval, timeout
+    scale = budget / (interval + timeout)
+    return interval * scale, timeout * scale
 
 
 def status_line(daemon_pid: int | None, healthy: int, total: int, restarts: int, last_recovery_ms: float | None) -> str:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import json
 import os
 import select
 import signal
@@ -72,6 +73,48 @@ class Options:
 # --- the engine, imported once up front (a crash is no time to pay for an import) -------------------
 
 
+def _summary(report: Any) -> dict[str, Any]:
+    broken = "; ".join([report.error or ""] + [ns.line().replace("\n", ",") for ns in report.namespaces if not ns.ok])
+    return {"ok": bool(report.ok), "broken": broken.strip("; ")}
+
+
+def _in_child(func: Any, timeout: float) -> dict[str, Any]:
+    """Run `func` (returning a JSON-able dict) in a forked child and return its result. The child never
+    returns into our code (os._exit on every path), and is killed if it outlives `timeout`."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            os.close(r)
+            os.write(w, json.dumps(func()).encode())
+            code = 0
+        except BaseException:  # noqa: BLE001
+            pass
+        finally:
+            os._exit(code)
+    os.close(w)
+    data, deadline = b"", time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if not select.select([r], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                break
+            chunk = os.read(r, 65536)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(r)
+        if os.waitpid(pid, os.WNOHANG)[0] == 0:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    try:
+        return json.loads(data)
+    except ValueError:
+        return {"ok": False, "broken": f"the repair child failed or timed out after {timeout:.0f} s"}
+
+
 def _load_engine() -> Any:
     try:
         from lxcfs_guard.remount import engine
@@ -96,7 +139,14 @@ class Supervisor:
         self.standby_backoff = policy.Backoff()
         self.crash_loop = policy.CrashLoop(opts.max_restarts, opts.restart_window)
         usec = notify.watchdog_usec()
-        self.pinger = policy.WatchdogPinger(usec / 2e6) if usec else None
+        self.pinger = None
+        if usec:
+            self.pinger = policy.WatchdogPinger(usec / 4e6)
+            interval, timeout = policy.fit_probe_to_watchdog(opts.probe_interval, opts.probe_timeout, usec / 1e6)
+            if (interval, timeout) != (opts.probe_interval, opts.probe_timeout):
+                log(f"WatchdogSec={usec / 1e6:g}s: probing every {interval:.2f} s with a {timeout:.2f} s timeout, "
+                    "so a hang of serve is handled here before systemd's watchdog fires")
+                opts.probe_interval, opts.probe_timeout = interval, timeout
         self.next_at: float | None = None  # when to launch `next` (backoff)
         self.standby_at: float | None = None
         self.probe_at = 0.0
@@ -114,7 +164,8 @@ class Supervisor:
         self.containers_live = 0
         self.registered: dict[int, tuple[str, int | None]] = {}  # container init pid -> (id, start time)
         self.registry_mtime = 0
-        self.dead_dev: int | None = None  # the connection of the primary that just died
+        self.dead: list[Instance] = []  # dead instances whose containers are not repaired yet
+        self.start_stale: set[int] = set()  # our dead connections found at start
         self.stopping = False
         self.exit_code = 0
         self._signals: list[int] = []
@@ -130,7 +181,9 @@ class Supervisor:
         except BlockingIOError:
             log(f"another supervise already runs on {self.o.state_dir}")
             return 2
-        os.makedirs(self.mountpoint, exist_ok=True)
+        os.makedirs(os.path.dirname(self.mountpoint), exist_ok=True)
+        with contextlib.suppress(FileExistsError):  # not makedirs: a dead mount there fails its isdir()
+            os.mkdir(self.mountpoint)
         instance.prepare_instances_root(self.o.state_dir)
         wake_r, wake_w = socket.socketpair()
         wake_r.setblocking(False)
@@ -386,21 +439,20 @@ class Supervisor:
         else:
             self._promote(inst)
 
-    def _promote(self, inst: Instance, stale: set[int] | None = None, reload: bool = False) -> None:
-        """Make `inst` the primary: containers first (they are what is waiting), then the host mountpoint."""
+    def _promote(self, inst: Instance, reload_from: Instance | None = None) -> None:
+        """Make `inst` the primary. Containers first (they are what is waiting): the registered ones, then
+        any other bind of the same connections found by discovery; then the host mountpoint; only then are
+        the dead instances' private mounts let go (see `_stale_devs`)."""
         inst.role = "primary"
         self.primary = inst
-        if not stale and self.dead_dev is not None:  # a crash: we know which connection died
-            stale = {self.dead_dev}
-        self.dead_dev = None
+        stale = self._stale_devs(reload_from)
         t0 = time.monotonic()
         fast = 0.0
-        if stale:  # we know which connection to leave: registered containers first, without a full scan
+        if stale:
             self._refresh_registry()
             fast = self._repair(inst, stale, ids=sorted(cid for cid, _ in self.registered.values()))
-        self._publish(inst)
-        now = time.monotonic()
         if self.fault_at is not None:
+            now = time.monotonic()
             self.last_recovery_ms = (now - self.fault_at) * 1000
             ready = inst.ready_at or t0
             log(
@@ -409,8 +461,13 @@ class Supervisor:
                 f", registered containers repaired in {fast:.1f} ms)"
             )
             self.fault_at = None
-        # Then everything else: discovered (unregistered) binds, and binds of any older dead connection.
-        self._repair(inst, stale if reload else None)
+        if stale:
+            self._repair(inst, stale)  # discovered (unregistered) binds of the same connections
+        self._publish(inst)
+        for dead in self.dead:
+            dead.cleanup()
+        self.dead = []
+        now = time.monotonic()
         self.probe_at = now + self.o.probe_interval
         self._healthy(True, force_status=True)
         if not self.announced_ready:
@@ -423,11 +480,25 @@ class Supervisor:
         if self.o.standby and self.standby is None and self.standby_at is None:
             self.standby_at = now
 
+    def _stale_devs(self, reload_from: Instance | None) -> set[int]:
+        """The connections containers must be moved off: only ever our own. Dead instances' devices (their
+        private mounts are still held, so the kernel cannot hand the same anonymous device number to some
+        other FUSE filesystem meanwhile), what was dead on the host mountpoint at start, and on a reload
+        the old, still answering, instance. Never "every dead connection on the host": another daemon's
+        containers (another lxcfs-guard, a test running beside us) are not ours to move; `remount --all`
+        (ExecStartPost) is the explicit, host-wide repair."""
+        stale = {d.dev for d in self.dead if d.dev is not None} | self.start_stale
+        if reload_from is not None and reload_from.dev is not None:
+            stale.add(reload_from.dev)
+        self.start_stale = set()
+        if self.primary is not None and self.primary.dev is not None:
+            stale.discard(self.primary.dev)
+        return stale
+
     def _complete_reload(self, new: Instance) -> None:
         old = self.primary
         assert old is not None
-        stale = {old.dev} if old.dev is not None else set()
-        self._promote(new, stale, reload=True)
+        self._promote(new, reload_from=old)
         old.role = "old"
         old.retire_at = time.monotonic() + self.o.reload_grace
         self.retiring.append(old)
@@ -454,7 +525,7 @@ class Supervisor:
             return
         if inst is self.primary:
             self.primary = None
-            self.dead_dev = inst.dev
+            self.dead.append(inst)  # its private mount is let go once its containers are repaired
             self._healthy(False)
             if self.fault_at is None:
                 self.fault_at, self.fault_kind = now, "crash"
@@ -465,10 +536,8 @@ class Supervisor:
                 log(f"more than {self.o.max_restarts} restarts in {self.o.restart_window:.0f} s: giving up")
                 self.exit_code = 1
                 self.stopping = True
-                inst.cleanup()
                 return
             self._recover()
-            inst.cleanup()  # after the repair: the dead mount is harmless meanwhile
         elif inst is self.standby:
             self.standby = None
             if not inst.ready:
@@ -516,34 +585,30 @@ class Supervisor:
 
     # --- mounts ---------------------------------------------------------------------------------------
 
-    def _repair(self, inst: Instance, stale: set[int] | None, ids: list[str] | None = None) -> float:
-        """Run the remount engine onto `inst`; returns the time it took (ms). `ids` limits it to those
-        registered containers (the fast pass: no scan of every process's mount table), `stale` names the
-        connections to move off (a reload, or a crash whose dead device we know: no liveness probing)."""
+    def _repair(self, inst: Instance, stale: set[int], ids: list[str] | None = None) -> float:
+        """Run the remount engine onto `inst`; returns the time it took (ms). `stale` names our own
+        connections to move off (`_stale_devs`), so the engine neither probes liveness nor touches others'.
+
+        With `ids` (the registered containers: the fast pass, no scan of every process's mount table) it runs
+        in this process: it is on the recovery path and bounded by our registry. Without (the host-wide
+        discovery sweep) it runs in a forked child: its cost grows with everything running on the host, and
+        whatever it allocates or breaks must not stay in the supervisor, whose footprint must stay flat."""
         if self.engine is None or ids == []:
             return 0.0
         t0 = time.monotonic()
-        try:
-            report = self.engine.remount(
-                inst.mnt,
-                self.o.state_dir,
-                fstype=self.o.fstype,
-                ids=ids,
-                stale_devs=stale or None,
-                timeout=self.o.remount_timeout,
-                jobs=self.o.jobs,
-            )
-        except Exception as e:  # noqa: BLE001 - a failed repair must not take the supervisor down
-            log(f"remount failed: {e!r}")
-            self.last_repair = {"ok": False, "error": repr(e)}
-            return (time.monotonic() - t0) * 1000
+        kwargs = dict(fstype=self.o.fstype, ids=ids, stale_devs=stale, timeout=self.o.remount_timeout, jobs=self.o.jobs)
+        if ids is not None:
+            try:
+                result = _summary(self.engine.remount(inst.mnt, self.o.state_dir, **kwargs))
+            except Exception as e:  # noqa: BLE001 - a failed repair must not take the supervisor down
+                result = {"ok": False, "broken": repr(e)}
+        else:
+            result = _in_child(lambda: _summary(self.engine.remount(inst.mnt, self.o.state_dir, **kwargs)),
+                               timeout=self.o.remount_timeout * 4 + 10)
         took = (time.monotonic() - t0) * 1000
-        self.last_repair = {"ok": bool(report.ok), "ms": round(took, 1), "scope": "registered" if ids else "all"}
-        if not report.ok:
-            broken = "; ".join(
-                [report.error or ""] + [ns.line().replace("\n", ",") for ns in report.namespaces if not ns.ok]
-            ).strip("; ")
-            log(f"remount left something broken: {broken}")
+        self.last_repair = {"ok": result["ok"], "ms": round(took, 1), "scope": "registered" if ids else "all"}
+        if not result["ok"]:
+            log(f"remount left something broken: {result['broken']}")
         return took
 
     def _publish(self, inst: Instance) -> None:
@@ -574,7 +639,10 @@ class Supervisor:
     # --- adoption (a previous supervisor died, its daemons may still serve) -------------------------
 
     def _adopt_or_start(self) -> None:
+        """Take over what a previous supervisor left: daemons that still answer are adopted (containers never
+        notice a supervisor restart), the rest is killed and its containers repaired onto the new primary."""
         rec = status.read_status(self.o.state_dir) or {}
+        top = status.top_mount_dev(procfs.read_mountinfo("self"), self.mountpoint, self.o.fstype)
         known: set[str] = set()
         for record in rec.get("instances", []):
             if not isinstance(record, dict):
@@ -587,7 +655,6 @@ class Supervisor:
             result = self._probe_now(inst) if role in ("primary", "standby") and inst.dev is not None else None
             if result is not None and result.ok:
                 inst.ready = True
-                inst.probe = None
                 if role == "primary" and self.primary is None:
                     self.primary = inst
                     log(f"adopted serving pid {inst.pid} from the previous supervisor")
@@ -600,12 +667,14 @@ class Supervisor:
             if inst.dev is not None:
                 fusectl.abort(inst.dev)
             inst.kill()
-            inst.cleanup()
+            self.dead.append(inst)
         self.restarts = int(rec.get("restarts", 0) or 0)
-        self._sweep_instances_root(known)
+        self._collect_unknown_instances(known)
+        if top is not None:  # whatever of ours sits on the host mountpoint and is not adopted: dead or old
+            self.start_stale.add(top)
         if self.primary is not None:
             self._promote(self.primary)
-        elif self.standby is not None and self.standby.ready:
+        elif self.standby is not None:
             sb, self.standby = self.standby, None
             self._promote(sb)
         else:
@@ -614,14 +683,22 @@ class Supervisor:
     def _probe_now(self, inst: Instance) -> ProbeResult:
         return probe(os.path.join(inst.mnt, self.o.probe_file), self.o.probe_timeout)
 
-    def _sweep_instances_root(self, keep: set[str]) -> None:
-        """Detach and remove instance directories nobody owns (left by a supervisor that was killed)."""
+    def _collect_unknown_instances(self, known: set[str]) -> None:
+        """Instance directories the status file does not name (a supervisor killed between starting a
+        daemon and recording it): their daemon is found by its mountpoint on its command line and killed,
+        their mount is treated as a dead instance of ours."""
         root = instance.instances_root(self.o.state_dir)
         for name in os.listdir(root):
             path = os.path.join(root, name)
-            if path in keep or not os.path.isdir(path):
+            if path in known or not os.path.isdir(path):
                 continue
-            Instance(role="left", pid=0, start_time=-1, dir=path, fstype=self.o.fstype).cleanup()
+            left = Instance(role="left", pid=0, start_time=-1, dir=path, fstype=self.o.fstype)
+            for pid in instance.pids_serving(left.mnt):
+                log(f"stopping unrecorded daemon pid {pid} on {left.mnt}")
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            left.dev = left.find_mount()
+            self.dead.append(left)
 
     # --- containers ---------------------------------------------------------------------------------
 
@@ -728,8 +805,10 @@ class Supervisor:
             if p is not None:
                 p.cancel(wait=0.2)
             inst.stop(self.o.stop_timeout)
+        for dead in self.dead:
+            dead.cleanup()
         self.primary = self.standby = self.next = None
-        self.retiring = []
+        self.retiring, self.dead = [], []
         for _ in range(4):
             top = status.top_mount_dev(procfs.read_mountinfo("self"), self.mountpoint, self.o.fstype)
             if top is None or top not in devs:

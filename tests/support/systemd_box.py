@@ -152,23 +152,27 @@ def _procs(path: str) -> list[int]:
     return pids
 
 
-def _remove_tree(path: str, timeout: float = 10.0) -> None:
-    """rmdir depth-first; a cgroup whose last process just died may stay busy for a moment."""
+def _remove_tree(path: str, timeout: float = 30.0) -> None:
+    """rmdir depth-first, walking again each round (a cgroup whose last process just died may stay busy
+    for a moment); processes still inside are the box's own and are SIGKILLed."""
     deadline = time.monotonic() + timeout
-    for dirpath, _dirs, _files in sorted(os.walk(path), key=lambda t: -t[0].count("/")):
-        while True:
-            try:
+    while os.path.isdir(path):
+        for dirpath, _dirs, _files in sorted(os.walk(path), key=lambda t: -t[0].count("/")):
+            with contextlib.suppress(FileNotFoundError, OSError):
                 os.rmdir(dirpath)
-                break
-            except FileNotFoundError:
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                for pid in _procs(dirpath):  # only ever the box's own processes (they are in its cgroup)
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-                time.sleep(0.05)
+        if not os.path.isdir(path):
+            return
+        left = _procs(path)
+        if time.monotonic() > deadline:
+            states = {}
+            for pid in left:
+                with contextlib.suppress(OSError), open(f"/proc/{pid}/stat") as f:
+                    states[pid] = f.read().split(") ", 1)[1][:1]
+            raise OSError(f"cannot remove {path}: processes {states} (pid: state) still inside")
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
 
 
 @dataclass

@@ -131,3 +131,9 @@ def test_fusectl_connection_name_is_the_kernel_dev_t(major, minor, name):
 def test_render_command_fills_every_word():
     argv = render_command("lxcfs -f -p '{instance_dir}/lxcfs pid' {mountpoint}", "/m nt", "/s", "/s/i")
     assert argv == ["lxcfs", "-f", "-p", "/s/i/lxcfs pid", "/m nt"]
+
+
+def test_probe_fits_inside_systemds_watchdog():
+    assert policy.fit_probe_to_watchdog(1.0, 2.0, 10.0) == (1.0, 2.0)  # the shipped unit: already fits
+    interval, timeout = policy.fit_probe_to_watchdog(1.0, 2.0, 3.0)
+    assert interval + timeout == pytest.approx(1.0) and timeout == pytest.approx(2 * interval)
