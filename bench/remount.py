@@ -18,20 +18,23 @@ After each round every container must read its own MemTotal and have exactly its
 from __future__ import annotations
 
 import argparse
+import compileall
 import contextlib
+import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
 
 from lxcfs_guard.kernel import syscalls as sc  # noqa: E402
 from tests.support import containers as lc  # noqa: E402
-from tests.support.daemon import LXCFS_GUARD, lxcfs_reference, serve  # noqa: E402
+from tests.support.daemon import LXCFS_GUARD  # noqa: E402
+from tests.support.restartable import Restartable  # noqa: E402
 
 FILES = lc.FILES
 
@@ -49,46 +52,6 @@ def tunnel():
         shutil.rmtree(top, ignore_errors=True)
 
 
-class Daemon:
-    """The daemon under test on a fixed mountpoint, killed with SIGKILL and started again on demand."""
-
-    def __init__(self, mountpoint: str, state_dir: str, use_lxcfs: bool) -> None:
-        self.mountpoint, self.state_dir, self.use_lxcfs = mountpoint, state_dir, use_lxcfs
-        self.fstype = "fuse.lxcfs" if use_lxcfs else "fuse.lxcfs-guard"
-        self.ctx: contextlib.AbstractContextManager | None = None
-        self.pid = 0
-
-    def start(self) -> None:
-        if self.use_lxcfs:
-            self.ctx = lxcfs_reference(self.mountpoint)
-            self.ctx.__enter__()
-            self.pid = _lxcfs_pid(self.mountpoint)
-        else:
-            self.ctx = serve(self.mountpoint, self.state_dir)
-            self.pid = self.ctx.__enter__().pid
-
-    def kill(self) -> None:
-        os.kill(self.pid, signal.SIGKILL)
-        assert self.ctx is not None
-        self.ctx.__exit__(None, None, None)  # reaps it and detaches the dead mount (propagates to the slaves)
-        self.ctx = None
-
-    def close(self) -> None:
-        if self.ctx is not None:
-            self.ctx.__exit__(None, None, None)
-            self.ctx = None
-
-
-def _lxcfs_pid(mountpoint: str) -> int:
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            with contextlib.suppress(OSError), open(f"/proc/{name}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-                if argv and argv[0].endswith(b"lxcfs") and mountpoint.encode() in argv:
-                    return int(name)
-    raise RuntimeError("lxcfs pid not found")
-
-
 def check(cs: list[lc.LightContainer], fstype: str, expect_errno: int = 0) -> None:
     """Every container reads its own MemTotal (or fails with `expect_errno`) and has exactly 7 binds."""
     for c in cs:
@@ -102,6 +65,19 @@ def check(cs: list[lc.LightContainer], fstype: str, expect_errno: int = 0) -> No
         assert len(mounts) == len(FILES), (c.pid, mounts)
 
 
+def restart(d: Restartable, cs: list[lc.LightContainer]) -> None:
+    """SIGKILL the daemon and start it again; the containers must now read ENOTCONN."""
+    for _attempt in range(5):
+        d.kill()
+        d.start()
+        try:
+            check(cs[:3], d.fstype, expect_errno=107)
+            return
+        except AssertionError:  # another test run's supervisor repaired them first: again
+            continue
+    raise RuntimeError("another test run kept repairing our containers first")
+
+
 def nsenter_loop(cs: list[lc.LightContainer], mountpoint: str) -> float:
     """The old way, as the Kubernetes/pouch scripts do it; returns seconds."""
     t0 = time.perf_counter()
@@ -111,41 +87,44 @@ def nsenter_loop(cs: list[lc.LightContainer], mountpoint: str) -> float:
     return time.perf_counter() - t0
 
 
-def ours(mountpoint: str, state_dir: str, fstype: str) -> tuple[float, str]:
+def ours(mountpoint: str, state_dir: str, fstype: str, pids: set[int]) -> tuple[float, str] | None:
+    """`lxcfs-guard remount --all`, timed from outside (interpreter start-up included). None if another
+    test run on this shared host repaired some of our containers first (its supervisor repairs every
+    dead connection it finds): the round is then not a measurement and is repeated."""
     t0 = time.perf_counter()
-    proc = subprocess.run([LXCFS_GUARD, "remount", "--all", "--mountpoint", mountpoint, "--state-dir", state_dir,
-                           "--fstype", fstype], capture_output=True, text=True)
+    proc = subprocess.run([LXCFS_GUARD, "remount", "--all", "--json", "--mountpoint", mountpoint, "--state-dir",
+                           state_dir, "--fstype", fstype], capture_output=True, text=True)
     took = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise RuntimeError(f"remount failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return took, proc.stdout.strip().splitlines()[-1]
+    report = json.loads(proc.stdout)
+    repaired = {ns["pid"] for ns in report["namespaces"] if ns["action"] == "repaired"}
+    if not pids <= repaired:
+        return None
+    others = len(report["namespaces"]) - len(pids)
+    note = f"; plus {others} namespace(s) of other test runs on this host" if others else ""
+    return took, f"{len(pids)} repaired in {report['duration_ms']:.1f} ms inside the command, via {report['mode']}{note}"
 
 
-def bench(n: int, use_lxcfs: bool) -> dict[str, float]:
+def bench(n: int, use_lxcfs: bool) -> dict:
     state_dir = tempfile.mkdtemp(prefix="lxcfs-guard-bench-state-")
     with tunnel() as top:
         mountpoint = os.path.join(top, "lxcfs")
         os.mkdir(mountpoint)
-        d = Daemon(mountpoint, state_dir, use_lxcfs)
-        d.start()
-        try:
-            with lc.light_containers(n, memory_mib=[64 + i % 200 for i in range(n)], bind_from=mountpoint,
-                                     slave=True) as cs:
+        with Restartable(mountpoint, state_dir, lxcfs=use_lxcfs) as d, \
+                lc.light_containers(n, memory_mib=[64 + i % 200 for i in range(n)], bind_from=mountpoint,
+                                    slave=True) as cs:
+            check(cs, d.fstype)
+            restart(d, cs)  # (a) the nsenter loop
+            t_old = nsenter_loop(cs, mountpoint)
+            check(cs, d.fstype)
+            for _attempt in range(5):  # (b) lxcfs-guard remount --all
+                restart(d, cs)
+                result = ours(mountpoint, state_dir, d.fstype, {c.pid for c in cs})
                 check(cs, d.fstype)
-                # (a) the nsenter loop
-                d.kill()
-                d.start()
-                check(cs[:3], d.fstype, expect_errno=107)
-                t_old = nsenter_loop(cs, mountpoint)
-                check(cs, d.fstype)
-                # (b) lxcfs-guard remount --all
-                d.kill()
-                d.start()
-                check(cs[:3], d.fstype, expect_errno=107)
-                t_new, summary = ours(mountpoint, state_dir, d.fstype)
-                check(cs, d.fstype)
-        finally:
-            d.close()
+                if result is not None:
+                    break
+            else:
+                raise RuntimeError("another test run kept repairing our containers first")
+            t_new, summary = result
     shutil.rmtree(state_dir, ignore_errors=True)
     return {"n": n, "old_ms": t_old * 1000, "new_ms": t_new * 1000, "summary": summary}
 
@@ -155,6 +134,8 @@ def main() -> int:
     ap.add_argument("-n", type=int, action="append", help="containers (repeatable; default 10, 100, 500)")
     ap.add_argument("--lxcfs", action="store_true", help="guard Debian's LXCFS (fuse.lxcfs) instead of serve")
     args = ap.parse_args()
+    # An installed package has its bytecode; a checkout run with PYTHONDONTWRITEBYTECODE may not.
+    compileall.compile_dir(os.path.join(REPO, "lxcfs_guard"), quiet=1)
     daemon = "lxcfs 5.0.3 (fuse.lxcfs)" if args.lxcfs else "lxcfs-guard serve (fuse.lxcfs-guard)"
     print(f"remount after SIGKILL + restart of {daemon}; 7 binds per container; {os.cpu_count()} CPUs")
     print(f"{'N':>5} {'nsenter loop':>14} {'lxcfs-guard remount --all':>27} {'speed-up':>9} "

@@ -57,6 +57,7 @@ def configure_remount(parser: argparse.ArgumentParser) -> None:
                              "default: binds of dead connections only")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds allowed per container (default 5)")
     parser.add_argument("--jobs", type=int, default=None, help="worker processes (default: by CPUs and work)")
+    parser.add_argument("--threads", type=int, default=8, help="threads per worker (default 8)")
     parser.add_argument("--no-beneath", action="store_true",
                         help="detach then move, as on kernels without MOVE_MOUNT_BENEATH")
     _common(parser)
@@ -68,7 +69,8 @@ def run_remount(args: argparse.Namespace) -> int:
     mountpoint, state_dir = _paths(args)
     report = engine.remount(mountpoint, state_dir, fstype=args.fstype, ids=args.ids,
                             stale_devs=set(args.stale_dev) if args.stale_dev else None, dry_run=args.dry_run,
-                            timeout=args.timeout, jobs=args.jobs, beneath=False if args.no_beneath else None)
+                            timeout=args.timeout, jobs=args.jobs, threads=args.threads,
+                            beneath=False if args.no_beneath else None)
     print(report.to_json() if args.json else report.text())
     return 0 if report.ok else 1
 

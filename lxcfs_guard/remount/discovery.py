@@ -102,7 +102,8 @@ def _probe_child(proc_fd: int, pid: int, target: str, w: int) -> None:
         root = os.open(f"{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=proc_fd)
         fd = syscalls.openat2(root, target.lstrip("/") or ".", os.O_PATH | os.O_CLOEXEC,
                               syscalls.RESOLVE_IN_ROOT | syscalls.RESOLVE_NO_SYMLINKS)
-        os.write(w, b"S")  # from here on only the connection can make us wait
+        # From here on only the connection can make us wait; say so, and when (the parent may be busy).
+        os.write(w, b"S" + int(time.monotonic_ns()).to_bytes(8, "little"))
         os.fstatvfs(fd)
         code = 0
     except OSError as e:
@@ -162,10 +163,10 @@ class Prober:
             if not running:
                 break
             for r, _ in poller.poll((min(running) - now) * 1000):
-                data = os.read(r, 2)
-                if data[:1] == b"S":
-                    self._deadline[r] = time.monotonic() + self.grace
-                    data = data[1:]
+                data = os.read(r, 10)
+                if data[:1] == b"S":  # reached statfs at that time: a dead connection answers at once
+                    self._deadline[r] = int.from_bytes(data[1:9], "little") / 1e9 + self.grace
+                    data = data[9:]
                     if not data:
                         continue
                 code = data[0] if data else 255

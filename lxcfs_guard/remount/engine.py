@@ -36,7 +36,6 @@ import fcntl
 import marshal
 import os
 import select
-import signal
 import time
 from collections.abc import Iterable, Sequence
 
@@ -44,7 +43,7 @@ from lxcfs_guard import config
 from lxcfs_guard.kernel import procfs
 from lxcfs_guard.kernel import syscalls as sc
 from lxcfs_guard.remount import discovery
-from lxcfs_guard.remount.plan import ATTACH, BENEATH, Fix, Job, NsView, plan, top_mounts
+from lxcfs_guard.remount.plan import ATTACH, UNCOVER, Fix, Job, plan, top_mounts
 from lxcfs_guard.remount.registry import Entry, Registry
 from lxcfs_guard.remount.report import (
     ALREADY_LIVE, FAILED, GONE, REFUSED, REPAIRED, NamespaceReport, RemountReport, TargetError,
@@ -168,9 +167,10 @@ def _apply(ctx: _Context, rootfd: int, fix: Fix, clone: int) -> bool:
         if dev != fix.expect_dev:
             raise _Refusal(errno.EBUSY, f"the target is now on device {os.major(dev)}:{os.minor(dev)}, "
                                         f"not the stale {os.major(fix.expect_dev)}:{os.minor(fix.expect_dev)}")
-        if ctx.beneath:
-            step = "move_mount beneath the stale mount"
-            sc.move_mount(clone, tfd, "", _MOVE | sc.MOVE_MOUNT_BENEATH)
+        if fix.how == UNCOVER or ctx.beneath:
+            if fix.how != UNCOVER:
+                step = "move_mount beneath the stale mount"
+                sc.move_mount(clone, tfd, "", _MOVE | sc.MOVE_MOUNT_BENEATH)
             step = "detaching the stale mount"
             sc.umount2(str(tfd), sc.MNT_DETACH)  # cwd is our /proc/self/fd: exactly the mount tfd names
             return True
@@ -227,8 +227,9 @@ def run_job(ctx: _Context, job: Job) -> NamespaceReport:
         clones: list[tuple[Fix, int]] = []
         for fix in job.fixes:
             try:
-                clones.append((fix, _clone(ctx, fix)))
-                fds.append(clones[-1][1])
+                clones.append((fix, -1 if fix.how == UNCOVER else _clone(ctx, fix)))
+                if clones[-1][1] >= 0:
+                    fds.append(clones[-1][1])
             except OSError as e:
                 failed = True
                 rep.errors.append(TargetError(fix.target, e.errno, f"cloning the live file: {e.strerror}"))
@@ -280,12 +281,24 @@ def run_job(ctx: _Context, job: Job) -> NamespaceReport:
 
 
 # --- workers ----------------------------------------------------------------------------------------------
+#
+# A worker is a forked process running THREADS threads; each thread unshares its fs_struct (so it may setns
+# on its own) and takes namespaces from a shared queue. Detaching a stale mount waits for an RCU grace
+# period (tens of microseconds when the other CPUs are busy, as they are right after a daemon restart);
+# threads waiting at once share one grace period, which is most of the gain. Python work is serialised by
+# the GIL but small. The worker tells the parent when a namespace starts and how it ended; the parent owns
+# the deadlines.
+
+THREADS = 8
+
+
+def _frame(kind: bytes, index: int, body: bytes = b"") -> bytes:
+    return kind + index.to_bytes(4, "little") + len(body).to_bytes(4, "little") + body
 
 
 def _encode(rep: NamespaceReport) -> bytes:
-    body = marshal.dumps((rep.id, rep.pid, rep.mntns, rep.action, rep.repaired,
+    return marshal.dumps((rep.id, rep.pid, rep.mntns, rep.action, rep.repaired,
                           [(e.target, e.errno, e.message) for e in rep.errors], rep.duration_ms))
-    return len(body).to_bytes(4, "little") + body
 
 
 def _decode(body: bytes) -> NamespaceReport:
@@ -293,20 +306,52 @@ def _decode(body: bytes) -> NamespaceReport:
     return NamespaceReport(cid, pid, mntns, action, repaired, [TargetError(*e) for e in errors], ms)
 
 
-def _worker_main(ctx: _Context, jobs: Sequence[Job], w: int) -> None:  # pragma: no cover - runs in a child
+def _run_job_safe(ctx: _Context, job: Job) -> NamespaceReport:
+    try:
+        return run_job(ctx, job)
+    except Exception as e:  # noqa: BLE001 - report it against the namespace, keep going
+        return NamespaceReport(job.id, job.pid, job.mntns, FAILED,
+                               errors=[TargetError("-", getattr(e, "errno", None) or errno.EIO,
+                                                   f"{type(e).__name__}: {e}")])
+
+
+def _worker_main(ctx: _Context, jobs: Sequence[Job], w: int, threads: int) -> None:  # pragma: no cover - child
     code = 0
     try:
+        import _thread
+
         ctx.fd_dir = os.open("self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=ctx.proc_fd)
-        for job in jobs:
-            try:
-                rep = run_job(ctx, job)
-            except Exception as e:  # noqa: BLE001 - report it against the namespace, keep going
-                rep = NamespaceReport(job.id, job.pid, job.mntns, FAILED,
-                                      errors=[TargetError("-", getattr(e, "errno", None) or errno.EIO,
-                                                          f"{type(e).__name__}: {e}")])
-            data = _encode(rep)
+        lock = _thread.allocate_lock()
+        finished = _thread.allocate_lock()
+        finished.acquire()
+        queue = iter(range(len(jobs)))
+        running = [min(threads, len(jobs))]
+
+        def send(data: bytes) -> None:  # with `lock` held
             while data:
                 data = data[os.write(w, data):]
+
+        def loop() -> None:
+            try:
+                sc.unshare(sc.CLONE_FS)  # our own root and cwd: this thread may enter a namespace alone
+                while True:
+                    with lock:
+                        i = next(queue, None)
+                        if i is None:
+                            return
+                        send(_frame(b"S", i))
+                    body = _encode(_run_job_safe(ctx, jobs[i]))
+                    with lock:
+                        send(_frame(b"D", i, body))
+            finally:
+                with lock:
+                    running[0] -= 1
+                    if running[0] == 0:
+                        finished.release()
+
+        for _ in range(running[0]):
+            _thread.start_new_thread(loop, ())
+        finished.acquire()
     except BaseException:  # noqa: BLE001
         code = 1
     finally:
@@ -314,26 +359,50 @@ def _worker_main(ctx: _Context, jobs: Sequence[Job], w: int) -> None:  # pragma:
 
 
 class _Worker:
-    __slots__ = ("pid", "fd", "jobs", "next", "buf", "deadline")
+    """The parent's view of one worker: its queue, which namespaces it started when, which it finished."""
 
-    def __init__(self, ctx: _Context, jobs: Sequence[Job], timeout: float) -> None:
+    __slots__ = ("pid", "fd", "jobs", "started", "done", "buf", "spawned")
+
+    def __init__(self, ctx: _Context, jobs: Sequence[Job], threads: int) -> None:
         r, w = os.pipe2(os.O_CLOEXEC)
         pid = os.fork()
         if pid == 0:  # pragma: no cover
             os.close(r)
-            _worker_main(ctx, jobs, w)
+            _worker_main(ctx, jobs, w, threads)
         os.close(w)
-        self.pid, self.fd, self.jobs, self.next, self.buf = pid, r, jobs, 0, b""
-        self.deadline = time.monotonic() + timeout
+        self.pid, self.fd, self.jobs, self.buf = pid, r, jobs, b""
+        self.started: dict[int, float] = {}
+        self.done: set[int] = set()
+        self.spawned = time.monotonic()
 
     def reap(self) -> None:
         os.close(self.fd)
         os.waitpid(self.pid, 0)
 
+    def in_flight(self) -> list[int]:
+        return [i for i in self.started if i not in self.done]
 
-def run_jobs(ctx: _Context, jobs: Sequence[Job], workers: int, timeout: float) -> list[NamespaceReport]:
-    """Run `jobs` on up to `workers` forked workers; each namespace gets `timeout` seconds. Reports come
-    back in the order of `jobs`."""
+    def feed(self, data: bytes) -> list[tuple[int, NamespaceReport]]:
+        """Take bytes from the pipe; return the reports they complete."""
+        self.buf += data
+        out = []
+        while len(self.buf) >= 9 and len(self.buf) >= 9 + (size := int.from_bytes(self.buf[5:9], "little")):
+            kind, i, body = self.buf[:1], int.from_bytes(self.buf[1:5], "little"), self.buf[9:9 + size]
+            self.buf = self.buf[9 + size:]
+            if kind == b"S":
+                self.started[i] = time.monotonic()
+            else:
+                self.done.add(i)
+                out.append((i, _decode(body)))
+        return out
+
+
+def run_jobs(ctx: _Context, jobs: Sequence[Job], workers: int, timeout: float,
+             threads: int = THREADS) -> list[NamespaceReport]:
+    """Run `jobs` on up to `workers` forked workers of `threads` threads; each namespace gets `timeout`
+    seconds from its start. A worker with a namespace past its deadline is killed: that namespace fails
+    with ETIMEDOUT, any other it had under way fails as interrupted (a later run finishes it: see UNCOVER),
+    and a new worker takes the ones it had not started. Reports come back in the order of `jobs`."""
     results: dict[int, NamespaceReport] = {}
     index = {id(job): i for i, job in enumerate(jobs)}
     active: dict[int, _Worker] = {}
@@ -341,47 +410,58 @@ def run_jobs(ctx: _Context, jobs: Sequence[Job], workers: int, timeout: float) -
 
     def spawn(queue: Sequence[Job]) -> None:
         if queue:
-            wk = _Worker(ctx, queue, timeout)
+            wk = _Worker(ctx, queue, threads)
             active[wk.fd] = wk
             poller.register(wk.fd, select.POLLIN)
 
-    def retire(wk: _Worker, errno_: int, message: str) -> None:
+    def fail(job: Job, errno_: int, message: str, ms: float = 0.0) -> None:
+        results[index[id(job)]] = NamespaceReport(job.id, job.pid, job.mntns, FAILED,
+                                                  errors=[TargetError("-", errno_, message)], duration_ms=ms)
+
+    def retire(wk: _Worker, late: int | None) -> None:
         poller.unregister(wk.fd)
         del active[wk.fd]
-        with_kill = errno_ == errno.ETIMEDOUT
-        if with_kill:
-            os.kill(wk.pid, signal.SIGKILL)
+        if late is not None:
+            os.kill(wk.pid, 9)
         wk.reap()
-        if wk.next < len(wk.jobs):
-            job = wk.jobs[wk.next]
-            results[index[id(job)]] = NamespaceReport(job.id, job.pid, job.mntns, FAILED,
-                                                      errors=[TargetError("-", errno_, message)],
-                                                      duration_ms=timeout * 1000 if with_kill else 0.0)
-            spawn(wk.jobs[wk.next + 1:])
+        now = time.monotonic()
+        for i in wk.in_flight():
+            if late is not None and wk.started[i] + timeout <= now:
+                fail(wk.jobs[i], errno.ETIMEDOUT, f"this namespace did not finish within {timeout:g} s; worker killed",
+                     timeout * 1000)
+            elif late is not None:
+                fail(wk.jobs[i], errno.EINTR, "interrupted: its worker was killed for another namespace's deadline")
+            else:
+                fail(wk.jobs[i], errno.EIO, "its worker exited before finishing it")
+        rest = [job for i, job in enumerate(wk.jobs) if i not in wk.started]
+        if wk.done or (late is not None and late >= 0):
+            spawn(rest)
+        else:  # the worker never finished anything: do not loop on it
+            for job in rest:
+                fail(job, errno.EIO, "the worker died before repairing anything")
 
     n = max(1, min(workers, len(jobs)))
     for k in range(n):
         spawn(jobs[k::n])
     while active:
         now = time.monotonic()
-        wait_ms = max(0, min(wk.deadline for wk in active.values()) - now) * 1000
-        for fd, _ in poller.poll(wait_ms):
+        deadlines = [t + timeout for wk in active.values() for i, t in wk.started.items() if i not in wk.done]
+        deadlines += [wk.spawned + timeout for wk in active.values() if not wk.started]
+        for fd, _ in poller.poll(max(0.0, min(deadlines, default=now + timeout) - now) * 1000):
             wk = active[fd]
             data = os.read(fd, 1 << 16)
             if not data:
-                status = "exited" if wk.next < len(wk.jobs) else ""
-                retire(wk, errno.EIO, f"the worker {status} before finishing this namespace")
+                retire(wk, None)
                 continue
-            wk.buf += data
-            while len(wk.buf) >= 4 and len(wk.buf) >= 4 + (size := int.from_bytes(wk.buf[:4], "little")):
-                rep = _decode(wk.buf[4:4 + size])
-                wk.buf = wk.buf[4 + size:]
-                results[index[id(wk.jobs[wk.next])]] = rep
-                wk.next += 1
-                wk.deadline = time.monotonic() + timeout
+            for i, rep in wk.feed(data):
+                results[index[id(wk.jobs[i])]] = rep
         now = time.monotonic()
-        for wk in [wk for wk in active.values() if wk.deadline <= now]:
-            retire(wk, errno.ETIMEDOUT, f"this namespace did not finish within {timeout:g} s; worker killed")
+        for wk in list(active.values()):
+            late = next((i for i, t in wk.started.items() if i not in wk.done and t + timeout <= now), None)
+            if late is None and not wk.started and wk.spawned + timeout <= now:
+                late = -1
+            if late is not None:
+                retire(wk, late)
     return [results[i] for i in range(len(jobs))]
 
 
@@ -451,6 +531,7 @@ def remount(
     dry_run: bool = False,
     timeout: float = 5.0,
     jobs: int | None = None,
+    threads: int = THREADS,
     beneath: bool | None = None,
     probe_timeout: float = 1.0,
     lock_timeout: float = 30.0,
@@ -462,7 +543,8 @@ def remount(
     reload: the old daemon still answers), else if its connection is dead (statfs gives ENOTCONN). Mounts
     of any other live connection are never touched, nor is the caller's own mount namespace.
     `ids` limits the run to those registered containers (None: every registered and discovered one).
-    `timeout` is per namespace; `jobs` the number of forked workers (default: by CPU count and work);
+    `timeout` is per namespace; `jobs` the number of forked workers (default: by CPU count and work), each
+    with `threads` threads;
     `beneath` forces (True) or forbids (False) MOVE_MOUNT_BENEATH (default: use it where the kernel has it,
     unless LXCFS_GUARD_NO_BENEATH=1). Registered containers found gone are removed from the registry
     (not in a dry run). Never raises for a container's failure: see the report's `ok` and per-namespace
@@ -517,7 +599,7 @@ def remount(
                                                   [f.target for f in j.fixes], list(j.refusals)) for j in todo]
             return report
         results = _execute(todo, live_root, live_dev, live_attrs, report.mode == MODE_BENEATH, proc_fd,
-                           jobs, timeout)
+                           jobs, timeout, threads)
         report.namespaces += known + results
         gone = {e.id: (e.pid, e.start_time) for e in selected
                 if any(ns.id == e.id and ns.action == GONE for ns in report.namespaces)}
@@ -535,13 +617,13 @@ def remount(
 
 
 def _execute(todo: list[Job], live_root: str, live_dev: int, live_attrs: int, beneath: bool, proc_fd: int,
-             jobs: int | None, timeout: float) -> list[NamespaceReport]:
+             jobs: int | None, timeout: float, threads: int = THREADS) -> list[NamespaceReport]:
     if not todo:
         return []
     sources = _open_sources(live_root, {f.source for j in todo for f in j.fixes})
     ctx = _Context(proc_fd, live_dev, live_attrs, sources, beneath)
     try:
-        return run_jobs(ctx, todo, jobs or _default_workers(len(todo)), timeout)
+        return run_jobs(ctx, todo, jobs or _default_workers(len(todo)), timeout, threads)
     finally:
         ctx.close()
 

@@ -24,6 +24,7 @@ from lxcfs_guard.remount.report import ALREADY_LIVE, GONE, REFUSED, NamespaceRep
 
 BENEATH = "beneath"  # a stale mount is at the target: put the live one under it, then detach it
 ATTACH = "attach"  # a registered target has no mount of ours: bind the live file on top of it
+UNCOVER = "uncover"  # a stale mount sits right on a live one (an interrupted run, an old stacking script): detach it
 
 class Mount:
     """One mountinfo line of our fstype in a namespace, reduced to what the plan needs."""
@@ -56,7 +57,8 @@ class NsView:
 
 class Fix:
     """One target to make serve the live connection. `how` is BENEATH (replace the stale mount whose
-    device is `expect_dev`) or ATTACH (bind on top of the plain file there). `attrs` are the MOUNT_ATTR_*
+    device is `expect_dev`), UNCOVER (detach that stale mount: a live one is right under it) or ATTACH
+    (bind on top of the plain file there). `attrs` are the MOUNT_ATTR_*
     bits the new mount must carry (None: keep the live mount's). An `optional` target that does not exist
     is skipped silently (cpu/online in a container without /sys)."""
 
@@ -118,6 +120,14 @@ def top_mounts(mounts: Iterable[Mount]) -> dict[str, Mount]:
     return tops
 
 
+def stale_fix(m: Mount, mounts_by_id: Mapping[int, Mount], live_dev: int) -> Fix:
+    """The fix for stale top mount `m`: detach it if the mount right under it is already live, else put
+    a live one beneath it."""
+    under = mounts_by_id.get(m.parent_id)
+    how = UNCOVER if under is not None and under.target == m.target and under.dev == live_dev else BENEATH
+    return Fix(m.root, m.target, how, m.dev, attrs_from_options(m.options))
+
+
 def identity_problem(entry: Entry, start_time: int | None, mntns: int | None) -> str | None:
     """Why the process now at `entry.pid` is not the registered container (None: it is)."""
     if start_time is None:
@@ -166,6 +176,7 @@ def plan(
         claimed.add(entry.mntns)
         view = namespaces.get(entry.mntns)
         tops = top_mounts(view.mounts if view else ())
+        by_id = {m.mount_id: m for m in view.mounts} if view else {}
         fixes: list[Fix] = []
         refusals: list[TargetError] = []
         wanted = set()
@@ -176,12 +187,11 @@ def plan(
                 attrs = attrs_from_options(bind.flags) if bind.flags else None
                 fixes.append(Fix(bind.source, bind.target, ATTACH, None, attrs, bind.target in optional_targets))
             elif m.dev in stale_devs:
-                fixes.append(Fix(m.root, m.target, BENEATH, m.dev, attrs_from_options(m.options)))
+                fixes.append(stale_fix(m, by_id, live_dev))
             elif m.dev != live_dev:
                 refusals.append(TargetError(bind.target, errno.EBUSY,
                                             f"bound to another live connection ({_dev(m.dev)}), not ours to replace"))
-        fixes += [Fix(m.root, m.target, BENEATH, m.dev, attrs_from_options(m.options))
-                  for m in tops.values() if m.target not in wanted and m.dev in stale_devs]
+        fixes += [stale_fix(m, by_id, live_dev) for m in tops.values() if m.target not in wanted and m.dev in stale_devs]
         if fixes:
             jobs.append(Job(entry.id, entry.pid, entry.mntns, fixes, entry.start_time, refusals))
         elif refusals:
@@ -193,8 +203,8 @@ def plan(
         if mntns == host_ns or mntns in claimed:
             continue
         tops = top_mounts(view.mounts)
-        fixes = [Fix(m.root, m.target, BENEATH, m.dev, attrs_from_options(m.options))
-                 for m in tops.values() if m.dev in stale_devs]
+        by_id = {m.mount_id: m for m in view.mounts}
+        fixes = [stale_fix(m, by_id, live_dev) for m in tops.values() if m.dev in stale_devs]
         if fixes:
             jobs.append(Job(ns_id(mntns), view.pid, mntns, fixes))
         elif any(m.dev == live_dev for m in tops.values()):

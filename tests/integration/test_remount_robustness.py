@@ -36,7 +36,7 @@ def test_wedged_namespace_times_out_and_a_container_dying_mid_run_is_reported() 
     """Container W's bind sits under a directory of a second, SIGSTOPped daemon (an LXCFS: its 1 s entry
     timeout makes the path walk ask the daemon again): resolving it blocks in FUSE. The worker stuck there
     is killed at W's deadline and replaced; container X, queued behind W, exits meanwhile and is reported
-    gone; Y is repaired all the same."""
+    gone; Y is repaired all the same. (One worker of one thread, so X is queued behind W.)"""
     with daemon() as d, daemon(lxcfs=True) as hung, light_containers(3, bind_from=None) as (w, x, y):
         def nest() -> None:  # W: the hung daemon's tree at /tmp/h, and our meminfo bound inside it
             sc.mount(hung.mountpoint, w.host_path("/tmp/h"), None, sc.MS_BIND)
@@ -53,7 +53,7 @@ def test_wedged_namespace_times_out_and_a_container_dying_mid_run_is_reported() 
         os.kill(hung.pid, signal.SIGSTOP)
         try:
             time.sleep(1.2)  # let the hung daemon's cached entries expire
-            cmd = [LXCFS_GUARD, "remount", "--all", "--json", "--jobs", "1", "--timeout", "2",
+            cmd = [LXCFS_GUARD, "remount", "--all", "--json", "--jobs", "1", "--threads", "1", "--timeout", "2",
                    "--stale-dev", f"{os.major(old)}:{os.minor(old)}",
                    "--mountpoint", d.mountpoint, "--state-dir", d.state_dir]
             t0 = time.monotonic()
@@ -76,6 +76,38 @@ def test_wedged_namespace_times_out_and_a_container_dying_mid_run_is_reported() 
         proc = cli(d, "remount", "--all", "--json", "--stale-dev", f"{os.major(old)}:{os.minor(old)}")
         assert actions(json.loads(proc.stdout), {w.pid}) == {w.pid: "repaired"}
         assert [t for t, _, _ in our_mounts(w, d.fstype)] == ["/tmp/h/proc/meminfo"]
+
+
+def test_with_threads_a_wedged_namespace_holds_up_no_other() -> None:
+    with daemon() as d, daemon(lxcfs=True) as hung, light_containers(6) as (w, *others):
+        def nest() -> None:
+            sc.mount(hung.mountpoint, w.host_path("/tmp/h"), None, sc.MS_BIND)
+            sc.mount(d.mountpoint + "/proc/meminfo", w.host_path("/tmp/h/proc/meminfo"), None, sc.MS_BIND)
+
+        os.mkdir(w.host_path("/tmp/h"))
+        w.call(nest, chroot=False)
+        for c in others:
+            c.call(lambda c=c: sc.mount(d.mountpoint + "/proc/meminfo", c.host_path("/proc/meminfo"), None,
+                                        sc.MS_BIND), chroot=False)
+        old = d.dev
+        d.kill()
+        d.start()
+        os.kill(hung.pid, signal.SIGSTOP)
+        try:
+            time.sleep(1.2)
+            t0 = time.monotonic()
+            proc = cli(d, "remount", "--all", "--json", "--jobs", "1", "--timeout", "1.5",
+                       "--stale-dev", f"{os.major(old)}:{os.minor(old)}")
+            took = time.monotonic() - t0
+        finally:
+            os.kill(hung.pid, signal.SIGCONT)
+        report = json.loads(proc.stdout)
+        got = actions(report, {c.pid for c in (w, *others)})
+        assert got == {w.pid: "failed", **{c.pid: "repaired" for c in others}}, report
+        (ns,) = [ns for ns in report["namespaces"] if ns["pid"] == w.pid]
+        assert ns["errors"][0]["errname"] == "ETIMEDOUT" and took < 5, (ns, took)
+        # the others were done long before W's deadline
+        assert all(ns["duration_ms"] < 1000 for ns in report["namespaces"] if ns["pid"] in {c.pid for c in others})
 
 
 def test_probe_tells_dead_from_hung_from_live() -> None:

@@ -116,3 +116,13 @@ def test_only_stale_devices_are_touched() -> None:
     assert jobs == []  # no stale device named or found dead: nothing is ours to repair
     jobs, _ = plan({5001: ns}, [], {}, LIVE, {OTHER}, HOST_NS)  # a reload names the old daemon's device
     assert [f.target for f in jobs[0].fixes] == ["/proc/stat"]
+
+
+def test_a_stale_mount_right_on_a_live_one_is_just_detached() -> None:
+    from lxcfs_guard.remount.plan import UNCOVER
+
+    # e.g. a run killed between its BENEATH and its detach, or an nsenter script that stacked binds
+    ns = view(5001, 42, m(10, 1, LIVE, "/proc/meminfo"), m(11, 10, DEAD, "/proc/meminfo"),
+              m(20, 1, OTHER, "/proc/stat"), m(21, 20, DEAD, "/proc/stat"))
+    jobs, _ = plan({5001: ns}, [], {}, LIVE, {DEAD}, HOST_NS)
+    assert {f.target: f.how for f in jobs[0].fixes} == {"/proc/meminfo": UNCOVER, "/proc/stat": BENEATH}
