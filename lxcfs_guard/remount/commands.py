@@ -57,7 +57,7 @@ def configure_remount(parser: argparse.ArgumentParser) -> None:
                              "default: binds of dead connections only")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds allowed per container (default 5)")
     parser.add_argument("--jobs", type=int, default=None, help="worker processes (default: by CPUs and work)")
-    parser.add_argument("--threads", type=int, default=8, help="threads per worker (default 8)")
+    parser.add_argument("--threads", type=int, default=4, help="threads per worker (default 4)")
     parser.add_argument("--no-beneath", action="store_true",
                         help="detach then move, as on kernels without MOVE_MOUNT_BENEATH")
     _common(parser)

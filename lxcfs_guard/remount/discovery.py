@@ -58,20 +58,9 @@ def parse_ours(data: bytes, fstype: str) -> list[Mount]:
     return out
 
 
-def scan(fstype: str, proc_fd: int, *, pids: Iterable[int] | None = None, skip: Iterable[int] = (),
-         on_found: Callable[[NsView], None] | None = None) -> dict[int, NsView]:
-    """Mount namespaces (by inode) holding a mount of `fstype`, each with the first pid seen in it.
-
-    `pids` limits the scan (default: every process); namespaces in `skip` (the caller's own) are not read.
-    A namespace whose first pid shows no mount of ours is not looked at again through another pid, so a
-    process chrooted somewhere else in a namespace can hide binds that are outside its root: containers
-    keep their init at their root, which is the pid discovery meets first. `on_found` sees each namespace
-    as soon as it is read (the prober starts asking about its devices while the scan goes on).
-    """
-    seen = set(skip)
+def _scan_part(fstype: str, proc_fd: int, pids: Iterable[int], seen: set[int],
+               on_found: Callable[[NsView], None] | None) -> dict[int, NsView]:
     found: dict[int, NsView] = {}
-    if pids is None:
-        pids = sorted(int(n) for n in os.listdir(proc_fd) if n.isdigit())
     for pid in pids:
         try:
             ino = os.stat(f"{pid}/ns/mnt", dir_fd=proc_fd).st_ino
@@ -85,6 +74,64 @@ def scan(fstype: str, proc_fd: int, *, pids: Iterable[int] | None = None, skip: 
             found[ino] = view = NsView(ino, pid, mounts)
             if on_found is not None:
                 on_found(view)
+    return found
+
+
+def scan(fstype: str, proc_fd: int, *, pids: Iterable[int] | None = None, skip: Iterable[int] = (),
+         on_found: Callable[[NsView], None] | None = None, split_above: int = 128) -> dict[int, NsView]:
+    """Mount namespaces (by inode) holding a mount of `fstype`, each with the first pid seen in it.
+
+    `pids` limits the scan (default: every process); namespaces in `skip` (the caller's own) are not read.
+    A namespace whose first pid shows no mount of ours is not looked at again through another pid, so a
+    process chrooted somewhere else in a namespace can hide binds that are outside its root: containers
+    keep their init at their root, which is the pid discovery meets first. `on_found` sees each namespace
+    as soon as it is read (the prober starts asking about its devices while the scan goes on).
+
+    Reading a mountinfo costs ~40 us of kernel time; above `split_above` processes a forked child reads
+    every other one, on the other CPU, and hands its namespaces back through a pipe.
+    """
+    pids = sorted(int(n) for n in os.listdir(proc_fd) if n.isdigit()) if pids is None else list(pids)
+    if len(pids) <= split_above or (os.cpu_count() or 1) < 2:
+        return _scan_part(fstype, proc_fd, pids, set(skip), on_found)
+    import marshal
+
+    r, w = os.pipe2(os.O_CLOEXEC)
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        try:
+            os.close(r)
+            part = _scan_part(fstype, proc_fd, pids[1::2], set(skip), None)
+            data = marshal.dumps([(v.mntns, v.pid, [(m.mount_id, m.parent_id, m.dev, m.root, m.target, m.options)
+                                                     for m in v.mounts]) for v in part.values()])
+            while data:
+                data = data[os.write(w, data):]
+        finally:
+            os._exit(0)
+    os.close(w)
+    try:
+        found = _scan_part(fstype, proc_fd, pids[0::2], set(skip), on_found)
+        chunks = []
+        while chunk := os.read(r, 1 << 16):
+            chunks.append(chunk)
+    finally:
+        os.close(r)
+        os.waitpid(child, 0)
+    for ino, pid, mounts in marshal.loads(b"".join(chunks)) if chunks else []:
+        if ino not in found:  # a namespace with processes in both halves is read twice, kept once
+            found[ino] = view = NsView(ino, pid, [Mount(*m) for m in mounts])
+            if on_found is not None:
+                on_found(view)
+    return found
+
+
+def discover(fstype: str, proc_fd: int, first: Iterable[tuple[int, int]], host_ns: int, everyone: bool = True,
+             on_found: Callable[[NsView], None] | None = None) -> dict[int, NsView]:
+    """The namespaces of `first` ((pid, mntns) of registered containers, read through that pid: its root
+    is the one that matters), then, if `everyone`, every other namespace but the host's."""
+    first = list(first)
+    found = scan(fstype, proc_fd, pids=[pid for pid, _ in first], skip=(host_ns,), on_found=on_found)
+    if everyone:
+        found.update(scan(fstype, proc_fd, skip={host_ns, *(ns for _, ns in first)}, on_found=on_found))
     return found
 
 
@@ -114,12 +161,14 @@ def _probe_child(proc_fd: int, pid: int, target: str, w: int) -> None:
 class Prober:
     """Is a connection dead? Asked by statfs through a bind of it, from a forked child per device.
 
-    A dead connection answers at once, from the kernel, with ENOTCONN; only a live daemon takes a round
-    trip. So a child that has reached its statfs (it says so on its pipe) and still has no answer `grace`
-    seconds later has a daemon on the other end, busy or hung: HUNG, not dead, and the run goes on without
-    it (a SIGSTOPped daemon of someone else costs milliseconds, not a timeout). `timeout` bounds the rest (a
-    path that itself crosses a hung daemon). Children start as discovery finds devices (`add`, or `watch`
-    as scan's callback), so probing overlaps the scan; `results()` collects, kills and reaps them."""
+    A dead connection answers at once, from the kernel, with ENOTCONN; a live one needs its daemon. A
+    child that has reached its statfs (it says so on its pipe) and sleeps in the kernel's FUSE wait
+    (/proc/PID/wchan is request_wait_answer) has a daemon on the other end, busy or hung: that is all we
+    need to know (not dead), so it is not waited for, and a SIGSTOPped daemon of someone else costs
+    nothing. Where wchan is not shown, `grace` seconds after statfs began stand in for it. `timeout`
+    bounds the rest (a path that itself crosses a hung daemon). Children start as discovery finds devices
+    (`add`, or `watch` as scan's callback), so probing overlaps the scan; `results()` collects, kills and
+    reaps them."""
 
     def __init__(self, proc_fd: int, skip: Iterable[int] = (), timeout: float = 1.0, grace: float = 0.02) -> None:
         self.proc_fd = proc_fd
@@ -128,7 +177,8 @@ class Prober:
         self.grace = grace
         self.samples: dict[int, tuple[int, str]] = {}
         self._children: dict[int, tuple[int, int]] = {}  # read fd -> (dev, child pid)
-        self._deadline: dict[int, float] = {}
+        self._began: dict[int, float] = {}  # read fd -> when the child began (or reached statfs)
+        self._at_statfs: set[int] = set()
         self._out: dict[int, str] = {}
 
     def watch(self, view: NsView) -> None:
@@ -149,32 +199,44 @@ class Prober:
                 os._exit(0)
         os.close(w)
         self._children[r] = (dev, child)
-        self._deadline[r] = time.monotonic() + self.timeout
+        self._began[r] = time.monotonic()
+
+    def _held_by_daemon(self, r: int, now: float) -> bool:
+        """The child is in its statfs and the request sits with a daemon (see the class doc)."""
+        if r not in self._at_statfs:
+            return False
+        try:
+            wchan = read_all(f"{self._children[r][1]}/wchan", self.proc_fd)
+        except OSError:
+            wchan = b""
+        if wchan == b"request_wait_answer":
+            return True
+        return wchan in (b"", b"0") and now > self._began[r] + self.grace
 
     def results(self) -> dict[int, str]:
-        """Per device: DEAD, LIVE, HUNG or "error:<errno>" (the sample path could not be reached)."""
+        """Per device: DEAD, LIVE, HUNG (a daemon holds the request) or "error:<errno>" (the sample path
+        could not be reached), or HUNG after `timeout` without reaching statfs."""
         poller = select.poll()
         for r in self._children:
             poller.register(r, select.POLLIN | select.POLLHUP)
-        done: set[int] = set()
-        while True:
-            now = time.monotonic()
-            running = [t for r, t in self._deadline.items() if r not in done and t > now]
-            if not running:
-                break
-            for r, _ in poller.poll((min(running) - now) * 1000):
+        pending = set(self._children)
+        while pending:
+            for r, _ in poller.poll(1):  # 1 ms steps: a child in statfs is looked at again
                 data = os.read(r, 10)
-                if data[:1] == b"S":  # reached statfs at that time: a dead connection answers at once
-                    self._deadline[r] = int.from_bytes(data[1:9], "little") / 1e9 + self.grace
+                if data[:1] == b"S":  # reached statfs at that time
+                    self._began[r] = int.from_bytes(data[1:9], "little") / 1e9
+                    self._at_statfs.add(r)
                     data = data[9:]
                     if not data:
                         continue
                 code = data[0] if data else 255
                 self._out[self._children[r][0]] = LIVE if code == 0 else DEAD if code in DEAD_ERRNOS else f"error:{code}"
                 poller.unregister(r)
-                done.add(r)
+                pending.discard(r)
+            now = time.monotonic()
+            pending -= {r for r in pending if self._held_by_daemon(r, now) or now > self._began[r] + self.timeout}
         for r, (dev, child) in self._children.items():
-            if r not in done:
+            if dev not in self._out:
                 self._out[dev] = HUNG
                 os.kill(child, signal.SIGKILL)
             os.close(r)

@@ -36,11 +36,10 @@ def inventory(mountpoint: str, state_dir: str, fstype: str, probe: bool = True,
             live_dev = None
         host_ns = os.stat("self/ns/mnt", dir_fd=proc_fd).st_ino
         idents = {cid: discovery.identity(e.pid, proc_fd) for cid, e in entries.items()}
-        pids = [e.pid for e in entries.values()] + sorted(int(n) for n in os.listdir(proc_fd) if n.isdigit())
         prober = discovery.Prober(proc_fd, skip=(live_dev,), timeout=probe_timeout) if probe else None
         try:
-            views = discovery.scan(fstype, proc_fd, pids=pids, skip=(host_ns,),
-                                   on_found=prober.watch if prober else None)
+            first = [(e.pid, e.mntns) for cid, e in entries.items() if idents[cid][1] == e.mntns]
+            views = discovery.discover(fstype, proc_fd, first, host_ns, on_found=prober.watch if prober else None)
         finally:
             states = prober.results() if prober else {}
     finally:

@@ -90,7 +90,7 @@ class RemountReport:
     could not start (`error`)."""
 
     __slots__ = ("live_root", "live_dev", "fstype", "mode", "dry_run", "namespaces", "warnings", "error",
-                 "duration_ms")
+                 "duration_ms", "phases_ms")
 
     def __init__(self, live_root: str, fstype: str, dry_run: bool = False) -> None:
         self.live_root = live_root
@@ -102,6 +102,7 @@ class RemountReport:
         self.warnings: list[str] = []
         self.error: str | None = None
         self.duration_ms = 0.0
+        self.phases_ms: dict[str, float] = {}  # where the time went: discover, probe, repair
 
     @property
     def ok(self) -> bool:
@@ -118,7 +119,8 @@ class RemountReport:
                 "live_dev": None if dev is None else f"{os.major(dev)}:{os.minor(dev)}",
                 "mode": self.mode, "dry_run": self.dry_run, "error": self.error, "warnings": list(self.warnings),
                 "counts": {a: self.count(a) for a in ACTIONS},
-                "namespaces": [ns.to_dict() for ns in self.namespaces], "duration_ms": round(self.duration_ms, 3)}
+                "namespaces": [ns.to_dict() for ns in self.namespaces], "duration_ms": round(self.duration_ms, 3),
+                "phases_ms": {k: round(v, 3) for k, v in self.phases_ms.items()}}
 
     def to_json(self) -> str:
         import json

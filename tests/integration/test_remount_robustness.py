@@ -132,4 +132,4 @@ def test_probe_tells_dead_from_hung_from_live() -> None:
             os.kill(hung.pid, signal.SIGCONT)
             os.close(proc_fd)
         assert states == {devs[0]: discovery.LIVE, devs[1]: discovery.DEAD, devs[2]: discovery.HUNG}
-        assert took < 2.0
+        assert took < 0.5  # the hung one is seen waiting in its daemon, not waited for
