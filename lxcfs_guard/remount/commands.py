@@ -179,18 +179,23 @@ def run_register(args: argparse.Namespace) -> int:
 
 
 def configure_unregister(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--id", required=True, help="the container to forget")
-    parser.add_argument("--state-dir", default=None, help="registry directory")
+    parser.add_argument("--id", required=True, help="the container to forget (its binds stay as they are)")
+    _common(parser)  # the same options as every command, so scripts can pass one set
 
 
 def run_unregister(args: argparse.Namespace) -> int:
     from lxcfs_guard.remount.registry import Registry
 
-    if Registry(args.state_dir or config.default_state_dir()).remove(args.id):
+    removed = Registry(_paths(args)[1]).remove(args.id)
+    if args.json:
+        import json
+
+        print(json.dumps({"id": args.id, "removed": removed}))
+    elif removed:
         print(f"unregistered {args.id}")
-        return 0
-    print(f"lxcfs-guard unregister: {args.id} is not registered", file=sys.stderr)
-    return 1
+    else:
+        print(f"lxcfs-guard unregister: {args.id} is not registered", file=sys.stderr)
+    return 0 if removed else 1
 
 
 # --- list ------------------------------------------------------------------------------------------------------------

@@ -32,9 +32,7 @@ def daemon(lxcfs: bool = False) -> Iterator[Restartable]:
 
 def cli(d: Restartable, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     """`lxcfs-guard ARGS --mountpoint M --state-dir S --fstype T` (text output captured)."""
-    cmd = [LXCFS_GUARD, *args, "--mountpoint", d.mountpoint, "--state-dir", d.state_dir]
-    if args[0] != "unregister":
-        cmd += ["--fstype", d.fstype]
+    cmd = [LXCFS_GUARD, *args, "--mountpoint", d.mountpoint, "--state-dir", d.state_dir, "--fstype", d.fstype]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 

@@ -108,3 +108,25 @@ def test_dry_run_touches_nothing() -> None:
         assert all(c.read("/proc/meminfo")[0] == errno.ENOTCONN for c in cs)
         text = cli(d, "remount", "--all").stdout
         assert text.count("repaired") >= 2 and "via beneath" in text
+
+
+def test_register_a_hand_made_container_then_remount_it_by_id_and_unregister() -> None:
+    cid = f"reg-{uuid.uuid4().hex[:8]}"
+    with daemon() as d, light_containers(1, bind_from=d.mountpoint, flags=RO) as (c,):
+        proc = cli(d, "register", "--id", cid, "--pid", str(c.pid), "--json")
+        assert proc.returncode == 0, proc.stderr
+        entry = json.loads(proc.stdout)
+        assert entry["pid"] == c.pid and entry["mntns"] == c.mntns
+        assert sorted(b["target"] for b in entry["binds"]) == sorted(t for t, _, _ in our_mounts(c, d.fstype))
+        assert {b["flags"] for b in entry["binds"]} == {"ro,nosuid,nodev"}
+        (row,) = [r for r in json.loads(cli(d, "list", "--json").stdout)["containers"] if r["pid"] == c.pid]
+        assert row["id"] == cid and row["registered"] and row["state"] == "live" and row["binds"] == 7
+        d.kill()
+        d.start()
+        rc, report = remount_json(d, "--id", cid)
+        assert rc == 0 and [(ns["id"], ns["action"]) for ns in report["namespaces"]] == [(cid, "repaired")]
+        assert c.memtotal_kb() == c.limit // 1024
+        assert cli(d, "unregister", "--id", cid).returncode == 0
+        assert cli(d, "unregister", "--id", cid).returncode == 1  # already gone: says so
+        rc, report = remount_json(d, "--id", cid)
+        assert rc == 1 and report["namespaces"][0]["errors"][0]["errname"] == "ENOENT"
