@@ -451,6 +451,8 @@ class Supervisor:
         if stale:
             self._refresh_registry()
             fast = self._repair(inst, stale, ids=sorted(cid for cid, _ in self.registered.values()))
+            if self.fault_at is None:  # (after a fault the recovery line says it; keep that path quiet)
+                log(f"moved containers off {', '.join(sorted(f'{os.major(d)}:{os.minor(d)}' for d in stale))}")
         if self.fault_at is not None:
             now = time.monotonic()
             self.last_recovery_ms = (now - self.fault_at) * 1000
@@ -649,7 +651,7 @@ class Supervisor:
                 continue
             role = record.get("role")
             inst = instance.adopt(str(role), record, self.o.fstype)
-            if inst is None:
+            if inst is None:  # gone: its directory (and dead mount, if any) is collected below
                 continue
             known.add(inst.dir)
             result = self._probe_now(inst) if role in ("primary", "standby") and inst.dev is not None else None
@@ -698,6 +700,7 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             left.dev = left.find_mount()
+            log(f"left-over instance {name}: {'dead mount ' + left.dev_str if left.dev is not None else 'no mount'}")
             self.dead.append(left)
 
     # --- containers ---------------------------------------------------------------------------------

@@ -75,6 +75,17 @@ def has_cap_sys_resource() -> bool:
     return bool(eff & (1 << 24))
 
 
+def recovered(box: SystemdBox, fleet, since_ns: int, timeout: float) -> dict[str, float]:
+    """fleet.wait_recovered, printing what the box knows when it does not happen (pytest shows it)."""
+    try:
+        return fleet.wait_recovered(since_ns, timeout=timeout)
+    except TimeoutError:
+        print(box.journal(UNIT, 200))
+        print(box.run("cat", f"{STATE_DIR}/status.json", check=False).stdout)
+        print(box.run("grep", "fuse", f"/proc/{fleet.readers[0].pid}/mountinfo", check=False).stdout)
+        raise
+
+
 def now_ns() -> int:
     return time.monotonic_ns()
 
@@ -133,7 +144,7 @@ def test_sigkill_of_the_fuse_daemon(box, fleet):
     st = wait_serving(box)
     t = now_ns()
     box.run("kill", "-KILL", str(st["daemon_pid"]))
-    fleet.wait_recovered(t, timeout=15)
+    recovered(box, fleet, t, timeout=15)
     st2 = wait_serving(box, not_pid=st["daemon_pid"])
     assert st2["restarts"] == 1
     assert show(box, "NRestarts") == "0"  # supervise handled it; systemd did not have to
@@ -152,7 +163,7 @@ def test_sigkill_of_the_main_process(box, fleet):
     assert st2["daemon_pid"] == st["daemon_pid"]  # adopted: the daemon kept serving throughout
     wait_for(lambda: post_runs(box) == posts + 1, 20, 0.2, "ExecStartPost to run again")
     assert sum(fleet.failed_since(t).values()) == 0
-    fleet.wait_recovered(t, timeout=15)
+    recovered(box, fleet, t, timeout=15)
 
 
 def test_sigstop_of_the_main_process_trips_the_watchdog(box, fleet):
@@ -165,7 +176,7 @@ def test_sigstop_of_the_main_process_trips_the_watchdog(box, fleet):
     assert "watchdog timeout" in box.journal(UNIT, 300).lower()
     wait_serving(box)
     assert sum(fleet.failed_since(t).values()) == 0
-    fleet.wait_recovered(t, timeout=15)
+    recovered(box, fleet, t, timeout=15)
 
 
 def test_whole_unit_killed_is_repaired_by_the_restart(box, fleet):
@@ -173,7 +184,7 @@ def test_whole_unit_killed_is_repaired_by_the_restart(box, fleet):
     posts = post_runs(box)
     t = now_ns()
     box.systemctl("kill", "--signal=SIGKILL", UNIT)  # supervise, daemon and standby at once
-    rec = fleet.wait_recovered(t, timeout=30)
+    rec = recovered(box, fleet, t, timeout=30)
     assert max(rec.values()) > 0  # this time the containers did see the failure...
     wait_for(lambda: show(box, "NRestarts") == "3", 20, 0.1, "systemd to restart the unit")
     wait_active(box)
@@ -187,7 +198,7 @@ def test_sigstop_of_the_fuse_daemon(box, fleet):
     st = wait_serving(box)
     t = now_ns()
     box.run("kill", "-STOP", str(st["daemon_pid"]))
-    rec = fleet.wait_recovered(t, timeout=20)
+    rec = recovered(box, fleet, t, timeout=20)
     assert max(rec.values()) < (1.0 + 2.0 + 1.0) * 1000  # probe interval + probe timeout (defaults) + 1 s
     wait_serving(box, not_pid=st["daemon_pid"])
     assert show(box, "NRestarts") == "3"
@@ -217,7 +228,7 @@ def test_stop_leaves_the_binds_and_start_repairs_them(box, fleet):
     assert all(n > 0 for n in fleet.failed_since(t - 300_000_000).values())  # binds stayed, dead
     box.systemctl("start", UNIT, timeout=90)
     wait_active(box)
-    fleet.wait_recovered(t, timeout=20)
+    recovered(box, fleet, t, timeout=20)
     assert fleet.wrong_reads() == {}
 
 
