@@ -140,11 +140,16 @@ def main() -> int:
     print(f"remount after SIGKILL + restart of {daemon}; 7 binds per container; {os.cpu_count()} CPUs")
     print(f"{'N':>5} {'nsenter loop':>14} {'lxcfs-guard remount --all':>27} {'speed-up':>9} "
           f"{'ms/container old':>17} {'ms/container new':>17}")
+    rows = []
     for n in args.n or [10, 100, 500]:
         r = bench(n, args.lxcfs)
+        rows.append(r)
         print(f"{n:>5} {r['old_ms']:>11.0f} ms {r['new_ms']:>24.1f} ms {r['old_ms'] / r['new_ms']:>8.1f}x "
               f"{r['old_ms'] / n:>17.2f} {r['new_ms'] / n:>17.3f}", flush=True)
         print(f"      ({r['summary']})", flush=True)
+    for a, b in zip(rows, rows[1:]):  # what one more container costs, start-up taken out
+        print(f"marginal cost from N={a['n']} to N={b['n']}: old {(b['old_ms'] - a['old_ms']) / (b['n'] - a['n']):.2f} "
+              f"ms/container, new {(b['new_ms'] - a['new_ms']) / (b['n'] - a['n']):.3f} ms/container")
     return 0
 
 

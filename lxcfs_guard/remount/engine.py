@@ -1,32 +1,38 @@
 """The remount engine: make every container's binds of a dead FUSE connection serve the live one again,
 in place, with no restart and no preparation inside the container.
 
-Per mount namespace, in a forked single-threaded worker (setns(CLONE_NEWNS) refuses a threaded process):
+Per mount namespace, in a forked worker (setns(CLONE_NEWNS) refuses a process whose fs_struct is shared, so
+each worker thread unshares its own first):
 
 1. in the host namespace: `open_tree(live file, OPEN_TREE_CLONE)` once per target (a clone is used up by
-   the move that attaches it), with the flags the old bind had (`mount_setattr`: ro, nosuid, nodev, noexec)
-   set while it is still detached, so the new mount is never briefly writable;
-2. `setns` into the container's mount namespace (fds to it and to /proc/PID/root were opened first);
+   the move that attaches it), made private and given the flags the old bind had (`mount_setattr`: ro,
+   nosuid, nodev, noexec) while still detached, so the new mount is never briefly writable;
+2. `setns` into the container's mount namespace (fds to it and to /proc/PID/root were opened first, and
+   the pid's start time checked around that, so a reused pid is never entered);
 3. resolve the target inside the container's root with `openat2(RESOLVE_IN_ROOT|RESOLVE_NO_SYMLINKS, O_PATH)`:
    a symlink anywhere on the path, or a target that is not a regular file, is refused and reported;
 4. `move_mount(clone, target, MOVE_MOUNT_BENEATH)` slides the live mount *under* the stale one, then the
    stale one is detached **through the fd we resolved** (`umount2("<fd>")` with our cwd on our own
-   /proc/self/fd, which names exactly that mount, never the new one under it); a reader sees ENOTCONN and
-   then the live file, never the file underneath and never ENOENT. On kernels without BENEATH (< 6.5) the
-   stale mount is detached first and the clone moved onto the file it uncovered (a window of a few
-   microseconds shows the underlying file);
+   /proc/self/fd: the magic link names that mount, and umount's lookup only climbs to mounts stacked *on*
+   it, so it can never reach the new one under it); a reader sees ENOTCONN and then the live file, never
+   the file underneath and never ENOENT. On kernels without BENEATH (< 6.5) the stale mount is detached
+   first and the clone moved onto the file it uncovered (a window of microseconds shows that file). A
+   stale mount already sitting on a live one (an interrupted run, a stacking script) is simply detached;
 5. back in the host namespace, verify: the target, resolved again from the container's root, is now on the
-   live connection's device.
+   live connection's device (statx with AT_STATX_DONT_SYNC: no FUSE round trip).
 
-Namespaces are spread over a few workers that setns-hop from one container to the next (fork once, not per
-container); each namespace has its own deadline, and a worker that misses it is killed and replaced for the
-rest of its queue, so one wedged namespace never stalls the others. One flock serialises runs; a second run
-finds everything live and changes nothing.
+Every step is an fd-based syscall that never waits for a FUSE daemon; the cost is the detach, which waits
+for an RCU grace period (stale mounts cannot be batched into one umount: it only detaches the topmost mount
+at a place, and attached mounts cannot be moved into a detached tree). So each worker runs a few threads
+whose waits overlap, and the parent runs 1-4 workers (fork once, then setns-hop from one container to the
+next). The parent holds a deadline per namespace: a worker holding one past it is killed and replaced for
+the namespaces it had not started, so one wedged namespace never stalls the others. One flock serialises
+runs; a second run finds everything live and changes nothing.
 
 Scoping: only mounts on a *stale* device are touched: a device in `stale_devs` if the caller names them
 (zero-downtime reload: the old daemon still answers), else a device whose connection is dead (statfs gives
-ENOTCONN, probed from a child with a deadline). Mounts of any other live daemon are never touched, and the
-caller's own mount namespace is never entered.
+ENOTCONN; see discovery.Prober). Mounts of any other live daemon are never touched, and the caller's own
+mount namespace is never entered.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ from lxcfs_guard import config
 from lxcfs_guard.kernel import procfs
 from lxcfs_guard.kernel import syscalls as sc
 from lxcfs_guard.remount import discovery
-from lxcfs_guard.remount.plan import ATTACH, UNCOVER, Fix, Job, plan, top_mounts
+from lxcfs_guard.remount.plan import ATTACH, UNCOVER, Fix, Job, NsView, plan, top_mounts
 from lxcfs_guard.remount.registry import Entry, Registry
 from lxcfs_guard.remount.report import (
     ALREADY_LIVE, FAILED, GONE, REFUSED, REPAIRED, NamespaceReport, RemountReport, TargetError,
@@ -572,33 +578,15 @@ def remount(
         if registry.problem:
             report.warnings.append(registry.problem)
         host_ns = os.stat("self/ns/mnt", dir_fd=proc_fd).st_ino
-        selected: list[Entry] = []
-        unknown: list[str] = []
-        for cid in ids if ids is not None else sorted(entries):
-            (selected.append(entries[cid]) if cid in entries else unknown.append(cid))
+        wanted = ids if ids is not None else sorted(entries)
+        selected: list[Entry] = [entries[cid] for cid in wanted if cid in entries]
         report.namespaces += [NamespaceReport(cid, 0, 0, FAILED, errors=[
-            TargetError("-", errno.ENOENT, "no such registered container")]) for cid in unknown]
+            TargetError("-", errno.ENOENT, "no such registered container")]) for cid in wanted if cid not in entries]
         identities = {e.id: discovery.identity(e.pid, proc_fd) for e in selected}
-        itself = [e for e in selected if identities[e.id][1] == e.mntns]
-        prober = None if stale_devs is not None else discovery.Prober(proc_fd, skip=(live_dev,), timeout=probe_timeout)
-        on_found = prober.watch if prober else None
-        t1 = time.perf_counter()
-        try:
-            namespaces = discovery.discover(fstype, proc_fd, [(e.pid, e.mntns) for e in itself], host_ns,
-                                            everyone=ids is None, on_found=on_found)
-        finally:
-            t2 = time.perf_counter()
-            states = prober.results() if prober else {}
+        itself = [(e.pid, e.mntns) for e in selected if identities[e.id][1] == e.mntns]
+        namespaces, stale = _find_stale(fstype, proc_fd, itself, host_ns, ids is None, live_dev, stale_devs,
+                                        probe_timeout, report)
         t3 = time.perf_counter()
-        report.phases_ms.update(start=(t1 - t0) * 1000, discover=(t2 - t1) * 1000, probe=(t3 - t2) * 1000)
-        if stale_devs is not None:
-            stale = set(stale_devs) - {live_dev}
-        else:
-            stale = {dev for dev, state in states.items() if state == discovery.DEAD}
-            for dev, state in sorted(states.items()):
-                if state not in (discovery.DEAD, discovery.LIVE):
-                    report.warnings.append(f"connection {os.major(dev)}:{os.minor(dev)} is {state} (probed through "
-                                           f"pid {prober.samples[dev][0]}); its binds were left alone")
         todo, known = plan(namespaces, selected, identities, live_dev, stale, host_ns)
         report.mode = MODE_BENEATH if _use_beneath(beneath) else MODE_DETACH_MOVE
         if dry_run:
@@ -607,12 +595,13 @@ def remount(
                                                   [f.target for f in j.fixes], list(j.refusals)) for j in todo]
             return report
         t4 = time.perf_counter()
+        report.phases_ms["plan"] = (t4 - t3) * 1000
         results = _execute(todo, live_root, live_dev, live_attrs, report.mode == MODE_BENEATH, proc_fd,
                            jobs, timeout, threads)
-        report.phases_ms.update(plan=(t4 - t3) * 1000, repair=(time.perf_counter() - t4) * 1000)
+        report.phases_ms["repair"] = (time.perf_counter() - t4) * 1000
         report.namespaces += known + results
-        gone = {e.id: (e.pid, e.start_time) for e in selected
-                if any(ns.id == e.id and ns.action == GONE for ns in report.namespaces)}
+        gone_ids = {ns.id for ns in report.namespaces if ns.action == GONE}
+        gone = {e.id: (e.pid, e.start_time) for e in selected if e.id in gone_ids}
         if gone:
             registry.remove_if(gone)
         return report
@@ -624,6 +613,29 @@ def remount(
             os.close(lock_fd)
         os.close(proc_fd)
         report.duration_ms = (time.perf_counter() - t0) * 1000
+
+
+def _find_stale(fstype: str, proc_fd: int, itself: list[tuple[int, int]], host_ns: int, everyone: bool, live_dev: int,
+                stale_devs: set[int] | None, probe_timeout: float,
+                report: RemountReport) -> tuple[dict[int, NsView], set[int]]:
+    """Discover the namespaces (registered ones through their init first) and decide which devices are
+    stale: `stale_devs` if given, else those the prober finds dead (it runs while discovery scans)."""
+    prober = None if stale_devs is not None else discovery.Prober(proc_fd, skip=(live_dev,), timeout=probe_timeout)
+    t1 = time.perf_counter()
+    try:
+        namespaces = discovery.discover(fstype, proc_fd, itself, host_ns, everyone=everyone,
+                                        on_found=prober.watch if prober else None)
+    finally:
+        t2 = time.perf_counter()
+        states = prober.results() if prober else {}
+    report.phases_ms.update(discover=(t2 - t1) * 1000, probe=(time.perf_counter() - t2) * 1000)
+    if prober is None:
+        return namespaces, set(stale_devs or ()) - {live_dev}
+    for dev, state in sorted(states.items()):
+        if state not in (discovery.DEAD, discovery.LIVE):
+            report.warnings.append(f"connection {os.major(dev)}:{os.minor(dev)} is {state} (probed through pid "
+                                   f"{prober.samples[dev][0]}); its binds were left alone")
+    return namespaces, {dev for dev, state in states.items() if state == discovery.DEAD}
 
 
 def _execute(todo: list[Job], live_root: str, live_dev: int, live_attrs: int, beneath: bool, proc_fd: int,
