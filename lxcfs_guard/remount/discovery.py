@@ -1,11 +1,13 @@
 """Discovery: what the kernel shows, whoever made it. Every mount namespace on the host that holds a
 mount of our fstype, with one live pid in it, read as cheaply as possible: one stat of /proc/PID/ns/mnt per
-process to dedupe namespaces, one read of /proc/PID/mountinfo per namespace, and only the lines of our
-fstype are parsed. This finds binds nobody registered (Kubernetes hostPath volumes, hand-made binds).
+process to dedupe namespaces, one read of /proc/PID/mountinfo per namespace (split over two processes when
+there are many), and only the lines of our fstype are parsed. This finds binds nobody registered
+(Kubernetes hostPath volumes, hand-made binds).
 
-Plus the liveness probe: a connection whose daemon died answers every request with ENOTCONN, but a hung
-daemon (SIGSTOPped, wedged) never answers, so each distinct device is probed by statfs from a forked child
-with a deadline, never from this process.
+Plus the liveness probe (Prober): a dead connection answers every request with ENOTCONN at once, a live
+one needs its daemon, and a hung daemon (SIGSTOPped, wedged) never answers; so each distinct device is
+asked by statfs from a forked child, never from this process, and a child seen waiting in the kernel's
+FUSE queue is known to have a daemon behind it without waiting any longer.
 """
 
 from __future__ import annotations
@@ -58,17 +60,13 @@ def parse_ours(data: bytes, fstype: str) -> list[Mount]:
     return out
 
 
-def _scan_part(fstype: str, proc_fd: int, pids: Iterable[int], seen: set[int],
+def _read_part(fstype: str, proc_fd: int, firsts: Iterable[tuple[int, int]],
                on_found: Callable[[NsView], None] | None) -> dict[int, NsView]:
     found: dict[int, NsView] = {}
-    for pid in pids:
+    for ino, pid in firsts:
         try:
-            ino = os.stat(f"{pid}/ns/mnt", dir_fd=proc_fd).st_ino
-            if ino in seen:
-                continue
-            seen.add(ino)
             mounts = parse_ours(read_all(f"{pid}/mountinfo", proc_fd), fstype)
-        except OSError:  # exited meanwhile, or a kernel thread we may not look into
+        except OSError:  # exited meanwhile
             continue
         if mounts:
             found[ino] = view = NsView(ino, pid, mounts)
@@ -78,21 +76,30 @@ def _scan_part(fstype: str, proc_fd: int, pids: Iterable[int], seen: set[int],
 
 
 def scan(fstype: str, proc_fd: int, *, pids: Iterable[int] | None = None, skip: Iterable[int] = (),
-         on_found: Callable[[NsView], None] | None = None, split_above: int = 128) -> dict[int, NsView]:
+         on_found: Callable[[NsView], None] | None = None, split_above: int = 64) -> dict[int, NsView]:
     """Mount namespaces (by inode) holding a mount of `fstype`, each with the first pid seen in it.
 
     `pids` limits the scan (default: every process); namespaces in `skip` (the caller's own) are not read.
-    A namespace whose first pid shows no mount of ours is not looked at again through another pid, so a
-    process chrooted somewhere else in a namespace can hide binds that are outside its root: containers
-    keep their init at their root, which is the pid discovery meets first. `on_found` sees each namespace
-    as soon as it is read (the prober starts asking about its devices while the scan goes on).
+    One stat of /proc/PID/ns/mnt per process finds each namespace's first pid, and only that pid's
+    mountinfo is read: a process chrooted elsewhere in a namespace could hide binds outside its root, but
+    containers keep their init at their root, and the init is the pid met first. `on_found` sees each
+    namespace as soon as it is read (the prober starts asking about its devices while the scan goes on).
 
-    Reading a mountinfo costs ~40 us of kernel time; above `split_above` processes a forked child reads
-    every other one, on the other CPU, and hands its namespaces back through a pipe.
+    A mountinfo read costs ~40 us of kernel time; above `split_above` namespaces a forked child reads
+    every other one, on another CPU, and hands its namespaces back through a pipe.
     """
-    pids = sorted(int(n) for n in os.listdir(proc_fd) if n.isdigit()) if pids is None else list(pids)
-    if len(pids) <= split_above or (os.cpu_count() or 1) < 2:
-        return _scan_part(fstype, proc_fd, pids, set(skip), on_found)
+    seen = set(skip)
+    firsts: list[tuple[int, int]] = []
+    for pid in sorted(int(n) for n in os.listdir(proc_fd) if n.isdigit()) if pids is None else pids:
+        try:
+            ino = os.stat(f"{pid}/ns/mnt", dir_fd=proc_fd).st_ino
+        except OSError:  # exited meanwhile, or a kernel thread we may not look into
+            continue
+        if ino not in seen:
+            seen.add(ino)
+            firsts.append((ino, pid))
+    if len(firsts) <= split_above or (os.cpu_count() or 1) < 2:
+        return _read_part(fstype, proc_fd, firsts, on_found)
     import marshal
 
     r, w = os.pipe2(os.O_CLOEXEC)
@@ -100,7 +107,7 @@ def scan(fstype: str, proc_fd: int, *, pids: Iterable[int] | None = None, skip: 
     if child == 0:  # pragma: no cover - runs in the child
         try:
             os.close(r)
-            part = _scan_part(fstype, proc_fd, pids[1::2], set(skip), None)
+            part = _read_part(fstype, proc_fd, firsts[1::2], None)
             data = marshal.dumps([(v.mntns, v.pid, [(m.mount_id, m.parent_id, m.dev, m.root, m.target, m.options)
                                                      for m in v.mounts]) for v in part.values()])
             while data:
@@ -109,7 +116,7 @@ def scan(fstype: str, proc_fd: int, *, pids: Iterable[int] | None = None, skip: 
             os._exit(0)
     os.close(w)
     try:
-        found = _scan_part(fstype, proc_fd, pids[0::2], set(skip), on_found)
+        found = _read_part(fstype, proc_fd, firsts[0::2], on_found)
         chunks = []
         while chunk := os.read(r, 1 << 16):
             chunks.append(chunk)
@@ -117,10 +124,9 @@ def scan(fstype: str, proc_fd: int, *, pids: Iterable[int] | None = None, skip: 
         os.close(r)
         os.waitpid(child, 0)
     for ino, pid, mounts in marshal.loads(b"".join(chunks)) if chunks else []:
-        if ino not in found:  # a namespace with processes in both halves is read twice, kept once
-            found[ino] = view = NsView(ino, pid, [Mount(*m) for m in mounts])
-            if on_found is not None:
-                on_found(view)
+        found[ino] = view = NsView(ino, pid, [Mount(*m) for m in mounts])
+        if on_found is not None:
+            on_found(view)
     return found
 
 
