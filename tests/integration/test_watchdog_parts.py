@@ -15,7 +15,7 @@ import time
 from lxcfs_guard.watchdog import fusectl
 from lxcfs_guard.watchdog.probe import Outcome, probe
 from lxcfs_guard.watchdog.procevents import ProcEvents
-from tests.integration.watchdog_harness import BINARY, supervised
+from tests.support.watchdog import BINARY, supervised
 from tests.support.daemon import serve
 from tests.support.readers import reader_fleet
 

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from tests.integration.watchdog_harness import kill_and_time, supervised
+from tests.support.watchdog import kill_and_time, supervised
 from tests.support.readers import reader_fleet
 
 N = 10

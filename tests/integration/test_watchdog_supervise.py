@@ -13,7 +13,7 @@ import uuid
 
 from lxcfs_guard.kernel.procfs import read_mountinfo
 from lxcfs_guard.remount.registry import Registry
-from tests.integration.watchdog_harness import kill_and_time, supervised
+from tests.support.watchdog import kill_and_time, supervised
 from tests.support.procs import wait_for
 from tests.support.readers import reader_fleet
 

@@ -46,8 +46,9 @@ def _reader_main(path: str, expect_kb: int, interval: float) -> None:  # pragma:
     print(os.getpid(), flush=True)
     if sys.stdin.readline().strip() != "go":
         return
-    stop = []
+    stop, count = [], []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    signal.signal(signal.SIGUSR1, lambda *_: count.append(1))  # "how many so far?"
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # the harness went away: end quietly
     reads = failed = wrong = 0
     state, last_print = "", 0
@@ -73,6 +74,9 @@ def _reader_main(path: str, expect_kb: int, interval: float) -> None:  # pragma:
         if kind != state or kind in ("wrong", "slow") or end - last_print > HEARTBEAT_NS:
             print(f"{end} {kind} {detail}", flush=True)
             state, last_print = kind, end
+        if count:
+            count.clear()
+            print(f"count {reads} {failed} {wrong}", flush=True)
         time.sleep(interval)
     print(f"summary {reads} {failed} {wrong}", flush=True)
 
@@ -88,6 +92,7 @@ class Reader:
     pid: int = 0  # as seen in the container's pid namespace (the host's, or a systemd box's)
     events: list[tuple[int, str, str]] = field(default_factory=list)
     summary: tuple[int, int, int] | None = None
+    counts: tuple[int, int, int] | None = None  # (reads, failed, wrong) at the last count/summary line
     _buf: bytes = b""
 
     def pump(self) -> None:
@@ -101,8 +106,11 @@ class Reader:
         *lines, self._buf = self._buf.split(b"\n")
         for raw in lines:
             parts = raw.decode(errors="replace").split(" ", 2)
-            if parts[0] == "summary":
-                self.summary = (int(parts[1]), int(parts[2].split()[0]), int(parts[2].split()[1]))
+            if parts[0] in ("summary", "count"):
+                totals = (int(parts[1]), int(parts[2].split()[0]), int(parts[2].split()[1]))
+                if parts[0] == "summary":
+                    self.summary = totals
+                self.counts = totals
             elif parts[0].isdigit() and len(parts) >= 2:
                 self.events.append((int(parts[0]), parts[1], parts[2] if len(parts) > 2 else ""))
 
@@ -145,6 +153,20 @@ class Fleet:
                 late = {r.id: r.events[-3:] for r in self.readers if rec[r.id] is None}
                 raise TimeoutError(f"containers not reading correctly {timeout}s after the fault: {late}")
             time.sleep(0.01)
+
+    def counts(self, timeout: float = 5.0) -> tuple[int, int, int]:
+        """Total (reads, failed, wrong) over every reader now (they run on this host: signalled by pid)."""
+        for r in self.readers:
+            r.counts = None
+            r.proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + timeout
+        while any(r.counts is None for r in self.readers) and time.monotonic() < deadline:
+            self.pump()
+            time.sleep(0.005)
+        got = [r.counts for r in self.readers if r.counts is not None]
+        if len(got) != len(self.readers):
+            raise TimeoutError("not every reader reported its counts")
+        return (sum(c[0] for c in got), sum(c[1] for c in got), sum(c[2] for c in got))
 
     def failed_since(self, since_ns: int) -> dict[str, int]:
         """Per container, how many failure episodes began after `since_ns`."""

@@ -1,4 +1,4 @@
-"""A real `lxcfs-guard supervise` for the watchdog's own tests and bench/recovery.py: started on a fresh
+"""A real `lxcfs-guard supervise` for the watchdog's tests and bench/recovery.py: started on a fresh
 mountpoint and state dir, with every knob the tests turn; stopped by pid with everything under it,
 unmounted and removed afterwards, even when the test failed (a killed supervisor leaves its serve
 instances running: they are found through the status file and the process tree and killed by pid)."""
