@@ -101,7 +101,9 @@ def ours(mountpoint: str, state_dir: str, fstype: str, pids: set[int]) -> tuple[
         return None
     others = len(report["namespaces"]) - len(pids)
     note = f"; plus {others} namespace(s) of other test runs on this host" if others else ""
-    return took, f"{len(pids)} repaired in {report['duration_ms']:.1f} ms inside the command, via {report['mode']}{note}"
+    phases = ", ".join(f"{k} {v:.1f}" for k, v in report["phases_ms"].items())
+    return took, (f"{len(pids)} repaired in {report['duration_ms']:.1f} ms inside the command ({phases}), "
+                  f"via {report['mode']}{note}")
 
 
 def bench(n: int, use_lxcfs: bool) -> dict:

@@ -205,17 +205,17 @@ def run_job(ctx: _Context, job: Job) -> NamespaceReport:
     failed = False
     fds: list[int] = []
     try:
+        # Root first, namespace second, identity last: a registered pid whose start time still matches
+        # after both opens was that process all along (a pid never comes back); for a discovered one the
+        # namespace inode is the identity, and whatever process the fds came from was in that namespace.
         try:
-            before = _start_time(ctx, job.pid)
-            if job.start_time is not None and before != job.start_time:
-                raise ProcessLookupError(errno.ESRCH, f"pid {job.pid} was reused")
-            nsfd = os.open(f"{job.pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC, dir_fd=ctx.proc_fd)
-            fds.append(nsfd)
             rootfd = -1
             if job.root is None:
                 rootfd = os.open(f"{job.pid}/root", _O_PATH | os.O_DIRECTORY, dir_fd=ctx.proc_fd)
                 fds.append(rootfd)
-            if _start_time(ctx, job.pid) != before:
+            nsfd = os.open(f"{job.pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC, dir_fd=ctx.proc_fd)
+            fds.append(nsfd)
+            if job.start_time is not None and _start_time(ctx, job.pid) != job.start_time:
                 raise ProcessLookupError(errno.ESRCH, f"pid {job.pid} was reused")
         except (FileNotFoundError, ProcessLookupError) as e:
             rep.action = GONE
