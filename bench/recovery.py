@@ -31,7 +31,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from tests.support.readers import Fleet, reader_fleet  # noqa: E402
-from tests.support.watchdog import Supervised, kill_and_time, supervised  # noqa: E402
+from tests.support.watchdog import Supervised, fusectl_restored, kill_and_time, supervised  # noqa: E402
 
 
 def one_fault(s: Supervised, fleet: Fleet, fault: str, standby: bool) -> dict:
@@ -87,9 +87,10 @@ def main() -> int:
     a = ap.parse_args()
     modes = {"both": [False, True], "standby": [True], "no-standby": [False]}[a.mode]
     results = {}
-    for standby in modes:
-        name = "standby" if standby else "no-standby"
-        results[name] = run_mode(standby, a.containers, a.rounds, a.interval, (a.probe_interval, a.probe_timeout))
+    with fusectl_restored():
+        for standby in modes:
+            name = "standby" if standby else "no-standby"
+            results[name] = run_mode(standby, a.containers, a.rounds, a.interval, (a.probe_interval, a.probe_timeout))
     if a.json:
         print(json.dumps(results, indent=1))
         return 0

@@ -24,14 +24,14 @@ def connection_name(dev: int) -> str:
 def ensure_mounted(path: str = FUSECTL_DIR) -> bool:
     """Mount fusectl on `path` if it is not there yet (it often is not on hosts without systemd).
     Returns whether it is mounted now."""
-    if _is_fusectl(path):
+    if is_mounted(path):
         return True
     try:
         syscalls.mount("fusectl", path, "fusectl")
     except OSError as e:
         if e.errno != 16:  # EBUSY: someone mounted it meanwhile
             return False
-    return _is_fusectl(path)
+    return is_mounted(path)
 
 
 def abort(dev: int, path: str = FUSECTL_DIR) -> bool:
@@ -49,13 +49,15 @@ def abort(dev: int, path: str = FUSECTL_DIR) -> bool:
 
 def waiting(dev: int, path: str = FUSECTL_DIR) -> int | None:
     """Requests the daemon has not answered yet (a growing number is another sign of a hang)."""
+    if not ensure_mounted(path):
+        return None
     with contextlib.suppress(OSError, ValueError):
         with open(f"{path}/{connection_name(dev)}/waiting") as f:
             return int(f.read().strip())
     return None
 
 
-def _is_fusectl(path: str) -> bool:
+def is_mounted(path: str = FUSECTL_DIR) -> bool:
     with contextlib.suppress(OSError):
         with open("/proc/self/mounts") as f:
             return any(line.split()[1] == path and line.split()[2] == "fusectl" for line in f)

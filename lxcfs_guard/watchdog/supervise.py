@@ -839,7 +839,8 @@ def configure_supervise(parser: argparse.ArgumentParser) -> None:
         default="",
         metavar="CMD",
         help="guard another FUSE daemon instead of `serve`: a command line with {mountpoint} "
-        "(also {state_dir}, {instance_dir}), e.g. 'lxcfs -f -p {instance_dir}/lxcfs.pid {mountpoint}'",
+        "(also {state_dir}, {instance_dir}); with --standby every instance needs its own pidfile, e.g. "
+        "'lxcfs -p {instance_dir}/lxcfs.pid {mountpoint}' --fstype fuse.lxcfs",
     )
     parser.add_argument("--fstype", default=config.FSTYPE, help="FUSE type of the guarded mount (default: %(default)s)")
     parser.add_argument("--serve-args", default="", help="extra arguments for `serve` (one string)")

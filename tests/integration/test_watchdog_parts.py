@@ -3,6 +3,7 @@ FUSE daemon; fusectl abort; the proc connector; `lxcfs-guard status` in plain-se
 
 from __future__ import annotations
 
+import pytest
 import contextlib
 import errno
 import json
@@ -15,9 +16,15 @@ import time
 from lxcfs_guard.watchdog import fusectl
 from lxcfs_guard.watchdog.probe import Outcome, probe
 from lxcfs_guard.watchdog.procevents import ProcEvents
-from tests.support.watchdog import BINARY, supervised
+from tests.support.watchdog import fusectl_restored, BINARY, supervised
 from tests.support.daemon import serve
 from tests.support.readers import reader_fleet
+
+
+@pytest.fixture(autouse=True)
+def _fusectl_as_found():
+    with fusectl_restored():
+        yield
 
 
 @contextlib.contextmanager

@@ -14,10 +14,16 @@ import time
 
 import pytest
 
-from tests.support.watchdog import kill_and_time, supervised
+from tests.support.watchdog import fusectl_restored, kill_and_time, supervised
 from tests.support.readers import reader_fleet
 
 N = 10
+
+
+@pytest.fixture(autouse=True)
+def _fusectl_as_found():
+    with fusectl_restored():
+        yield
 
 
 @pytest.mark.parametrize("standby", [False, True], ids=["restart", "standby"])

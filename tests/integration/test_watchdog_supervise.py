@@ -4,6 +4,7 @@ containers that exit, and leaving nothing behind on SIGTERM."""
 
 from __future__ import annotations
 
+import pytest
 import contextlib
 import os
 import signal
@@ -13,9 +14,15 @@ import uuid
 
 from lxcfs_guard.kernel.procfs import read_mountinfo
 from lxcfs_guard.remount.registry import Registry
-from tests.support.watchdog import kill_and_time, supervised
+from tests.support.watchdog import fusectl_restored, kill_and_time, supervised
 from tests.support.procs import wait_for
 from tests.support.readers import reader_fleet
+
+
+@pytest.fixture(autouse=True)
+def _fusectl_as_found():
+    with fusectl_restored():
+        yield
 
 
 def _fds(pid: int) -> int:
@@ -124,7 +131,7 @@ def test_sd_notify_protocol():
 
 def test_guards_stock_lxcfs():
     """--exec runs the C LXCFS under the same watchdog: crash recovery and zero-failure reload included."""
-    with supervised("--exec", "lxcfs -f -p {instance_dir}/lxcfs.pid {mountpoint}", "--fstype", "fuse.lxcfs") as s:
+    with supervised("--exec", "lxcfs -p {instance_dir}/lxcfs.pid {mountpoint}", "--fstype", "fuse.lxcfs") as s:
         assert any(m.mount_point == s.mountpoint and m.fstype == "fuse.lxcfs" for m in read_mountinfo())
         with reader_fleet(3, s.mountpoint, s.state_dir, attach_args=("--fstype", "fuse.lxcfs")) as fleet:
             st = s.wait_healthy(standby=True)

@@ -17,7 +17,9 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from lxcfs_guard.kernel import syscalls
 from lxcfs_guard.kernel.procfs import read_mountinfo
+from lxcfs_guard.watchdog import fusectl
 from tests.support.procs import force_unmount, stop, wait_for
 
 BINARY = os.path.join(os.path.dirname(sys.executable), "lxcfs-guard")
@@ -120,6 +122,19 @@ def supervised(*args: str, start: bool = True, env: dict[str, str] | None = None
         raise
     finally:
         s.cleanup()
+
+
+@contextlib.contextmanager
+def fusectl_restored() -> Iterator[None]:
+    """supervise mounts fusectl to abort a hung connection; take it down again if it was not there before
+    (a host without systemd has none, and it should look the same after the tests)."""
+    was = fusectl.is_mounted()
+    try:
+        yield
+    finally:
+        if not was and fusectl.is_mounted():
+            with contextlib.suppress(OSError):
+                syscalls.umount2(fusectl.FUSECTL_DIR, syscalls.MNT_DETACH)
 
 
 def kill_and_time(pid: int, sig: int = signal.SIGKILL) -> int:
