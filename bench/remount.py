@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import compileall
-import contextlib
 import json
 import os
 import shutil
@@ -31,25 +30,11 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from lxcfs_guard.kernel import syscalls as sc  # noqa: E402
 from tests.support import containers as lc  # noqa: E402
 from tests.support.daemon import LXCFS_GUARD  # noqa: E402
 from tests.support.restartable import Restartable  # noqa: E402
 
 FILES = lc.FILES
-
-
-@contextlib.contextmanager
-def tunnel():
-    """A shared mount on the host (its own bind), so mounts under it propagate into slave namespaces."""
-    top = tempfile.mkdtemp(prefix="lxcfs-guard-tunnel-")
-    sc.mount(top, top, None, sc.MS_BIND)
-    sc.mount("none", top, None, sc.MS_SHARED)
-    try:
-        yield top
-    finally:
-        subprocess.run(["umount", "-R", "-l", top], check=False, capture_output=True)
-        shutil.rmtree(top, ignore_errors=True)
 
 
 def check(cs: list[lc.LightContainer], fstype: str, expect_errno: int = 0) -> None:
@@ -108,7 +93,7 @@ def ours(mountpoint: str, state_dir: str, fstype: str, pids: set[int]) -> tuple[
 
 def bench(n: int, use_lxcfs: bool) -> dict:
     state_dir = tempfile.mkdtemp(prefix="lxcfs-guard-bench-state-")
-    with tunnel() as top:
+    with lc.tunnel() as top:
         mountpoint = os.path.join(top, "lxcfs")
         os.mkdir(mountpoint)
         with Restartable(mountpoint, state_dir, lxcfs=use_lxcfs) as d, \

@@ -92,13 +92,14 @@ class _Refusal(Exception):
 class _Context:
     """What every worker inherits through fork: fds opened once in the host namespace."""
 
-    def __init__(self, proc_fd: int, live_dev: int, live_attrs: int, sources: dict[str, int | OSError],
-                 beneath: bool) -> None:
+    def __init__(self, proc_fd: int, live_dev: int, live_attrs: int, live_shared: bool,
+                 sources: dict[str, int | OSError], beneath: bool) -> None:
         self.proc_fd = proc_fd
         self.host_ns_fd = os.open("self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd)
         self.host_ns = os.fstat(self.host_ns_fd).st_ino
         self.live_dev = live_dev
         self.live_attrs = live_attrs
+        self.live_shared = live_shared
         self.sources = sources
         self.beneath = beneath
         self.fd_dir = -1  # the worker's own /proc/self/fd, opened after fork
@@ -127,11 +128,12 @@ def _clone(ctx: _Context, fix: Fix) -> int:
     # binds of every container one peer group, so that detaching one container's stale mount propagated
     # into the others. Flags: those the old bind had, set before the clone is visible anywhere.
     attrs = ctx.live_attrs if fix.attrs is None else fix.attrs
-    try:
-        sc.mount_setattr(clone, "", sc.AT_EMPTY_PATH, attrs, sc.ALL_MOUNT_ATTRS & ~attrs, sc.MS_PRIVATE)
-    except OSError:
-        os.close(clone)
-        raise
+    if ctx.live_shared or attrs != ctx.live_attrs:
+        try:
+            sc.mount_setattr(clone, "", sc.AT_EMPTY_PATH, attrs, sc.ALL_MOUNT_ATTRS & ~attrs, sc.MS_PRIVATE)
+        except OSError:
+            os.close(clone)
+            raise
     return clone
 
 
@@ -495,13 +497,17 @@ def _lock(state_dir: str, timeout: float) -> int:
             time.sleep(0.005)
 
 
-def live_mount(live_root: str, fstype: str, proc_fd: int) -> tuple[int, int]:
-    """(device, MOUNT_ATTR bits) of the live mount at `live_root`; OSError if it is dead or not ours."""
+def live_mount(live_root: str, fstype: str, proc_fd: int) -> tuple[int, int, bool]:
+    """(device, MOUNT_ATTR bits, shared?) of the live mount at `live_root`; OSError if it is dead or not
+    ours. (A clone of a shared mount must be made private; of a private one it already is.)"""
     st = os.stat(live_root)  # ENOTCONN here means the "live" root is itself dead
     real = os.path.realpath(live_root)
-    for m in discovery.parse_ours(discovery.read_all("self/mountinfo", proc_fd), fstype):
-        if m.target == real and m.dev == st.st_dev:
-            return st.st_dev, sc.attrs_from_options(m.options)
+    marker = f" - {fstype} ".encode()
+    for line in discovery.read_all("self/mountinfo", proc_fd).split(b"\n"):
+        if marker in line:
+            m = procfs.parse_mountinfo_line(line.decode(errors="surrogateescape"))
+            if m.mount_point == real and m.dev == st.st_dev:
+                return st.st_dev, sc.attrs_from_options(m.mount_options), any(o.startswith("shared:") for o in m.optional)
     raise OSError(errno.ENOENT, f"no {fstype} mount at {live_root}")
 
 
@@ -568,7 +574,7 @@ def remount(
     try:
         lock_fd = _lock(state_dir, lock_timeout)
         try:
-            live_dev, live_attrs = live_mount(live_root, fstype, proc_fd)
+            live_dev, live_attrs, live_shared = live_mount(live_root, fstype, proc_fd)
         except OSError as e:
             report.error = f"live mount {live_root}: {e.strerror or e}"
             return report
@@ -596,8 +602,8 @@ def remount(
             return report
         t4 = time.perf_counter()
         report.phases_ms["plan"] = (t4 - t3) * 1000
-        results = _execute(todo, live_root, live_dev, live_attrs, report.mode == MODE_BENEATH, proc_fd,
-                           jobs, timeout, threads)
+        results = _execute(todo, live_root, live_dev, live_attrs, live_shared, report.mode == MODE_BENEATH,
+                           proc_fd, jobs, timeout, threads)
         report.phases_ms["repair"] = (time.perf_counter() - t4) * 1000
         report.namespaces += known + results
         gone_ids = {ns.id for ns in report.namespaces if ns.action == GONE}
@@ -638,12 +644,12 @@ def _find_stale(fstype: str, proc_fd: int, itself: list[tuple[int, int]], host_n
     return namespaces, {dev for dev, state in states.items() if state == discovery.DEAD}
 
 
-def _execute(todo: list[Job], live_root: str, live_dev: int, live_attrs: int, beneath: bool, proc_fd: int,
-             jobs: int | None, timeout: float, threads: int = THREADS) -> list[NamespaceReport]:
+def _execute(todo: list[Job], live_root: str, live_dev: int, live_attrs: int, live_shared: bool, beneath: bool,
+             proc_fd: int, jobs: int | None, timeout: float, threads: int = THREADS) -> list[NamespaceReport]:
     if not todo:
         return []
     sources = _open_sources(live_root, {f.source for j in todo for f in j.fixes})
-    ctx = _Context(proc_fd, live_dev, live_attrs, sources, beneath)
+    ctx = _Context(proc_fd, live_dev, live_attrs, live_shared, sources, beneath)
     try:
         return run_jobs(ctx, todo, jobs or _default_workers(len(todo)), timeout, threads)
     finally:
@@ -685,7 +691,7 @@ def attach(
             raise procfs.ProcessGone(pid)
         if mntns == os.stat("self/ns/mnt", dir_fd=proc_fd).st_ino:
             raise OSError(errno.EPERM, f"pid {pid} is in our own mount namespace, not a container's")
-        live_dev, live_attrs = live_mount(live_root, fstype, proc_fd)
+        live_dev, live_attrs, live_shared = live_mount(live_root, fstype, proc_fd)
         view = discovery.scan(fstype, proc_fd, pids=[pid]).get(mntns)
         tops = top_mounts(view.mounts if view else ())
         prefix = root.rstrip("/") if root else ""
@@ -702,7 +708,8 @@ def attach(
                 fixes.append(Fix(source, target, ATTACH, None, sc.attrs_from_options(flags) if flags else None,
                                  target in optional))
         job = Job(cid or f"pid:{pid}", pid, mntns, fixes, start_time, refusals, root)
-        rep = (_execute([job], live_root, live_dev, live_attrs, _use_beneath(beneath), proc_fd, 1, timeout)
+        rep = (_execute([job], live_root, live_dev, live_attrs, live_shared, _use_beneath(beneath), proc_fd, 1,
+                        timeout)
                or [NamespaceReport(job.id, pid, mntns, REFUSED if refusals else ALREADY_LIVE, errors=refusals)])[0]
         if rep.action == GONE:
             raise procfs.ProcessGone(pid)

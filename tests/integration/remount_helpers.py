@@ -16,9 +16,10 @@ from tests.support.restartable import Restartable
 
 
 @contextlib.contextmanager
-def daemon(lxcfs: bool = False) -> Iterator[Restartable]:
-    """A daemon on a fresh mountpoint with a fresh state dir (both removed afterwards)."""
-    mountpoint = tempfile.mkdtemp(prefix="lxcfs-guard-rm-mnt-")
+def daemon(lxcfs: bool = False, parent: str | None = None) -> Iterator[Restartable]:
+    """A daemon on a fresh mountpoint (under `parent`, if given) with a fresh state dir (both removed
+    afterwards)."""
+    mountpoint = tempfile.mkdtemp(prefix="lxcfs-guard-rm-mnt-", dir=parent)
     state_dir = tempfile.mkdtemp(prefix="lxcfs-guard-rm-state-")
     d = Restartable(mountpoint, state_dir, lxcfs=lxcfs)
     try:

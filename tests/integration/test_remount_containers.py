@@ -10,7 +10,7 @@ import uuid
 
 from lxcfs_guard.kernel import syscalls as sc
 from tests.integration.remount_helpers import actions, assert_exit_code, cli, daemon, our_mounts, remount_json
-from tests.support.containers import LoopingReader, light_containers
+from tests.support.containers import LoopingReader, light_containers, tunnel
 
 RO = sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV
 
@@ -130,3 +130,22 @@ def test_register_a_hand_made_container_then_remount_it_by_id_and_unregister() -
         assert cli(d, "unregister", "--id", cid).returncode == 1  # already gone: says so
         rc, report = remount_json(d, "--id", cid)
         assert rc == 1 and report["namespaces"][0]["errors"][0]["errname"] == "ENOENT"
+
+
+def test_clones_of_a_shared_live_mount_are_private() -> None:
+    """On a systemd host every mount is shared, and so would be a clone of one: it would join the host
+    mount's peer group, and detaching one container's stale mount would propagate into the others'. Here
+    the daemon is mounted under a shared tunnel (so its mount is shared); the repaired binds must carry no
+    propagation tag at all, and many containers repaired at once must all succeed."""
+    with tunnel() as top, daemon(parent=top) as d, light_containers(12, bind_from=d.mountpoint) as cs:
+        assert any(line.split()[4] == d.mountpoint and "shared:" in line for line in open("/proc/self/mountinfo"))
+        pids = {c.pid for c in cs}
+        old = d.dev
+        d.kill()
+        d.start()
+        rc, report = remount_json(d, "--all", "--stale-dev", f"{old >> 8}:{old & 0xff}")
+        assert rc == 0 and actions(report, pids) == {p: "repaired" for p in pids}, report
+        for c in cs:
+            lines = c.mounts_of(d.fstype)
+            assert len(lines) == 7 and not any("shared:" in x or "master:" in x for x in lines), lines
+            assert c.memtotal_kb() == c.limit // 1024

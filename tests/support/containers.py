@@ -235,6 +235,23 @@ def _remove_root(root: str) -> None:
 
 
 @contextlib.contextmanager
+def tunnel() -> Iterator[str]:
+    """A shared mount on the host (a temp dir bound onto itself, made shared): mounts made under it
+    propagate into containers started with slave=True, as the old nsenter way needs, and any mount of
+    ours under it is shared, as on a systemd host."""
+    top = tempfile.mkdtemp(prefix="lxcfs-guard-tunnel-")
+    sc.mount(top, top, None, sc.MS_BIND)
+    sc.mount("none", top, None, sc.MS_SHARED)
+    try:
+        yield top
+    finally:
+        import subprocess
+
+        subprocess.run(["umount", "-R", "-l", top], check=False, capture_output=True)
+        shutil.rmtree(top, ignore_errors=True)
+
+
+@contextlib.contextmanager
 def light_containers(
     n: int,
     *,
