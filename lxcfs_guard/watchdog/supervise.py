@@ -264,7 +264,10 @@ class Supervisor:
             if p is not None:
                 times.append(p.deadline)
             if not inst.ready and inst.role != "old":
-                times.append(self.mount_poll_at)
+                if inst.dev is None:
+                    times.append(self.mount_poll_at)
+                elif p is None:
+                    times.append(inst.probe_after)
                 times.append(inst.launched + self.o.start_timeout)
             if inst.retire_at is not None:
                 times.append(inst.retire_at)
