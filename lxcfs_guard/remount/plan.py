@@ -150,7 +150,6 @@ def plan(
     live_dev: int,
     stale_devs: set[int],
     host_ns: int,
-    optional_targets: frozenset[str] = frozenset(),
 ) -> tuple[list[Job], list[NamespaceReport]]:
     """Jobs for the engine and the outcomes known already.
 
@@ -185,7 +184,7 @@ def plan(
             m = tops.get(bind.target)
             if m is None:
                 attrs = attrs_from_options(bind.flags) if bind.flags else None
-                fixes.append(Fix(bind.source, bind.target, ATTACH, None, attrs, bind.target in optional_targets))
+                fixes.append(Fix(bind.source, bind.target, ATTACH, None, attrs))
             elif m.dev in stale_devs:
                 fixes.append(stale_fix(m, by_id, live_dev))
             elif m.dev != live_dev:

@@ -54,17 +54,18 @@ def test_reused_pid_is_reported_gone_and_gets_no_mount() -> None:
 
 def test_symlinked_and_directory_targets_are_refused_and_nothing_is_mounted_elsewhere() -> None:
     with daemon() as d, light_containers(1) as (c,):
-        for name in ("a", "b", "c"):
+        for name in ("a", "b", "c", "d"):
             open(f"{c.root}/tmp/{name}", "w").close()
-        binds = [("proc/meminfo", "/tmp/a"), ("proc/uptime", "/tmp/b"), ("proc/stat", "/tmp/c")]
+        binds = [("proc/meminfo", "/tmp/a"), ("proc/uptime", "/tmp/b"), ("proc/stat", "/tmp/c"), ("proc/loadavg", "/tmp/d")]
         engine.attach(c.pid, d.mountpoint, binds)
         Registry(d.state_dir).add_container("victim", c.pid, binds)
-        assert [t for t, _, _ in our_mounts(c, d.fstype)] == ["/tmp/a", "/tmp/b", "/tmp/c"]
+        assert [t for t, _, _ in our_mounts(c, d.fstype)] == ["/tmp/a", "/tmp/b", "/tmp/c", "/tmp/d"]
         d.kill()
 
-        def replace() -> None:  # inside the container: drop two dead binds, put a symlink and a dir there
-            for name in ("a", "b"):
+        def replace() -> None:  # inside the container: drop three dead binds, put a symlink and a dir there
+            for name in ("a", "b", "d"):
                 sc.umount2(f"/tmp/{name}", sc.MNT_DETACH)
+            for name in ("a", "b"):
                 os.unlink(f"/tmp/{name}")
             os.symlink("/etc/hostname", "/tmp/a")  # absolute: walked from the host, it would be the host's
             os.mkdir("/tmp/b")
@@ -76,8 +77,9 @@ def test_symlinked_and_directory_targets_are_refused_and_nothing_is_mounted_else
         (ns,) = [ns for ns in report["namespaces"] if ns["pid"] == c.pid]
         assert ns["id"] == "victim" and ns["action"] == "refused"
         assert sorted((e["target"], e["errname"]) for e in ns["errors"]) == [("/tmp/a", "ELOOP"), ("/tmp/b", "EISDIR")]
-        assert ns["repaired"] == ["/tmp/c"]  # the rest of the container is still repaired
-        assert [t for t, _, _ in our_mounts(c, d.fstype)] == ["/tmp/c"]
+        # The rest is repaired: /tmp/c in place, and /tmp/d, a plain file again, bound anew (the registry's intent).
+        assert sorted(ns["repaired"]) == ["/tmp/c", "/tmp/d"]
+        assert [t for t, _, _ in our_mounts(c, d.fstype)] == ["/tmp/c", "/tmp/d"]
         assert not any("/etc/hostname" in line for line in c.mountinfo())
         assert "/etc/hostname" not in _host_mount_points()
         assert os.path.islink(f"{c.root}/tmp/a") and os.path.isdir(f"{c.root}/tmp/b")
