@@ -104,7 +104,8 @@ class Instance:
                 ready = True
         return ready
 
-    def signal(self, sig: int) -> None:
+    def send(self, sig: int) -> None:
+        """Signal the daemon, by pid, only while that pid is still this very process."""
         if self.exit_status is None and _same_process(self.pid, self.start_time):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, sig)
@@ -113,15 +114,15 @@ class Instance:
         """SIGTERM (the daemon unmounts its private mountpoint and exits), SIGKILL after `timeout`;
         then detach whatever is left at the private mountpoint and remove the directory."""
         if self.alive():
-            self.signal(signal.SIGCONT)  # a stopped daemon cannot act on SIGTERM
-            self.signal(signal.SIGTERM)
+            self.send(signal.SIGCONT)  # a stopped daemon cannot act on SIGTERM
+            self.send(signal.SIGTERM)
             if not self.wait(timeout):
-                self.signal(signal.SIGKILL)
+                self.send(signal.SIGKILL)
                 self.wait(timeout)
         self.cleanup()
 
     def kill(self) -> None:
-        self.signal(signal.SIGKILL)
+        self.send(signal.SIGKILL)
         self.wait(5.0)
 
     def wait(self, timeout: float) -> bool:
@@ -145,13 +146,13 @@ class Instance:
                 syscalls.umount2(self.mnt, syscalls.MNT_DETACH | syscalls.UMOUNT_NOFOLLOW)
             except OSError:
                 break
-        for path in (self.mnt, self.dir):
-            with contextlib.suppress(OSError):
-                if path == self.dir:
-                    for name in os.listdir(path):
-                        with contextlib.suppress(OSError):
-                            os.unlink(os.path.join(path, name))
-                os.rmdir(path)
+        with contextlib.suppress(OSError):
+            os.rmdir(self.mnt)
+        with contextlib.suppress(OSError):
+            for name in os.listdir(self.dir):  # what the daemon left beside its mountpoint (a pidfile)
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(self.dir, name))
+            os.rmdir(self.dir)
 
     def to_json(self) -> dict:
         return {

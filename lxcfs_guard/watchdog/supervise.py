@@ -380,8 +380,8 @@ class Supervisor:
         if inst.retire_at is not None and now >= inst.retire_at:
             inst.retire_at = None
             if inst.alive():
-                inst.signal(signal.SIGCONT)
-                inst.signal(signal.SIGTERM)
+                inst.send(signal.SIGCONT)
+                inst.send(signal.SIGTERM)
                 inst.kill_at = now + self.o.stop_timeout
             else:
                 self._drop_retired(inst)
