@@ -93,6 +93,13 @@ def ours(mountpoint: str, state_dir: str, fstype: str, pids: set[int]) -> tuple[
 
 def bench(n: int, use_lxcfs: bool) -> dict:
     state_dir = tempfile.mkdtemp(prefix="lxcfs-guard-bench-state-")
+    try:
+        return _bench(n, use_lxcfs, state_dir)
+    finally:
+        shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def _bench(n: int, use_lxcfs: bool, state_dir: str) -> dict:
     with lc.tunnel() as top:
         mountpoint = os.path.join(top, "lxcfs")
         os.mkdir(mountpoint)
@@ -112,7 +119,6 @@ def bench(n: int, use_lxcfs: bool) -> dict:
             else:
                 raise RuntimeError("another test run kept repairing our containers first")
             t_new, summary = result
-    shutil.rmtree(state_dir, ignore_errors=True)
     return {"n": n, "old_ms": t_old * 1000, "new_ms": t_new * 1000, "summary": summary}
 
 
