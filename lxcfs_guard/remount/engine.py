@@ -52,7 +52,7 @@ from lxcfs_guard.remount import discovery
 from lxcfs_guard.remount.plan import ATTACH, UNCOVER, Fix, Job, NsView, plan, top_mounts
 from lxcfs_guard.remount.registry import Entry, Registry
 from lxcfs_guard.remount.report import (
-    ALREADY_LIVE, FAILED, GONE, REFUSED, REPAIRED, NamespaceReport, RemountReport, TargetError,
+    ALREADY_LIVE, FAILED, GONE, REFUSED, REPAIRED, NamespaceReport, RemountReport, TargetError, fmt_dev,
 )
 
 
@@ -173,8 +173,8 @@ def _apply(ctx: _Context, rootfd: int, fix: Fix, clone: int) -> bool:
             sc.move_mount(clone, tfd, "", _MOVE)
             return True
         if dev != fix.expect_dev:
-            raise _Refusal(errno.EBUSY, f"the target is now on device {os.major(dev)}:{os.minor(dev)}, "
-                                        f"not the stale {os.major(fix.expect_dev)}:{os.minor(fix.expect_dev)}")
+            raise _Refusal(errno.EBUSY, f"the target is now on device {fmt_dev(dev)}, "
+                                        f"not the stale {fmt_dev(fix.expect_dev)}")
         if fix.how == UNCOVER or ctx.beneath:
             if fix.how != UNCOVER:
                 step = "move_mount beneath the stale mount"
@@ -274,7 +274,7 @@ def run_job(ctx: _Context, job: Job) -> NamespaceReport:
             except (OSError, _Refusal) as e:
                 dev, why = -1, f"verifying: {e}"
             else:
-                why = f"verifying: still on device {os.major(dev)}:{os.minor(dev)}"
+                why = f"verifying: still on device {fmt_dev(dev)}"
             if dev == ctx.live_dev:
                 rep.repaired.append(fix.target)
             else:
@@ -639,7 +639,7 @@ def _find_stale(fstype: str, proc_fd: int, itself: list[tuple[int, int]], host_n
         return namespaces, set(stale_devs or ()) - {live_dev}
     for dev, state in sorted(states.items()):
         if state not in (discovery.DEAD, discovery.LIVE):
-            report.warnings.append(f"connection {os.major(dev)}:{os.minor(dev)} is {state} (probed through pid "
+            report.warnings.append(f"connection {fmt_dev(dev)} is {state} (probed through pid "
                                    f"{prober.samples[dev][0]}); its binds were left alone")
     return namespaces, {dev for dev, state in states.items() if state == discovery.DEAD}
 
@@ -703,7 +703,7 @@ def attach(
             m = tops.get(prefix + target)
             if m is not None and m.dev != live_dev:
                 refusals.append(TargetError(target, errno.EBUSY, f"already bound to connection "
-                                            f"{os.major(m.dev)}:{os.minor(m.dev)}; `remount` repairs stale binds"))
+                                            f"{fmt_dev(m.dev)}; `remount` repairs stale binds"))
             elif m is None:
                 fixes.append(Fix(source, target, ATTACH, None, sc.attrs_from_options(flags) if flags else None,
                                  target in optional))

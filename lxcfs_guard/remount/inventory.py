@@ -13,10 +13,7 @@ import os
 from lxcfs_guard.remount import discovery
 from lxcfs_guard.remount.plan import identity_problem, ns_id, top_mounts
 from lxcfs_guard.remount.registry import Registry
-
-
-def _fmt(dev: int) -> str:
-    return f"{os.major(dev)}:{os.minor(dev)}"
+from lxcfs_guard.remount.report import fmt_dev
 
 
 def inventory(mountpoint: str, state_dir: str, fstype: str, probe: bool = True,
@@ -55,7 +52,7 @@ def inventory(mountpoint: str, state_dir: str, fstype: str, probe: bool = True,
         devs = sorted({m.dev for m in top_mounts(mounts).values()})
         labels = {label(d) for d in devs}
         worst = next((s for s in ("dead", "hung", "stale", "other", "live") if s in labels), None)
-        return worst or (sorted(labels)[0] if labels else "unbound"), [_fmt(d) for d in devs]
+        return worst or (sorted(labels)[0] if labels else "unbound"), [fmt_dev(d) for d in devs]
 
     rows: list[dict[str, object]] = []
     claimed: set[int] = set()

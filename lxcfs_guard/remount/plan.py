@@ -14,12 +14,11 @@ standby, another test run) and is never touched; a namespace that has only such 
 from __future__ import annotations
 
 import errno
-import os
 from collections.abc import Iterable, Mapping
 
 from lxcfs_guard.kernel.syscalls import attrs_from_options
 from lxcfs_guard.remount.registry import Entry
-from lxcfs_guard.remount.report import ALREADY_LIVE, GONE, REFUSED, NamespaceReport, TargetError
+from lxcfs_guard.remount.report import ALREADY_LIVE, GONE, REFUSED, NamespaceReport, TargetError, fmt_dev
 
 
 BENEATH = "beneath"  # a stale mount is at the target: put the live one under it, then detach it
@@ -40,7 +39,7 @@ class Mount:
         self.options = options
 
     def __repr__(self) -> str:
-        return f"Mount({self.mount_id}, {self.parent_id}, {os.major(self.dev)}:{os.minor(self.dev)}, {self.root!r}, {self.target!r})"
+        return f"Mount({self.mount_id}, {self.parent_id}, {fmt_dev(self.dev)}, {self.root!r}, {self.target!r})"
 
 
 class NsView:
@@ -139,10 +138,6 @@ def identity_problem(entry: Entry, start_time: int | None, mntns: int | None) ->
     return None
 
 
-def _dev(dev: int) -> str:
-    return f"{os.major(dev)}:{os.minor(dev)}"
-
-
 def plan(
     namespaces: Mapping[int, NsView],
     entries: Iterable[Entry],
@@ -189,7 +184,7 @@ def plan(
                 fixes.append(stale_fix(m, by_id, live_dev))
             elif m.dev != live_dev:
                 refusals.append(TargetError(bind.target, errno.EBUSY,
-                                            f"bound to another live connection ({_dev(m.dev)}), not ours to replace"))
+                                            f"bound to another live connection ({fmt_dev(m.dev)}), not ours to replace"))
         fixes += [stale_fix(m, by_id, live_dev) for m in tops.values() if m.target not in wanted and m.dev in stale_devs]
         if fixes:
             jobs.append(Job(entry.id, entry.pid, entry.mntns, fixes, entry.start_time, refusals))

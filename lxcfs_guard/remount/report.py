@@ -12,6 +12,7 @@ Actions, one per container (mount namespace):
 from __future__ import annotations
 
 import errno as _errno
+import os
 
 REPAIRED = "repaired"
 ALREADY_LIVE = "already_live"
@@ -20,6 +21,11 @@ GONE = "gone"
 FAILED = "failed"
 ACTIONS = (REPAIRED, ALREADY_LIVE, REFUSED, GONE, FAILED)
 OK_ACTIONS = frozenset((REPAIRED, ALREADY_LIVE, GONE))
+
+
+def fmt_dev(dev: int) -> str:
+    """A device number as mountinfo and stat(1) show it: "0:52"."""
+    return f"{os.major(dev)}:{os.minor(dev)}"
 
 
 class TargetError:
@@ -112,11 +118,9 @@ class RemountReport:
         return sum(1 for ns in self.namespaces if ns.action == action)
 
     def to_dict(self) -> dict[str, object]:
-        import os
-
         dev = self.live_dev
         return {"ok": self.ok, "live_root": self.live_root, "fstype": self.fstype,
-                "live_dev": None if dev is None else f"{os.major(dev)}:{os.minor(dev)}",
+                "live_dev": None if dev is None else fmt_dev(dev),
                 "mode": self.mode, "dry_run": self.dry_run, "error": self.error, "warnings": list(self.warnings),
                 "counts": {a: self.count(a) for a in ACTIONS},
                 "namespaces": [ns.to_dict() for ns in self.namespaces], "duration_ms": round(self.duration_ms, 3),
