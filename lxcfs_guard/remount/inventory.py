@@ -2,8 +2,9 @@
 (no FUSE request, except the deadline-bounded statfs probe of connections other than the live one).
 
 States: live (every bind on the live connection), dead (some on a dead connection: `remount` repairs it),
-stale (some on another connection, not probed), other (bound to another daemon that answers), hung (that
-daemon does not answer), unbound (registered, no bind of ours), gone (registered, the container is gone).
+stale (some on another connection, not probed), other (bound to another daemon that answers), hung (a
+daemon holds our probe: busy or hung), unbound (registered, no bind of ours), gone (registered, the container
+is gone).
 """
 
 from __future__ import annotations
