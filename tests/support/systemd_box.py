@@ -152,6 +152,37 @@ def _procs(path: str) -> list[int]:
     return pids
 
 
+def _fuse_devs(pids: Sequence[int]) -> set[int]:
+    """Devices of the FUSE mounts the box's processes see (all of them the box's own: its root is a fresh
+    overlay, the host's FUSE mounts are not in it)."""
+    devs: set[int] = set()
+    seen: set[int] = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            ns = os.stat(f"/proc/{pid}/ns/mnt").st_ino
+            if ns in seen:
+                continue
+            seen.add(ns)
+            with open(f"/proc/{pid}/mountinfo") as f:
+                for line in f:
+                    fields = line.split()
+                    if fields[fields.index("-", 6) + 1].startswith("fuse."):
+                        major, minor = fields[2].split(":")
+                        devs.add(os.makedev(int(major), int(minor)))
+    return devs
+
+
+def _abort_fuse(devs: set[int]) -> None:
+    from lxcfs_guard.watchdog import fusectl
+
+    was = fusectl.is_mounted()
+    for dev in devs:
+        fusectl.abort(dev)
+    if not was and fusectl.is_mounted():
+        with contextlib.suppress(subprocess.SubprocessError, OSError):
+            subprocess.run(["umount", "-l", fusectl.FUSECTL_DIR], check=False, capture_output=True, timeout=10)
+
+
 def _remove_tree(path: str, timeout: float = 30.0) -> None:
     """rmdir depth-first, walking again each round (a cgroup whose last process just died may stay busy
     for a moment); processes still inside are the box's own and are SIGKILLed."""
@@ -311,15 +342,23 @@ def systemd_box(binds: Sequence[str] = (CHECKOUT,), boot_timeout: float = 90.0) 
         box.wait_running(boot_timeout)
         yield box
     finally:
+        fuse_devs = _fuse_devs(_procs(cgroups[0])) if cgroups else set()
         if box is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(box.pid, signal.SIGKILL)
         if launcher is not None:
             try:
-                launcher.wait(15)
-            except subprocess.TimeoutExpired:
-                launcher.kill()
                 launcher.wait(5)
+            except subprocess.TimeoutExpired:
+                # A process of the box stuck in the kernel on one of the box's FUSE connections (a flush at
+                # exit on a connection whose daemon was stopped) keeps the pid namespace from dying: end
+                # those connections, they are all the box's own.
+                _abort_fuse(fuse_devs)
+                try:
+                    launcher.wait(15)
+                except subprocess.TimeoutExpired:
+                    launcher.kill()
+                    launcher.wait(5)
         log.close()
         for path in cgroups:
             _remove_tree(path)
