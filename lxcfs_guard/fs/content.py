@@ -11,6 +11,7 @@ import os
 import time
 from collections.abc import Callable
 
+from lxcfs_guard import config
 from lxcfs_guard.cgroup import CgroupGone, CgroupReader
 from lxcfs_guard.cgroup.base import parse_cpu_list, read_text
 from lxcfs_guard.fs.caller import View
@@ -19,17 +20,8 @@ from lxcfs_guard.fs.views import cpuinfo, cpuonline, cpus, diskstats, loadavg, m
 
 log = logging.getLogger(__name__)
 
-HOST_PATHS = {
-    "proc/cpuinfo": "/proc/cpuinfo",
-    "proc/diskstats": "/proc/diskstats",
-    "proc/loadavg": "/proc/loadavg",
-    "proc/meminfo": "/proc/meminfo",
-    "proc/stat": "/proc/stat",
-    "proc/swaps": "/proc/swaps",
-    "proc/uptime": "/proc/uptime",
-    "proc/slabinfo": "/proc/slabinfo",
-    "sys/devices/system/cpu/online": "/sys/devices/system/cpu/online",
-}
+# Each file's host original sits at the same path from / (proc/meminfo -> /proc/meminfo).
+HOST_PATHS = {name: config.target_for(name) for name in config.ALL_FILES}
 # Host files that do not change while we run (or whose changes do not matter for a few seconds).
 SLOW_HOST_TTL = {"/proc/cpuinfo": 10.0, "/sys/devices/system/cpu/online": 1.0}
 CACHE_MAX = 8192
