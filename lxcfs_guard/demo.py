@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from lxcfs_guard.config import FSTYPE
+from lxcfs_guard.kernel.procfs import mounts_at
 from lxcfs_guard.oci import runc
 from lxcfs_guard.watchdog.status import read_status
 
@@ -48,14 +49,9 @@ def lxcfs_guard_argv() -> list[str]:
 
 
 def mount_fstype(path: str) -> str | None:
-    path = os.path.realpath(path)
-    found = None
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            if fields[4] == path:
-                found = fields[fields.index("-", 6) + 1]
-    return found
+    """The type of the topmost mount on `path`, None if nothing is mounted there."""
+    mounts = mounts_at(path)
+    return mounts[-1].fstype if mounts else None
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> float:

@@ -128,5 +128,12 @@ def read_mountinfo(pid: int | str = "self", proc: str = "/proc") -> list[MountIn
         raise ProcessGone(pid) from e
 
 
+def mounts_at(path: str, pid: int | str = "self", proc: str = "/proc") -> list[MountInfo]:
+    """The mounts stacked on `path` (resolved with realpath) in `pid`'s namespace, bottom first: the last is
+    the one a lookup of `path` finds."""
+    real = os.path.realpath(path)
+    return [m for m in read_mountinfo(pid, proc) if m.mount_point == real]
+
+
 def list_pids(proc: str = "/proc") -> list[int]:
     return [int(name) for name in os.listdir(proc) if name.isdigit()]

@@ -38,11 +38,6 @@ def test_detach_then_move_repairs_without_stacking(how: str, monkeypatch: pytest
         assert actions(report, pids) == {p: "already_live" for p in pids}
 
 
-def _mounts_at(path: str) -> list[procfs.MountInfo]:
-    real = os.path.realpath(path)
-    return [m for m in procfs.read_mountinfo() if m.mount_point == real]
-
-
 @pytest.mark.parametrize("beneath", [True, False])
 def test_swap_mount_replaces_a_dead_host_mount_in_place(beneath: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     if not beneath:
@@ -51,13 +46,13 @@ def test_swap_mount_replaces_a_dead_host_mount_in_place(beneath: bool, monkeypat
         os.kill(old.pid, 9)  # dies, and its dead mount stays on the host mountpoint
         wait_for(lambda: _dead(old.mountpoint), 5, 0.01, "the old mount to be dead")
         engine.swap_mount(new.mountpoint, old.mountpoint)
-        (m,) = _mounts_at(old.mountpoint)  # exactly one mount there: the dead one is gone, nothing stacked
+        (m,) = procfs.mounts_at(old.mountpoint)  # exactly one mount there: the dead one is gone, nothing stacked
         assert m.dev == new.dev
         with open(os.path.join(old.mountpoint, "proc/meminfo")) as f:
             assert f.readline().startswith("MemTotal:")
-        assert len(_mounts_at(new.mountpoint)) == 1  # the standby's own mount is left to its owner
+        assert len(procfs.mounts_at(new.mountpoint)) == 1  # the standby's own mount is left to its owner
         engine.swap_mount(new.mountpoint, old.mountpoint)  # again: still exactly one
-        assert [m.dev for m in _mounts_at(old.mountpoint)] == [new.dev]
+        assert [m.dev for m in procfs.mounts_at(old.mountpoint)] == [new.dev]
 
 
 def test_swap_mount_onto_an_empty_directory_attaches(tmp_path) -> None:
@@ -66,7 +61,7 @@ def test_swap_mount_onto_an_empty_directory_attaches(tmp_path) -> None:
         target.mkdir()
         try:
             engine.swap_mount(d.mountpoint, str(target))
-            assert [m.dev for m in _mounts_at(str(target))] == [d.dev]
+            assert [m.dev for m in procfs.mounts_at(str(target))] == [d.dev]
         finally:
             force_unmount(str(target))
 

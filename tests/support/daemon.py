@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from lxcfs_guard.kernel.procfs import mounts_at
 from tests.support.procs import force_unmount, is_mounted, stop, wait_for
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -42,14 +43,8 @@ class Daemon:
 
 
 def _mount_fstype(path: str) -> str | None:
-    path = os.path.realpath(path)
-    fstype = None
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            if fields[4] == path:
-                fstype = fields[fields.index("-", 6) + 1]  # the last one stacked wins
-    return fstype
+    mounts = mounts_at(path)
+    return mounts[-1].fstype if mounts else None  # the last one stacked wins
 
 
 def _answers(path: str, timeout: float = 2.0) -> bool:

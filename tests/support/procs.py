@@ -9,6 +9,8 @@ import subprocess
 import time
 from collections.abc import Callable
 
+from lxcfs_guard.kernel.procfs import mounts_at
+
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.01, what: str = "") -> None:
     deadline = time.monotonic() + timeout
@@ -34,9 +36,7 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 5.0
 
 
 def is_mounted(path: str) -> bool:
-    path = os.path.realpath(path)
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == path for line in f)
+    return bool(mounts_at(path))
 
 
 def force_unmount(path: str) -> None:

@@ -53,3 +53,8 @@ def test_identity_of_a_real_process_and_gone_pid() -> None:
 
 def test_read_mountinfo_of_self_has_root() -> None:
     assert any(m.mount_point == "/" for m in procfs.read_mountinfo())
+
+
+def test_mounts_at_lists_only_the_mounts_on_that_path() -> None:
+    assert procfs.mounts_at("/proc")[-1].fstype == "proc"
+    assert procfs.mounts_at("/proc/self") == []  # a path inside a mount is not a mount point
