@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from lxcfs_guard.cgroup import CgroupGone, CgroupReader, CgroupRef
 from lxcfs_guard.kernel import syscalls
-from lxcfs_guard.kernel.procfs import ProcessGone, pid_start_time
+from lxcfs_guard.kernel.procfs import ProcessGone, ns_inode, pid_start_time
 
 MAX_ENTRIES = 4096
 
@@ -38,7 +38,7 @@ class Resolver:
         self.reader = reader
         self.proc = proc
         self.ttl = ttl
-        self.host_ns = os.stat(f"{proc}/self/ns/pid").st_ino
+        self.host_ns = ns_inode("self", "pid", proc)
         self._host_init: tuple[int, int] | None = None
         self._by_ns: dict[int, tuple[float, View]] = {}
         self._by_pid: dict[int, tuple[float, View]] = {}
@@ -53,8 +53,8 @@ class Resolver:
         if hit is not None and hit[0] > now:
             return hit[1]
         try:
-            ns = os.stat(f"{self.proc}/{pid}/ns/pid").st_ino
-        except OSError:
+            ns = ns_inode(pid, "pid", self.proc)
+        except (ProcessGone, OSError):
             return None
         try:
             if ns == self.host_ns:
@@ -103,8 +103,8 @@ class Resolver:
 
     def _same_ns(self, pid: int, ns: int) -> bool:
         try:
-            return os.stat(f"{self.proc}/{pid}/ns/pid").st_ino == ns
-        except OSError:
+            return ns_inode(pid, "pid", self.proc) == ns
+        except (ProcessGone, OSError):
             return False
 
     def _find_init(self, pid: int, ns: int) -> int | None:
