@@ -17,6 +17,7 @@ import sys
 import time
 
 from lxcfs_guard import config
+from lxcfs_guard.fs.views.cpus import CPU_VIEWS
 
 log = logging.getLogger("lxcfs_guard.serve")
 
@@ -28,7 +29,7 @@ def configure_serve(parser: argparse.ArgumentParser) -> None:
                         help="where to mount (default %(default)s, env LXCFS_GUARD_MOUNTPOINT)")
     parser.add_argument("--state-dir", default=config.default_state_dir(),
                         help="runtime state directory (default %(default)s, env LXCFS_GUARD_STATE_DIR)")
-    parser.add_argument("--cpu-view", choices=("cpuset", "quota"), default="cpuset",
+    parser.add_argument("--cpu-view", choices=CPU_VIEWS, default="cpuset",
                         help="CPUs a container sees: its cpuset, or also cut to ceil(quota/period) (LXCFS --enable-cfs)")
     parser.add_argument("--cgroup-root", default="/sys/fs/cgroup", help="where the cgroup hierarchies are mounted")
     parser.add_argument("--cache-ttl", type=float, default=0.1,
