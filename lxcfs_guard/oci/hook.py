@@ -99,10 +99,10 @@ def live_mount_dev(mountpoint: str) -> int:
 
     Read from the mount table and a cache-only statx, so a hung daemon cannot hang the container start."""
     from lxcfs_guard.kernel import syscalls
-    from lxcfs_guard.kernel.procfs import read_mountinfo
+    from lxcfs_guard.kernel.procfs import mounts_at
 
     path = os.path.realpath(mountpoint)
-    mounts = [m for m in read_mountinfo("self") if m.mount_point == path]
+    mounts = mounts_at(path)
     if not mounts or mounts[-1].fstype not in LIVE_FSTYPES:
         raise HookFailure(f"nothing serves {path}: is `lxcfs-guard supervise` (or `serve`) running?")
     fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
