@@ -129,8 +129,9 @@ def read_mountinfo(pid: int | str = "self", proc: str = "/proc") -> list[MountIn
 
 
 def mounts_at(path: str, pid: int | str = "self", proc: str = "/proc") -> list[MountInfo]:
-    """The mounts stacked on `path` (resolved with realpath) in `pid`'s namespace, bottom first: the last is
-    the one a lookup of `path` finds."""
+    """The mounts on `path` (resolved with realpath) in `pid`'s namespace, in mount-table order. For mounts
+    stacked the usual way the last is the one a lookup finds; one slid *beneath* (MOVE_MOUNT_BENEATH) is
+    listed after the mount above it, so where that matters follow parent ids (watchdog.status.top_mount_dev)."""
     real = os.path.realpath(path)
     return [m for m in read_mountinfo(pid, proc) if m.mount_point == real]
 
