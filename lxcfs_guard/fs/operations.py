@@ -46,7 +46,6 @@ class Operations(pyfuse3.Operations):
         self._fh = itertools.count(1)
         self._open: dict[int, bytes] = {}
         self._attrs: dict[int, pyfuse3.EntryAttributes] = {}
-        self.opens = 0
         started_ns = time.time_ns()
         for inode, node in tree.nodes.items():
             a = pyfuse3.EntryAttributes()
@@ -134,7 +133,6 @@ class Operations(pyfuse3.Operations):
         data = self.content.render(node.name, self.resolver.resolve(ctx.pid))
         fh = next(self._fh)
         self._open[fh] = data
-        self.opens += 1
         return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False, nonseekable=False)
 
     async def read(self, fh, off, size):
