@@ -39,7 +39,7 @@ class Resolver:
         self.proc = proc
         self.ttl = ttl
         self.host_ns = ns_inode("self", "pid", proc)
-        self._host_init: tuple[int, int] | None = None
+        self._host_init_start: int | None = None  # pid 1's start time, read once
         self._by_ns: dict[int, tuple[float, View]] = {}
         self._by_pid: dict[int, tuple[float, View]] = {}
 
@@ -80,14 +80,13 @@ class Resolver:
         cache[key] = (now + self.ttl, view)
 
     def _host_view(self, pid: int) -> View:
-        if self._host_init is None:
+        if self._host_init_start is None:
             try:
-                start = pid_start_time(1, self.proc)
+                self._host_init_start = pid_start_time(1, self.proc)
             except (ProcessGone, OSError):
-                start = 0  # an unreadable pid 1 (some sandboxes): its age is the machine's uptime
-            self._host_init = (1, start)
+                self._host_init_start = 0  # an unreadable pid 1 (some sandboxes): its age is the machine's uptime
         ref = self.reader.ref_for_pid(pid, self.proc)
-        return View(ref=ref, init_pid=self._host_init[0], init_start=self._host_init[1], host=True)
+        return View(ref=ref, init_pid=1, init_start=self._host_init_start, host=True)
 
     def _container_view(self, pid: int, ns: int, old: View | None) -> View | None:
         init = None
