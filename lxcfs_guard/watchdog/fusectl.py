@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 
-from lxcfs_guard.kernel import syscalls
+from lxcfs_guard.kernel import procfs, syscalls
 
 FUSECTL_DIR = "/sys/fs/fuse/connections"
 
@@ -58,7 +58,6 @@ def waiting(dev: int, path: str = FUSECTL_DIR) -> int | None:
 
 
 def is_mounted(path: str = FUSECTL_DIR) -> bool:
-    with contextlib.suppress(OSError):
-        with open("/proc/self/mounts") as f:
-            return any(line.split()[1] == path and line.split()[2] == "fusectl" for line in f)
+    with contextlib.suppress(OSError, procfs.ProcessGone):
+        return any(m.fstype == "fusectl" for m in procfs.mounts_at(path))
     return False
