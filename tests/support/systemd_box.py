@@ -39,6 +39,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
+from lxcfs_guard.kernel import procfs
 from tests.support.procs import wait_for
 
 CGROUP_ROOT = "/sys/fs/cgroup"
@@ -158,17 +159,12 @@ def _fuse_devs(pids: Sequence[int]) -> set[int]:
     devs: set[int] = set()
     seen: set[int] = set()
     for pid in pids:
-        with contextlib.suppress(OSError):
-            ns = os.stat(f"/proc/{pid}/ns/mnt").st_ino
+        with contextlib.suppress(OSError, procfs.ProcessGone):
+            ns = procfs.ns_inode(pid)
             if ns in seen:
                 continue
             seen.add(ns)
-            with open(f"/proc/{pid}/mountinfo") as f:
-                for line in f:
-                    fields = line.split()
-                    if fields[fields.index("-", 6) + 1].startswith("fuse."):
-                        major, minor = fields[2].split(":")
-                        devs.add(os.makedev(int(major), int(minor)))
+            devs.update(m.dev for m in procfs.read_mountinfo(pid) if m.fstype.startswith("fuse."))
     return devs
 
 
