@@ -15,27 +15,26 @@ import textwrap
 
 import pytest
 
+from lxcfs_guard.kernel.procfs import MountInfo, mounts_at
 from tests.support.cgroups import make_cgroup
 from tests.support.daemon import serve
-from tests.support.procs import force_unmount, is_mounted, stop, wait_for
+from tests.support.procs import force_unmount, is_mounted, stop
 
 PY = sys.executable
 
 
-def mountinfo_line(path: str) -> list[str]:
-    with open("/proc/self/mountinfo") as f:
-        lines = [line.split() for line in f if line.split()[4] == os.path.realpath(path)]
-    assert lines, f"{path} not mounted"
-    return lines[-1]
+def top_mount(path: str) -> MountInfo:
+    mounts = mounts_at(path)
+    assert mounts, f"{path} not mounted"
+    return mounts[-1]
 
 
 def test_mount_shape_tree_and_state_file() -> None:
     with serve() as d:
-        fields = mountinfo_line(d.mountpoint)
-        sep = fields.index("-", 6)
-        assert fields[sep + 1] == "fuse.lxcfs-guard" and fields[sep + 2] == "lxcfs-guard"
-        assert "ro" in fields[5].split(",")
-        assert "allow_other" in fields[sep + 3].split(",")
+        m = top_mount(d.mountpoint)
+        assert m.fstype == "fuse.lxcfs-guard" and m.source == "lxcfs-guard"
+        assert m.read_only
+        assert "allow_other" in m.super_options.split(",")
         assert sorted(os.listdir(d.mountpoint)) == ["proc", "sys"]
         assert sorted(os.listdir(d.path("proc"))) == sorted(
             ["cpuinfo", "diskstats", "loadavg", "meminfo", "stat", "swaps", "uptime", "slabinfo"])
@@ -94,8 +93,7 @@ def test_dead_mount_on_the_mountpoint_is_detached_first() -> None:
                 with open(second.path("proc/meminfo")) as f:
                     assert f.read().startswith("MemTotal:")
                 # the dead connection is gone from the mount table, only the live one is left
-                with open("/proc/self/mountinfo") as f:
-                    assert sum(1 for line in f if line.split()[4] == mnt) == 1
+                assert len(mounts_at(mnt)) == 1
                 assert "detaching the dead mount" in second.log()
     finally:
         force_unmount(mnt)
