@@ -1,13 +1,12 @@
 """Whose view does a FUSE request get? LXCFS's answer: the cgroup of the init process of the caller's pid
 namespace (minus a trailing /init.scope); the caller's own cgroup when it shares our pid namespace.
 
-Every open asks this, so it is cached twice:
-- by pid, for `ttl` seconds: a process never changes its own pid namespace, so a repeat caller costs one
-  dict lookup. (A pid reused within `ttl`, or a host process that moves itself to another cgroup, sees
-  the previous answer for at most `ttl`.)
-- by pid-namespace inode, for callers in a container: a new process of a known container costs one stat
-  of /proc/PID/ns/pid. A live namespace's inode names exactly one namespace; every `ttl` the cached init
+Every open asks this. Each call costs one stat of /proc/PID/ns/pid (never skipped: a reused pid must not
+inherit another container's view), and then:
+- callers in a container: cached by pid-namespace inode, so any process of a known container costs that
+  one stat. A live namespace's inode names exactly one namespace; every `ttl` the cached init
   is re-checked (its own ns inode must still match) and its cgroup re-read.
+- callers in the host pid namespace: their own cgroup, cached by pid for `ttl`.
 """
 
 from __future__ import annotations
@@ -48,27 +47,29 @@ class Resolver:
         if pid <= 0:
             return None
         now = time.monotonic()
-        # A process never changes its own pid namespace, so within `ttl` a pid answers without a syscall.
-        hit = self._by_pid.get(pid)
-        if hit is not None and hit[0] > now:
-            return hit[1]
+        # Always one stat of the caller's pid-namespace link: a pid can be reused by a process of another
+        # container at any moment, and the namespace is what decides whose view it gets, so it is never
+        # taken from a cache keyed by pid alone.
         try:
             ns = ns_inode(pid, "pid", self.proc)
         except (ProcessGone, OSError):
             return None
         try:
             if ns == self.host_ns:
+                # Host callers see their own cgroup: cached by pid for `ttl` (a host pid reused within
+                # `ttl`, or a host process that moves itself, keeps the previous host-side answer briefly).
+                hit = self._by_pid.get(pid)
+                if hit is not None and hit[0] > now:
+                    return hit[1]
                 view = self._host_view(pid)
-            else:
-                nshit = self._by_ns.get(ns)
-                if nshit is not None and nshit[0] > now:
-                    view = nshit[1]
-                else:
-                    view = self._container_view(pid, ns, nshit[1] if nshit else None)
-                    if view is None:
-                        return None
-                    self._store(self._by_ns, ns, now, view)
-            self._store(self._by_pid, pid, now, view)
+                self._store(self._by_pid, pid, now, view)
+                return view
+            nshit = self._by_ns.get(ns)
+            if nshit is not None and nshit[0] > now:
+                return nshit[1]
+            view = self._container_view(pid, ns, nshit[1] if nshit else None)
+            if view is not None:
+                self._store(self._by_ns, ns, now, view)
             return view
         except (CgroupGone, ProcessGone, OSError, ValueError):
             return None
