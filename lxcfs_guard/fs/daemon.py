@@ -8,7 +8,6 @@ appear only once a read through the mount answers. A clean exit unmounts and rem
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import logging
 import os
@@ -18,10 +17,10 @@ import time
 
 from lxcfs_guard import config
 from lxcfs_guard.fs.views.cpus import CPU_VIEWS
+from lxcfs_guard.kernel.files import DEAD_ERRNOS, write_atomic
 
 log = logging.getLogger("lxcfs_guard.serve")
 
-DEAD_ERRNOS = (errno.ENOTCONN, errno.ECONNABORTED)
 
 
 def configure_serve(parser: argparse.ArgumentParser) -> None:
@@ -63,10 +62,8 @@ def write_state(state_dir: str, mountpoint: str) -> str:
     """Atomically write {state_dir}/serve/<pid>.json; `status` reads these."""
     path = state_file(state_dir)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump({"pid": os.getpid(), "mountpoint": mountpoint, "started": time.time()}, f)
-    os.replace(tmp, path)
+    state = {"pid": os.getpid(), "mountpoint": mountpoint, "started": time.time()}
+    write_atomic(path, json.dumps(state).encode())
     return path
 
 

@@ -12,7 +12,6 @@ FUSE queue is known to have a daemon behind it without waiting any longer.
 
 from __future__ import annotations
 
-import errno
 import os
 import select
 import signal
@@ -20,13 +19,13 @@ import time
 from collections.abc import Callable, Iterable
 
 from lxcfs_guard.kernel import procfs, syscalls
+from lxcfs_guard.kernel.files import DEAD_ERRNOS
 from lxcfs_guard.remount.plan import Mount, NsView, top_mounts
 
 
 DEAD = "dead"
 LIVE = "live"
 HUNG = "hung"
-DEAD_ERRNOS = frozenset((errno.ENOTCONN, errno.ECONNABORTED))
 
 
 def open_proc() -> int:

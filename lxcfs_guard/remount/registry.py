@@ -28,6 +28,8 @@ import os
 import time
 from collections.abc import Iterable, Iterator
 
+from lxcfs_guard.kernel.files import write_atomic
+
 
 SCHEMA = 1
 FILENAME = "registry.json"
@@ -179,19 +181,7 @@ class Registry:
     def save(self) -> None:
         """Write `entries` atomically: a reader sees the old file or the new one, never half of one."""
         os.makedirs(self.state_dir, mode=0o755, exist_ok=True)
-        tmp = f"{self.path}.tmp-{os.getpid()}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        try:
-            os.write(fd, dump(self.entries).encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, self.path)
-        dfd = os.open(self.state_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        write_atomic(self.path, dump(self.entries).encode(), durable=True)
 
     def add(self, entry: Entry) -> None:
         """Record (or replace) `entry`."""

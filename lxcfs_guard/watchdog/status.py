@@ -26,6 +26,7 @@ from typing import Any
 
 from lxcfs_guard import config
 from lxcfs_guard.kernel import procfs
+from lxcfs_guard.kernel.files import write_atomic
 
 STATUS_FILE = "status.json"
 
@@ -36,12 +37,8 @@ STATUS_FILE = "status.json"
 def write_status(state_dir: str, data: dict[str, Any]) -> None:
     """Atomic replace (temp + rename): a reader sees the old or the new file, never half of one.
     No fsync: the state directory is on /run (tmpfs) and the content is rebuilt on every start."""
-    path = os.path.join(state_dir, STATUS_FILE)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    text = json.dumps(data, indent=1, sort_keys=True) + "\n"
+    write_atomic(os.path.join(state_dir, STATUS_FILE), text.encode())
 
 
 def read_status(state_dir: str) -> dict[str, Any] | None:
