@@ -32,21 +32,27 @@ def test_two_concurrent_runs_are_serialised_and_never_stack() -> None:
             assert c.memtotal_kb() == c.limit // 1024
 
 
+
+def _wedge_and_bind(d, hung, w, others) -> None:
+    """W gets the (soon hung) daemon's tree at /tmp/h with our meminfo bound inside it, so resolving W's
+    target blocks in FUSE once `hung` is stopped; every other container gets a plain meminfo bind."""
+    def nest() -> None:
+        sc.mount(hung.mountpoint, w.host_path("/tmp/h"), None, sc.MS_BIND)
+        sc.mount(d.mountpoint + "/proc/meminfo", w.host_path("/tmp/h/proc/meminfo"), None, sc.MS_BIND)
+
+    os.mkdir(w.host_path("/tmp/h"))
+    w.call(nest, chroot=False)
+    for c in others:
+        c.call(lambda c=c: sc.mount(d.mountpoint + "/proc/meminfo", c.host_path("/proc/meminfo"), None,
+                                    sc.MS_BIND), chroot=False)
+
 def test_wedged_namespace_times_out_and_a_container_dying_mid_run_is_reported() -> None:
     """Container W's bind sits under a directory of a second, SIGSTOPped daemon (an LXCFS: its 1 s entry
     timeout makes the path walk ask the daemon again): resolving it blocks in FUSE. The worker stuck there
     is killed at W's deadline and replaced; container X, queued behind W, exits meanwhile and is reported
     gone; Y is repaired all the same. (One worker of one thread, so X is queued behind W.)"""
     with daemon() as d, daemon(lxcfs=True) as hung, light_containers(3, bind_from=None) as (w, x, y):
-        def nest() -> None:  # W: the hung daemon's tree at /tmp/h, and our meminfo bound inside it
-            sc.mount(hung.mountpoint, w.host_path("/tmp/h"), None, sc.MS_BIND)
-            sc.mount(d.mountpoint + "/proc/meminfo", w.host_path("/tmp/h/proc/meminfo"), None, sc.MS_BIND)
-
-        os.mkdir(w.host_path("/tmp/h"))
-        w.call(nest, chroot=False)
-        for c in (x, y):
-            c.call(lambda c=c: sc.mount(d.mountpoint + "/proc/meminfo", c.host_path("/proc/meminfo"), None,
-                                        sc.MS_BIND), chroot=False)
+        _wedge_and_bind(d, hung, w, (x, y))
         old = d.dev
         d.kill()
         d.start()
@@ -80,15 +86,7 @@ def test_wedged_namespace_times_out_and_a_container_dying_mid_run_is_reported() 
 
 def test_with_threads_a_wedged_namespace_holds_up_no_other() -> None:
     with daemon() as d, daemon(lxcfs=True) as hung, light_containers(6) as (w, *others):
-        def nest() -> None:
-            sc.mount(hung.mountpoint, w.host_path("/tmp/h"), None, sc.MS_BIND)
-            sc.mount(d.mountpoint + "/proc/meminfo", w.host_path("/tmp/h/proc/meminfo"), None, sc.MS_BIND)
-
-        os.mkdir(w.host_path("/tmp/h"))
-        w.call(nest, chroot=False)
-        for c in others:
-            c.call(lambda c=c: sc.mount(d.mountpoint + "/proc/meminfo", c.host_path("/proc/meminfo"), None,
-                                        sc.MS_BIND), chroot=False)
+        _wedge_and_bind(d, hung, w, others)
         old = d.dev
         d.kill()
         d.start()
