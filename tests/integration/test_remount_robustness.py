@@ -32,7 +32,6 @@ def test_two_concurrent_runs_are_serialised_and_never_stack() -> None:
             assert c.memtotal_kb() == c.limit // 1024
 
 
-
 def _wedge_and_bind(d, hung, w, others) -> None:
     """W gets the (soon hung) daemon's tree at /tmp/h with our meminfo bound inside it, so resolving W's
     target blocks in FUSE once `hung` is stopped; every other container gets a plain meminfo bind."""
@@ -45,6 +44,7 @@ def _wedge_and_bind(d, hung, w, others) -> None:
     for c in others:
         c.call(lambda c=c: sc.mount(d.mountpoint + "/proc/meminfo", c.host_path("/proc/meminfo"), None,
                                     sc.MS_BIND), chroot=False)
+
 
 def test_wedged_namespace_times_out_and_a_container_dying_mid_run_is_reported() -> None:
     """Container W's bind sits under a directory of a second, SIGSTOPped daemon (an LXCFS: its 1 s entry
