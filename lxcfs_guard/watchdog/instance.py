@@ -14,6 +14,7 @@ the moment the process exits; nothing here polls or sleeps.
 from __future__ import annotations
 
 import contextlib
+import enum
 import os
 import select
 import shlex
@@ -34,9 +35,22 @@ INSTANCES = "instances"
 _MANAGER_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
 
 
+class Role(enum.StrEnum):
+    """What an instance is to the supervisor. A StrEnum: the value is what the status file records (and
+    what a later supervisor reads back to adopt it)."""
+
+    PRIMARY = "primary"  # serving: the host mountpoint and every container are on its mount
+    STANDBY = "standby"  # started and answering on its private mount, to take over at once after a crash
+    NEXT = "next"  # starting to become primary (first start, restart after a crash, a reload's replacement)
+    OLD = "old"  # the previous primary (or standby) after a reload: serves in-flight reads, then is stopped
+    LEFT = "left"  # an instance directory found at start that the status file does not name (a supervisor
+    #                killed between starting a daemon and recording it): its daemon is killed, its mount is
+    #                treated as one of our dead connections, its directory removed once containers moved off
+
+
 @dataclass
 class Instance:
-    role: str  # "primary" | "standby" | "next" (a reload's replacement) | "old" (being retired)
+    role: Role
     pid: int
     start_time: int  # /proc/PID/stat start time: a pid names this instance only while it matches
     dir: str
@@ -219,7 +233,7 @@ def render_command(template: str, mountpoint: str, state_dir: str, instance_dir:
     return [word.format(**values) for word in shlex.split(template)]
 
 
-def launch(role: str, command: str, state_dir: str, fstype: str) -> Instance:
+def launch(role: Role, command: str, state_dir: str, fstype: str) -> Instance:
     """Start a daemon on a fresh private mountpoint, with its own sd_notify socket."""
     token = f"{int(time.time() * 1000):x}-{uuid.uuid4().hex[:8]}"
     inst_dir = os.path.join(instances_root(state_dir), token)
@@ -254,7 +268,7 @@ def launch(role: str, command: str, state_dir: str, fstype: str) -> Instance:
     )
 
 
-def adopt(role: str, record: dict, fstype: str) -> Instance | None:
+def adopt(role: Role, record: dict, fstype: str) -> Instance | None:
     """Take over an instance a previous supervisor recorded, if that very process still runs and its mount
     is still where it was. The caller probes it before trusting it."""
     try:
