@@ -6,6 +6,7 @@ start time and its mount-namespace inode are the ones we recorded.
 
 from __future__ import annotations
 
+import errno
 import os
 
 
@@ -98,7 +99,10 @@ def _unescape(field: str) -> str:
 
 
 def parse_mountinfo_line(line: str) -> MountInfo:
-    fields = line.split()
+    """One line. Split on the single spaces the kernel writes, never on "any whitespace": the kernel escapes
+    only space, tab, newline and backslash, so a mount point may hold \\x1c or U+2028, which str.split()
+    would take for separators (a name could then forge fields: another fstype, another source)."""
+    fields = line.rstrip("\n").split(" ")
     sep = fields.index("-", 6)
     major, minor = fields[2].split(":")
     return MountInfo(
@@ -116,16 +120,35 @@ def parse_mountinfo_line(line: str) -> MountInfo:
     )
 
 
-def parse_mountinfo(text: str) -> list[MountInfo]:
-    return [parse_mountinfo_line(line) for line in text.splitlines() if line.strip()]
+def parse_mountinfo(text: str | bytes) -> list[MountInfo]:
+    """Every mount of a mountinfo text. Bytes are decoded with surrogateescape: the table holds whatever
+    bytes a mounter chose (any user can name a FUSE mount `\\xff` through the setuid fusermount3, a USB
+    stick brings its Latin-1 label), and such a line must neither crash a reader nor be lost; its fields
+    keep their bytes (os.fsencode gives them back). A line that does not parse (none does, from the
+    kernel) is skipped rather than failing the whole table."""
+    if isinstance(text, bytes):
+        text = text.decode(errors="surrogateescape")
+    out = []
+    for line in text.split("\n"):  # not splitlines(): it also splits on \x1c, \x85, U+2028...
+        if line.strip():
+            try:
+                out.append(parse_mountinfo_line(line))
+            except (ValueError, IndexError):
+                continue
+    return out
 
 
 def read_mountinfo(pid: int | str = "self", proc: str = "/proc") -> list[MountInfo]:
+    """The mount table of `pid`'s mount namespace: the one reader of /proc/PID/mountinfo (bytes-safe)."""
     try:
-        with open(f"{proc}/{pid}/mountinfo") as f:
+        with open(f"{proc}/{pid}/mountinfo", "rb") as f:
             return parse_mountinfo(f.read())
     except (FileNotFoundError, ProcessLookupError) as e:
         raise ProcessGone(pid) from e
+    except OSError as e:
+        if e.errno == errno.EINVAL:  # the process is exiting: its mount namespace is already gone
+            raise ProcessGone(pid) from e
+        raise
 
 
 def mounts_at(path: str, pid: int | str = "self", proc: str = "/proc") -> list[MountInfo]:

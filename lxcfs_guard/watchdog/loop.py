@@ -9,6 +9,8 @@ import select
 import signal
 import socket
 import time
+import traceback
+from collections.abc import Callable
 from typing import Any
 
 from lxcfs_guard.kernel import notify
@@ -19,6 +21,16 @@ from lxcfs_guard.watchdog.supervisor_state import MOUNT_POLL, STATUS_EVERY, Supe
 
 
 class Loop(SupervisorState):
+    def _guarded(self, what: str, func: Callable[..., Any], *args: Any) -> None:
+        """Run one piece of bookkeeping. An exception there is a bug of ours (or input nobody foresaw): it is
+        logged with its traceback and the loop goes on. Whatever the supervisor gets wrong, `serve` keeps
+        serving and the host mountpoint stays published; only a clean stop takes them down."""
+        try:
+            func(*args)
+        except Exception:  # noqa: BLE001 - see above: never let bookkeeping reach the data path
+            self.internal_errors += 1
+            log(f"internal error in {what} (carrying on): {traceback.format_exc().strip()}")
+
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._signals.append(signum)
 
@@ -50,15 +62,17 @@ class Loop(SupervisorState):
                         while wake.recv(4096):
                             pass
                 elif what == "events":
-                    self._on_proc_events()
+                    self._guarded("proc events", self._on_proc_events)
                 elif isinstance(what, tuple):
-                    kind, inst = what
-                    if kind == "exit" and inst.reap():
-                        self._on_exit(inst)
-                    elif kind == "notify" and inst.drain_notify():
-                        self.mount_poll_at = 0.0  # check the mount now
-            self._handle_signals()
+                    self._guarded(f"{what[0]} of an instance", self._on_ready_fd, *what)
+            self._guarded("signals", self._handle_signals)
             self._tick(time.monotonic())
+
+    def _on_ready_fd(self, kind: str, inst: Instance) -> None:
+        if kind == "exit" and inst.reap():
+            self._on_exit(inst)
+        elif kind == "notify" and inst.drain_notify():
+            self.mount_poll_at = 0.0  # check the mount now
 
     def _next_deadline(self) -> float:
         now = time.monotonic()
@@ -108,6 +122,12 @@ class Loop(SupervisorState):
     # --- timers -------------------------------------------------------------------------------------
 
     def _tick(self, now: float) -> None:
+        """Each step guarded on its own: a bug in one (say the registry refresh) must not stop the others
+        (the probe, the restart of a dead daemon)."""
+        for step in (self._tick_starts, self._tick_probes, self._tick_retire, self._tick_refresh):
+            self._guarded(step.__name__.lstrip("_"), step, now)
+
+    def _tick_starts(self, now: float) -> None:
         reap_strays()
         if self.next is None and self.next_at is not None and now >= self.next_at:
             self.next_at = None
@@ -117,18 +137,24 @@ class Loop(SupervisorState):
             self._launch_standby()
         for inst in [i for i in (self.next, self.standby) if i is not None and not i.ready]:
             self._advance_start(inst, now)
+
+    def _tick_probes(self, now: float) -> None:
         for inst in self._instances():
             p = inst.probe
             if p is not None:
                 self._check_probe(inst, p, now)
         if self.primary is not None and now >= self.probe_at and self.primary.probe is None:
             self.probe_at = now + self.o.probe_interval
-            self._ensure_published()
+            self._guarded("publishing", self._ensure_published)
             self._start_probe(self.primary)
             if self.standby is not None and self.standby.ready and self.standby.probe is None:
                 self._start_probe(self.standby)
+
+    def _tick_retire(self, now: float) -> None:
         for inst in list(self.retiring):
             self._advance_retire(inst, now)
+
+    def _tick_refresh(self, now: float) -> None:
         if now >= self.refresh_at:
             self.refresh_at = now + STATUS_EVERY
             self._refresh_registry()

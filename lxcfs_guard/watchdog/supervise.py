@@ -68,11 +68,18 @@ class Supervisor(Loop, Failover, Tracking, Adoption, Publishing):
         self.events = open_events()
         if self.events is None:
             log("proc connector unavailable: container exits are noticed by the periodic registry check")
+        clean = False
         try:
-            self._adopt_or_start()
+            self._guarded("adoption", self._adopt_or_start)
+            if self.primary is None and self.next is None and self.next_at is None:
+                self._guarded("the first start", self._launch_next, "start")
             self._loop(wake_r)
+            clean = True
         finally:
-            self._shutdown()
+            if clean:  # a stop asked for (SIGTERM, SIGINT) or the crash-loop limit: take it all down in order
+                self._guarded("shutdown", self._shutdown)
+            else:  # crash-only: what serves keeps serving; the next supervise adopts it
+                log("supervise failed: serve and the host mountpoint are left as they are for the next one")
             if self.events is not None:
                 self.events.close()
             signal.set_wakeup_fd(old_wakeup)

@@ -96,6 +96,7 @@ class SupervisorState:
         self.start_stale: set[int] = set()  # our dead connections found at start
         self.stopping = False
         self.exit_code = 0
+        self.internal_errors = 0  # bugs of ours caught by Loop._guarded (also in the status file)
         self._signals: list[int] = []
         self.started = time.time()
     def _instances(self) -> list[Instance]:

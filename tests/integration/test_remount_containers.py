@@ -8,6 +8,7 @@ import json
 import time
 import uuid
 
+from lxcfs_guard.kernel import procfs
 from lxcfs_guard.kernel import syscalls as sc
 from tests.integration.remount_helpers import actions, assert_exit_code, cli, daemon, our_mounts, remount_json
 from tests.support.containers import LoopingReader, light_containers, tunnel
@@ -138,7 +139,8 @@ def test_clones_of_a_shared_live_mount_are_private() -> None:
     the daemon is mounted under a shared tunnel (so its mount is shared); the repaired binds must carry no
     propagation tag at all, and many containers repaired at once must all succeed."""
     with tunnel() as top, daemon(parent=top) as d, light_containers(12, bind_from=d.mountpoint) as cs:
-        assert any(line.split()[4] == d.mountpoint and "shared:" in line for line in open("/proc/self/mountinfo"))
+        assert any(m.mount_point == d.mountpoint and any(o.startswith("shared:") for o in m.optional)
+                   for m in procfs.read_mountinfo())
         pids = {c.pid for c in cs}
         old = d.dev
         d.kill()

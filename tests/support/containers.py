@@ -55,8 +55,8 @@ class LightContainer:
         return self.root + "/" + target.lstrip("/")
 
     def mountinfo(self) -> list[str]:
-        with open(f"/proc/{self.pid}/mountinfo") as f:
-            return f.read().splitlines()
+        with open(f"/proc/{self.pid}/mountinfo", "rb") as f:  # bytes-safe: a mount name may be any bytes
+            return f.read().decode(errors="surrogateescape").split("\n")[:-1]
 
     def mounts_of(self, fstype: str) -> list[str]:
         """mountinfo lines of `fstype` in the container's namespace."""

@@ -37,12 +37,12 @@ HEARTBEAT_NS = 100_000_000  # an "ok" line at least this often, so the harness c
 
 def _reader_main(path: str, expect_kb: int, interval: float) -> None:  # pragma: no cover - in the container
     libc = ctypes.CDLL(None, use_errno=True)
-    with open("/proc/self/mountinfo") as f:
-        inherited = [line.split() for line in f]
+    with open("/proc/self/mountinfo", "rb") as f:  # bytes: a mount name may be any bytes (not UTF-8)
+        inherited = [line.split(b" ") for line in f.read().split(b"\n") if line]
     for fields in reversed(inherited):
-        fstype = fields[fields.index("-", 6) + 1]
-        if fstype.startswith("fuse") and fstype != "fusectl":
-            libc.umount2(fields[4].encode(), 2)  # MNT_DETACH
+        fstype = fields[fields.index(b"-", 6) + 1]
+        if fstype.startswith(b"fuse") and fstype != b"fusectl":
+            libc.umount2(fields[4], 2)  # MNT_DETACH
     print(os.getpid(), flush=True)
     if sys.stdin.readline().strip() != "go":
         return

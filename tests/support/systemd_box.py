@@ -111,18 +111,14 @@ def _own_cgroups() -> dict[str, str]:
             _, ctrls, path = line.rstrip("\n").split(":", 2)
             by_key[ctrls] = path
     out: dict[str, str] = {}
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            sep = fields.index("-", 6)
-            fstype, mnt, opts = fields[sep + 1], fields[4], fields[sep + 3]
-            if fstype == "cgroup2":
-                out[mnt] = by_key.get("", "/")
-            elif fstype == "cgroup":
-                opt = set(opts.split(","))
-                for key, path in by_key.items():
-                    if key and set(key.split(",")) <= opt:
-                        out[mnt] = path
+    for m in procfs.read_mountinfo("self"):
+        if m.fstype == "cgroup2":
+            out[m.mount_point] = by_key.get("", "/")
+        elif m.fstype == "cgroup":
+            opt = set(m.super_options.split(","))
+            for key, path in by_key.items():
+                if key and set(key.split(",")) <= opt:
+                    out[m.mount_point] = path
     return out
 
 

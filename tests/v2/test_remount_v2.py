@@ -19,6 +19,7 @@ import uuid
 import pytest
 
 from lxcfs_guard import config
+from lxcfs_guard.kernel import procfs
 from tests.support.cgroups import make_cgroup
 from tests.support.daemon import LXCFS_GUARD, serve
 from tests.support.procs import force_unmount, is_mounted, stop
@@ -32,12 +33,9 @@ FLAGS = "ro,nosuid,nodev"
 def _mounts_at(pid: int, targets: set[str]) -> dict[str, list[tuple[str, str, str]]]:
     """target -> [(major:minor, fstype, per-mount options)] for every mount stacked on it in pid's namespace."""
     out: dict[str, list[tuple[str, str, str]]] = {t: [] for t in targets}
-    with open(f"/proc/{pid}/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            if fields[4] in out:
-                sep = fields.index("-", 6)
-                out[fields[4]].append((fields[2], fields[sep + 1], fields[5]))
+    for m in procfs.read_mountinfo(pid):
+        if m.mount_point in out:
+            out[m.mount_point].append((f"{m.major}:{m.minor}", m.fstype, m.mount_options))
     return out
 
 
