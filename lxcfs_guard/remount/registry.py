@@ -10,10 +10,14 @@ File format (JSON, schema 1)::
     {"schema": 1, "containers": {"<id>": {"pid": 123, "start_time": 456789, "mntns": 4026532999,
         "binds": [{"source": "proc/meminfo", "target": "/proc/meminfo", "flags": "ro,nosuid,nodev"}]}}}
 
-Writes are atomic (temp file + fsync + rename + fsync of the directory) and read-modify-write runs under
-an flock on `registry.lock`, so the OCI hook, `attach` and `remount` (which prunes gone containers) can run
-at once. A file that cannot be parsed is moved aside (`registry.json.corrupt-<time>`) with a clear message
-and the caller carries on with discovery alone: a damaged registry must never stop a repair.
+Writes are atomic (temp file + fsync + rename + fsync of the directory) and every write (a read-modify-write,
+setting a bad entry or a corrupt file aside) runs under an flock on `registry.lock`, taken with a deadline,
+so the OCI hook, `attach` and `remount` (which prunes gone containers) can run at once and none waits
+forever. The state directory is 0700 and the files 0600 (kernel.files): no other user can read the registry
+or hold its lock. Entries are validated one by one: a bad one is set aside (`registry.json.rejected-<time>`)
+with a warning and the others are kept; a file that cannot be parsed at all is moved aside
+(`registry.json.corrupt-<time>`) and the caller carries on with discovery alone: a damaged registry must
+never stop a repair.
 
 Plain classes with __slots__ rather than dataclasses: `remount` imports this on the recovery path, and
 importing dataclasses costs ~5 ms of the 100 ms budget.
@@ -23,17 +27,18 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import os
 import time
 from collections.abc import Iterable, Iterator
 
-from lxcfs_guard.kernel.files import write_atomic
+from lxcfs_guard.kernel.files import LockTimeout, lock, open_lock, open_private, private_dir, write_atomic
 
 
 SCHEMA = 1
 FILENAME = "registry.json"
 LOCKNAME = "registry.lock"
+LOCK_TIMEOUT = 10.0  # seconds; the supervisor's loop passes a much shorter one
+MAX_BYTES = 64 << 20  # a registry of 100 000 containers is ~40 MB
 
 
 class Bind:
@@ -102,7 +107,13 @@ class RegistryError(Exception):
 
 
 def parse(text: str | bytes) -> dict[str, Entry]:
-    """Entries of a registry file's text (pure). Raises RegistryError with the reason."""
+    """The valid entries of a registry file's text (pure); see parse_entries."""
+    return parse_entries(text)[0]
+
+
+def parse_entries(text: str | bytes) -> tuple[dict[str, Entry], dict[str, tuple[object, str]]]:
+    """(valid entries, bad ones: id -> (their JSON, why)) of a registry file's text (pure). Raises
+    RegistryError only when the file as a whole is unusable (not JSON, another schema)."""
     import json  # only when there is a file to read: not every remount pays for it
 
     try:
@@ -114,12 +125,18 @@ def parse(text: str | bytes) -> dict[str, Entry]:
     if doc.get("schema") != SCHEMA:
         raise RegistryError(f"schema {doc.get('schema')!r}, this version reads {SCHEMA}")
     out: dict[str, Entry] = {}
+    bad: dict[str, tuple[object, str]] = {}
     for cid, obj in doc["containers"].items():
         try:
-            out[cid] = Entry.from_dict(cid, obj)
-        except (KeyError, TypeError, ValueError) as e:
-            raise RegistryError(f"container {cid!r}: bad entry ({type(e).__name__}: {e})") from None
-    return out
+            if not cid or not isinstance(obj, dict):
+                raise TypeError("not an object with an id")
+            entry = Entry.from_dict(cid, obj)
+            if entry.pid <= 0 or entry.start_time < 0 or entry.mntns <= 0:
+                raise ValueError("pid, start_time and mntns must be positive")
+            out[cid] = entry
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            bad[cid] = (obj, f"{type(e).__name__}: {e}")
+    return out, bad
 
 
 def dump(entries: dict[str, Entry]) -> str:
@@ -134,54 +151,101 @@ class Registry:
     """The registry in `state_dir`. `load()` fills `entries` (and `problem`, if the file was set aside);
     `add`/`remove` do an atomic read-modify-write under the lock."""
 
-    def __init__(self, state_dir: str) -> None:
+    def __init__(self, state_dir: str, lock_timeout: float = LOCK_TIMEOUT) -> None:
         self.state_dir = state_dir
         self.path = os.path.join(state_dir, FILENAME)
         self.lock_path = os.path.join(state_dir, LOCKNAME)
+        self.lock_timeout = lock_timeout
         self.entries: dict[str, Entry] = {}
-        self.problem: str | None = None  # set when a corrupt file was moved aside
+        self.problem: str | None = None  # set when a corrupt file or bad entries were found (and set aside)
+        self._held = False  # we hold the lock now (inside locked())
 
     # -- reading ----------------------------------------------------------------------------------------
 
     def load(self) -> dict[str, Entry]:
-        """Read the file (absent = empty). A corrupt one is moved aside, `problem` says where and why, and
-        an empty registry is returned so discovery still runs."""
-        try:
-            with open(self.path, "rb") as f:
-                text = f.read()
-        except FileNotFoundError:
+        """Read the file (absent = empty). Bad entries are left out and a corrupt file counts as empty;
+        `problem` says what and where. Either is set aside only under the lock: without it, the lock is
+        taken (with its deadline) and the file read again; if the lock is not free, nothing is moved."""
+        text = self._read()
+        if text is None:
             self.entries = {}
             return self.entries
         try:
-            self.entries = parse(text)
+            good, bad = parse_entries(text)
         except RegistryError as e:
-            aside = f"{self.path}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
-            try:
-                os.rename(self.path, aside)
-                where = f"moved to {aside}"
-            except OSError as e2:
-                where = f"could not be moved aside ({e2.strerror})"
+            if not self._held and self._relock():
+                return self.entries
+            where = self._set_aside("corrupt", text) if self._held else "left in place (the lock is busy)"
             self.problem = f"registry {self.path} is corrupt: {e}; {where}; continuing with discovery only"
             self.entries = {}
+            return self.entries
+        self.entries = good
+        if bad:
+            if not self._held and self._relock():
+                return self.entries
+            what = "; ".join(f"container {cid!r}: bad entry ({why})" for cid, (_, why) in sorted(bad.items()))
+            if self._held:
+                import json
+
+                where = self._set_aside("rejected", json.dumps({"containers": {c: o for c, (o, _) in bad.items()}}))
+                self.save()
+            else:
+                where = "left in place (the lock is busy)"
+            self.problem = f"registry {self.path}: {what}; {where}; the other {len(good)} entries are kept"
         return self.entries
+
+    def _read(self) -> bytes | None:
+        try:
+            fd = open_private(self.path, os.O_RDONLY, create=False)
+        except FileNotFoundError:
+            return None
+        with os.fdopen(fd, "rb") as f:
+            return f.read(MAX_BYTES)
+
+    def _relock(self) -> bool:
+        """Load again under the lock (to set something aside); False if the lock is not free in time."""
+        try:
+            with self.locked():
+                self.load()
+            return True
+        except LockTimeout:
+            return False
+
+    def _set_aside(self, kind: str, text: str | bytes) -> str:
+        aside = f"{self.path}.{kind}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+        try:
+            if kind == "corrupt":
+                os.rename(self.path, aside)
+            else:
+                write_atomic(aside, text if isinstance(text, bytes) else text.encode())
+        except OSError as e:
+            return f"could not be set aside ({e.strerror})"
+        return f"set aside in {aside}"
 
     # -- writing ----------------------------------------------------------------------------------------
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        """Hold the registry lock (flock on registry.lock) for a read-modify-write."""
-        os.makedirs(self.state_dir, mode=0o755, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        """Hold the registry lock (flock on registry.lock) for a read-modify-write; LockTimeout if another
+        process holds it longer than `lock_timeout`."""
+        if self._held:
+            yield
+            return
+        private_dir(self.state_dir)
+        fd = open_lock(self.lock_path)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            lock(fd, time.monotonic() + self.lock_timeout)
+            self._held = True
             yield
         finally:
+            self._held = False
             os.close(fd)
 
     def save(self) -> None:
         """Write `entries` atomically: a reader sees the old file or the new one, never half of one."""
-        os.makedirs(self.state_dir, mode=0o755, exist_ok=True)
-        write_atomic(self.path, dump(self.entries).encode(), durable=True)
+        with self.locked():  # every write under the lock (a no-op when the caller holds it already)
+            private_dir(self.state_dir)
+            write_atomic(self.path, dump(self.entries).encode(), durable=True)
 
     def add(self, entry: Entry) -> None:
         """Record (or replace) `entry`."""

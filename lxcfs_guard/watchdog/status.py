@@ -137,7 +137,7 @@ def registered_containers(state_dir: str) -> list[tuple[str, int, int | None]]:
     from lxcfs_guard.remount.registry import Registry
 
     try:
-        entries = Registry(state_dir).load()
+        entries = Registry(state_dir, lock_timeout=0.5).load()  # it only locks to set a bad entry aside
     except Exception:  # noqa: BLE001 - a broken registry must not break `status`
         return []
     return [(e.id, e.pid, e.start_time) for e in entries.values()]

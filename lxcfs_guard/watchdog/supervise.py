@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import os
 import signal
 import socket
 import sys
+import time
 
 from lxcfs_guard import config
-from lxcfs_guard.kernel import procfs, syscalls
+from lxcfs_guard.kernel import files, procfs, syscalls
 from lxcfs_guard.watchdog import instance, status
 from lxcfs_guard.watchdog.adoption import Adoption
 from lxcfs_guard.watchdog.failover import Failover
@@ -40,6 +40,8 @@ from lxcfs_guard.watchdog.publishing import Publishing
 from lxcfs_guard.watchdog.supervisor_state import LOCK_FILE, Options, log
 from lxcfs_guard.watchdog.tracking import Tracking
 
+LOCK_WAIT = 1.0  # seconds: a previous supervise that is just exiting lets go of the lock within this
+
 __all__ = ["Options", "Supervisor", "configure_supervise", "log", "run_supervise"]
 
 
@@ -47,11 +49,16 @@ class Supervisor(Loop, Failover, Tracking, Adoption, Publishing):
     """One `supervise` run: the parts (see their modules) over one shared state."""
 
     def run(self) -> int:
-        os.makedirs(self.o.state_dir, mode=0o755, exist_ok=True)
-        lock = open(os.path.join(self.o.state_dir, LOCK_FILE), "a")  # noqa: SIM115 - held for our lifetime
+        try:  # private to root (kernel.files): no other user can read our state or hold our locks
+            files.private_dir(self.o.state_dir)
+            lock = files.open_lock(os.path.join(self.o.state_dir, LOCK_FILE))  # held for our lifetime
+        except OSError as e:
+            log(f"cannot use the state directory {self.o.state_dir}: {e}")
+            return 2
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            files.lock(lock, time.monotonic() + LOCK_WAIT)
+        except files.LockTimeout:
+            os.close(lock)
             log(f"another supervise already runs on {self.o.state_dir}")
             return 2
         os.makedirs(os.path.dirname(self.mountpoint), exist_ok=True)
@@ -87,7 +94,7 @@ class Supervisor(Loop, Failover, Tracking, Adoption, Publishing):
                 signal.signal(s, h)
             wake_r.close()
             wake_w.close()
-            lock.close()
+            os.close(lock)
         return self.exit_code
 
     def _shutdown(self) -> None:

@@ -117,7 +117,7 @@ class Tracking(SupervisorState):
         try:
             from lxcfs_guard.remount.registry import Registry
 
-            removed = Registry(self.o.state_dir).remove_if(gone)
+            removed = Registry(self.o.state_dir, lock_timeout=0.5).remove_if(gone)  # retried next time
         except Exception as e:  # noqa: BLE001 - a registry problem must not take the supervisor down
             log(f"cannot unregister {sorted(gone)}: {e!r}")
             return

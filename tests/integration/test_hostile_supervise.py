@@ -52,3 +52,49 @@ def test_non_utf8_fuse_mount_of_an_unprivileged_user_does_not_take_supervise_dow
             assert st["daemon_pid"] != old
             assert _status(s)[0] == 0
             assert s.proc.poll() is None, s.log()
+
+
+def _state_files(state_dir: str) -> list[str]:
+    out = []
+    for root, dirs, names in os.walk(state_dir):
+        dirs[:] = [d for d in dirs if d != "instances"]  # the daemons' private mountpoints
+        out += [os.path.join(root, n) for n in names]
+    return out
+
+
+def test_an_unprivileged_user_can_neither_open_the_state_nor_hold_its_locks():
+    """M1: lock files were 0644 in a 0755 directory, and flock needs only a read fd: `nobody` froze
+    register/unregister (the registry lock had no timeout) and kept supervise from starting."""
+    from tests.support.hostile import as_nobody
+
+    with supervised("--no-standby") as s, reader_fleet(1, s.mountpoint, s.state_dir) as fleet:
+        os.chmod(s.top, 0o755)  # as /run is: the state directory's own mode is what must keep others out
+        names = _state_files(s.state_dir)
+        assert {"registry.json", "registry.lock", "supervise.lock", "status.json"} <= {os.path.basename(n) for n in names}
+        for path in names:
+            p = subprocess.run(as_nobody(["cat", path]), capture_output=True, timeout=10)
+            assert p.returncode != 0 and b"Permission denied" in p.stderr, path
+        holders = [subprocess.Popen(as_nobody(["flock", "-s", os.path.join(s.state_dir, name), "sleep", "60"]),
+                                    stderr=subprocess.DEVNULL, start_new_session=True)
+                   for name in ("registry.lock", "supervise.lock", "remount.lock")]
+        try:
+            time.sleep(0.5)
+            cid = fleet.readers[0].id
+            p = s_cli(s, "unregister", "--id", cid)
+            assert p.returncode == 0, p.stderr
+            p = s_cli(s, "register", "--id", cid, "--pid", str(fleet.readers[0].pid))
+            assert p.returncode == 0, p.stderr
+            s.proc.send_signal(signal.SIGKILL)  # and a new supervise starts (and adopts) at once
+            s.proc.wait(10)
+            s.start()
+            s.wait_healthy(timeout=20)
+        finally:
+            for h in holders:
+                if h.poll() is None:
+                    os.kill(h.pid, signal.SIGKILL)
+                h.wait(10)
+
+
+def s_cli(s, *argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([BINARY, *argv, "--state-dir", s.state_dir, "--mountpoint", s.mountpoint],
+                          capture_output=True, text=True, timeout=20)

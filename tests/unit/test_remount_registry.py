@@ -29,7 +29,6 @@ def test_round_trip_and_stable_text() -> None:
     ("{not json", "not JSON"),
     ('{"schema": 99, "containers": {}}', "schema 99"),
     ('{"schema": 1}', "containers"),
-    ('{"schema": 1, "containers": {"x": {"pid": 1}}}', "container 'x'"),
 ])
 def test_bad_files_are_rejected_with_the_reason(text: str, words: str) -> None:
     with pytest.raises(RegistryError, match=words):
@@ -80,3 +79,38 @@ def test_add_container_refuses_our_own_namespace(tmp_path) -> None:
         Registry(str(tmp_path)).add_container("me", os.getpid(), [])
     assert info.value.errno == errno.EPERM
     assert not (tmp_path / "registry.json").exists()
+
+
+def test_a_bad_entry_is_set_aside_alone_and_the_others_kept(tmp_path) -> None:
+    """L5: one malformed entry used to set the whole registry aside (two valid entries lost, silently)."""
+    reg = Registry(str(tmp_path))
+    for e in sample().values():
+        reg.add(e)
+    doc = json.loads((tmp_path / "registry.json").read_text())
+    doc["containers"]["bad"] = {"pid": "x"}
+    doc["containers"]["worse"] = [1, 2]
+    (tmp_path / "registry.json").write_text(json.dumps(doc))
+    fresh = Registry(str(tmp_path))
+    assert fresh.load() == sample()
+    assert fresh.problem and "'bad'" in fresh.problem and "'worse'" in fresh.problem and "kept" in fresh.problem
+    (aside,) = [p for p in tmp_path.iterdir() if p.name.startswith("registry.json.rejected-")]
+    assert set(json.loads(aside.read_text())["containers"]) == {"bad", "worse"}
+    assert set(json.loads((tmp_path / "registry.json").read_text())["containers"]) == {"a", "b"}
+
+
+def test_a_corrupt_file_is_moved_aside_only_under_the_lock(tmp_path) -> None:
+    """L5: `remount` moved a corrupt file aside without the lock (racing a writer that holds it)."""
+    import fcntl
+
+    (tmp_path / "registry.json").write_text("{garbage")
+    Registry(str(tmp_path)).load()  # creates the private directory and lock file, moves this one aside
+    (tmp_path / "registry.json").write_text("{garbage")
+    holder = os.open(tmp_path / "registry.lock", os.O_RDWR)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # another writer is in its read-modify-write
+    try:
+        reg = Registry(str(tmp_path), lock_timeout=0.2)
+        assert reg.load() == {}
+        assert reg.problem and "left in place" in reg.problem
+        assert (tmp_path / "registry.json").read_text() == "{garbage"  # not moved under the writer's feet
+    finally:
+        os.close(holder)
