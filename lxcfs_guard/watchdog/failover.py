@@ -59,47 +59,39 @@ class Failover(SupervisorState):
             self._promote(inst)
 
     def _promote(self, inst: Instance, reload_from: Instance | None = None) -> None:
-        """Make `inst` the primary. Containers first (they are what is waiting): the registered ones, then
-        any other bind of the same connections found by discovery; then the host mountpoint; only then are
-        the dead instances' private mounts let go (see `_stale_devs`)."""
+        """Make `inst` the primary. The host mountpoint first: new containers and host readers need nothing
+        else, and no container can hold it up. Then the containers, in a repair child the loop watches
+        (`Tracking._start_repair`); the dead instances' private mounts go when it is done (`_stale_devs`)."""
+        if self.repair is not None:  # it was moving containers onto an instance that is not primary now
+            self._cancel_repair("superseded: another instance is primary now")
         inst.role = Role.PRIMARY
         self.primary = inst
         stale = self._stale_devs(reload_from)
-        t0 = time.monotonic()
-        fast = 0.0
-        if stale:
-            self._refresh_registry()
-            fast = self._repair(inst, stale, ids=sorted(cid for cid, _ in self.registered.values()))
-            if self.fault_at is None:  # (after a fault the recovery line says it; keep that path quiet)
-                log(f"moved containers off {', '.join(sorted(f'{os.major(d)}:{os.minor(d)}' for d in stale))}")
-        if self.fault_at is not None:
-            now = time.monotonic()
-            self.last_recovery_ms = (now - self.fault_at) * 1000
-            ready = inst.ready_at or t0
-            log(
-                f"recovered from {self.fault_kind} in {self.last_recovery_ms:.1f} ms (serve pid {inst.pid}: "
-                f"{'standby' if inst.launched < self.fault_at else f'started in {(ready - inst.launched) * 1000:.0f} ms'}"
-                f", registered containers repaired in {fast:.1f} ms)"
-            )
-            self.fault_at = None
-        if stale:
-            self._repair(inst, stale)  # discovered (unregistered) binds of the same connections
         self._publish(inst)
-        for dead in self.dead:
-            dead.cleanup()
-        self.dead = []
         now = time.monotonic()
         self.probe_at = now + self.o.probe_interval
+        retire = [reload_from] if reload_from is not None else []
+        if stale:
+            self._refresh_registry()
+            self._start_repair(inst, stale, sorted(cid for cid, _ in self.registered.values()), retire)
+        else:
+            self.repair_context = {"inst": inst, "fault_at": self.fault_at, "fault_kind": self.fault_kind}
+            self.fault_at = None
+            self._repair_finished(None, retire)
         self._healthy(True, force_status=True)
-        if not self.announced_ready:
+        if self.o.standby and self.standby is None and self.standby_at is None:
+            self.standby_at = now
+
+    def _after_first_repair(self) -> None:
+        """READY=1 once the mount answers and the first repair is done (or given up on)."""
+        p = self.primary
+        if not self.announced_ready and p is not None:
             self.announced_ready = True
             notify.notify(f"READY=1\nMAINPID={os.getpid()}")
-            log(f"ready: serve pid {inst.pid}, {self.mountpoint} -> {inst.mnt}")
+            log(f"ready: serve pid {p.pid}, {self.mountpoint} -> {p.mnt}")
         elif self.reload_pending and self.next is None:  # a reload overtaken by a crash ends here
             self.reload_pending = False
             notify.notify("READY=1")
-        if self.o.standby and self.standby is None and self.standby_at is None:
-            self.standby_at = now
 
     def _stale_devs(self, reload_from: Instance | None) -> set[int]:
         """The connections containers must be moved off: only ever our own. Dead instances' devices (their
@@ -119,10 +111,9 @@ class Failover(SupervisorState):
     def _complete_reload(self, new: Instance) -> None:
         old = self.primary
         assert old is not None
-        self._promote(new, reload_from=old)
-        old.role = Role.OLD
-        old.retire_at = time.monotonic() + self.o.reload_grace
+        old.role = Role.OLD  # its grace period starts once the containers are off it (Tracking._repair_finished)
         self.retiring.append(old)
+        self._promote(new, reload_from=old)
         if self.standby is not None:  # the standby runs the old code too: replace it
             sb, self.standby = self.standby, None
             sb.role = Role.OLD
@@ -130,7 +121,8 @@ class Failover(SupervisorState):
             self.retiring.append(sb)
             self.standby_at = time.monotonic()
         self.reload_pending = False
-        log(f"reload done: serve pid {new.pid} serves, old pid {old.pid} retires in {self.o.reload_grace:.1f} s")
+        log(f"reload done: serve pid {new.pid} serves, old pid {old.pid} retires {self.o.reload_grace:.1f} s "
+            "after the containers are moved")
         notify.notify("READY=1")
         self._write_status()
 

@@ -47,6 +47,8 @@ class Loop(SupervisorState):
                     fds[p.fileno()] = ("probe", inst)
             if self.events is not None:
                 fds[self.events.fileno()] = "events"
+            if self.repair is not None and self.repair.fileno() >= 0:
+                fds[self.repair.fileno()] = "repair"
             timeout = max(0.0, self._next_deadline() - time.monotonic())
             poller = select.poll()
             for fd in fds:
@@ -61,6 +63,8 @@ class Loop(SupervisorState):
                     with contextlib.suppress(BlockingIOError):
                         while wake.recv(4096):
                             pass
+                elif what == "repair":
+                    self._guarded("repair output", self._on_repair_output)
                 elif what == "events":
                     self._guarded("proc events", self._on_proc_events)
                 elif isinstance(what, tuple):
@@ -77,6 +81,8 @@ class Loop(SupervisorState):
     def _next_deadline(self) -> float:
         now = time.monotonic()
         times = [now + 1.0, self.refresh_at]
+        if self.repair is not None:
+            times.append(self.repair.deadline)
         if self.primary is not None:
             times.append(self.probe_at)
         for inst in self._instances():
@@ -124,7 +130,7 @@ class Loop(SupervisorState):
     def _tick(self, now: float) -> None:
         """Each step guarded on its own: a bug in one (say the registry refresh) must not stop the others
         (the probe, the restart of a dead daemon)."""
-        for step in (self._tick_starts, self._tick_probes, self._tick_retire, self._tick_refresh):
+        for step in (self._tick_starts, self._tick_probes, self._check_repair, self._tick_retire, self._tick_refresh):
             self._guarded(step.__name__.lstrip("_"), step, now)
 
     def _tick_starts(self, now: float) -> None:

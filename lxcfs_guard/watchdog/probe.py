@@ -120,6 +120,12 @@ class Probe:
 _strays: set[int] = set()
 
 
+def leave_behind(pid: int) -> None:
+    """A child of ours we gave up on (it may be stuck in the kernel): reaped by `reap_strays` once it dies,
+    never waited on."""
+    _strays.add(pid)
+
+
 def reap_strays() -> None:
     """Reap probe children that outlived their cancel() (stuck until their connection was aborted)."""
     for pid in list(_strays):

@@ -45,6 +45,14 @@ LOCK_WAIT = 1.0  # seconds: a previous supervise that is just exiting lets go of
 __all__ = ["Options", "Supervisor", "configure_supervise", "log", "run_supervise"]
 
 
+def _close_if_same(fd: int, held: os.stat_result) -> None:
+    """Close `fd` if it is still the lock file (in a grandchild the number may name another file by now)."""
+    with contextlib.suppress(OSError):
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) == (held.st_dev, held.st_ino):
+            os.close(fd)
+
+
 class Supervisor(Loop, Failover, Tracking, Adoption, Publishing):
     """One `supervise` run: the parts (see their modules) over one shared state."""
 
@@ -55,6 +63,10 @@ class Supervisor(Loop, Failover, Tracking, Adoption, Publishing):
         except OSError as e:
             log(f"cannot use the state directory {self.o.state_dir}: {e}")
             return 2
+        # Every child we fork (probes, repairs) lets go of the lock at once: one stuck in the kernel must
+        # not keep the next supervise from starting. (Popen'ed daemons never see it: close_fds.)
+        held = os.fstat(lock)
+        os.register_at_fork(after_in_child=lambda: _close_if_same(lock, held))
         try:
             files.lock(lock, time.monotonic() + LOCK_WAIT)
         except files.LockTimeout:
@@ -100,6 +112,8 @@ class Supervisor(Loop, Failover, Tracking, Adoption, Publishing):
     def _shutdown(self) -> None:
         """Stop every instance we own and take our mount off the host mountpoint. Containers' binds are left
         as they are: they are repaired when the service starts again."""
+        if self.repair is not None:
+            self._guarded("cancelling the repair", self._cancel_repair, "cancelled: supervise is stopping")
         devs = {i.dev for i in self._instances() if i.dev is not None}
         for inst in self._instances():
             p = inst.probe

@@ -96,6 +96,8 @@ class SupervisorState:
         self.start_stale: set[int] = set()  # our dead connections found at start
         self.stopping = False
         self.exit_code = 0
+        self.repair: Any = None  # the RepairJob in flight (repair.py), if any
+        self.repair_context: dict[str, Any] = {}  # what to do when it ends (Tracking._repair_finished)
         self.internal_errors = 0  # bugs of ours caught by Loop._guarded (also in the status file)
         self._signals: list[int] = []
         self.started = time.time()

@@ -4,88 +4,107 @@ their live/stale counts) and the repair pass that moves them onto the serving in
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import select
-import signal
 import time
-from typing import Any
 
 from lxcfs_guard.remount.registry import FILENAME as REGISTRY_FILE
-from lxcfs_guard.watchdog import status
+from lxcfs_guard.watchdog import repair, status
 from lxcfs_guard.watchdog.instance import Instance
 from lxcfs_guard.watchdog.supervisor_state import SupervisorState, log
 
 
-def _summary(report: Any) -> dict[str, Any]:
-    broken = "; ".join([report.error or ""] + [ns.line().replace("\n", ",") for ns in report.namespaces if not ns.ok])
-    return {"ok": bool(report.ok), "broken": broken.strip("; ")}
-
-
-def _in_child(func: Any, timeout: float) -> dict[str, Any]:
-    """Run `func` (returning a JSON-able dict) in a forked child and return its result. The child never
-    returns into our code (os._exit on every path), and is killed if it outlives `timeout`."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        code = 1
-        try:
-            os.close(r)
-            os.write(w, json.dumps(func()).encode())
-            code = 0
-        except BaseException:  # noqa: BLE001
-            pass
-        finally:
-            os._exit(code)
-    os.close(w)
-    data, deadline = b"", time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            if not select.select([r], [], [], max(0.0, deadline - time.monotonic()))[0]:
-                break
-            chunk = os.read(r, 65536)
-            if not chunk:
-                break
-            data += chunk
-    finally:
-        os.close(r)
-        if os.waitpid(pid, os.WNOHANG)[0] == 0:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-    try:
-        return json.loads(data)
-    except ValueError:
-        return {"ok": False, "broken": f"the repair child failed or timed out after {timeout:.0f} s"}
-
-
-
 class Tracking(SupervisorState):
-    def _repair(self, inst: Instance, stale: set[int], ids: list[str] | None = None) -> float:
-        """Run the remount engine onto `inst`; returns the time it took (ms). `stale` names our own
-        connections to move off (`_stale_devs`), so the engine neither probes liveness nor touches others'.
+    def _start_repair(self, inst: Instance, stale: set[int], ids: list[str], retire: list[Instance]) -> None:
+        """Move containers off `stale` (our own connections, `_stale_devs`, so the engine neither probes
+        liveness nor touches others') onto `inst`, in a child (`repair.py`): first the registered containers
+        `ids`, then every other bind of the same connections found by discovery. `retire` (a reload's old
+        instances) start their grace period only once the containers are off them."""
+        if self.repair is not None:
+            self._cancel_repair("superseded by a newer repair")
+        if self.engine is None:
+            self._repair_finished(None, retire)
+            return
+        engine, kwargs = self.engine, dict(fstype=self.o.fstype, stale_devs=stale, timeout=self.o.remount_timeout,
+                                           jobs=self.o.jobs)
+        passes = [(repair.ALL, lambda: engine.remount(inst.mnt, self.o.state_dir, ids=None, **kwargs))]
+        if ids:
+            passes.insert(0, (repair.REGISTERED, lambda: engine.remount(inst.mnt, self.o.state_dir, ids=ids, **kwargs)))
+        self.repair = repair.RepairJob(passes, timeout=self.o.remount_timeout * 4 + 10)
+        self.repair_context = {"stale": stale, "dead": list(self.dead), "retire": retire, "inst": inst,
+                               "fault_at": self.fault_at, "ids": bool(ids),
+                               "fault_kind": self.fault_kind if self.fault_at is not None else None}
+        self.fault_at = None
 
-        With `ids` (the registered containers: the fast pass, no scan of every process's mount table) it runs
-        in this process: it is on the recovery path and bounded by our registry. Without (the host-wide
-        discovery sweep) it runs in a forked child: its cost grows with everything running on the host, and
-        whatever it allocates or breaks must not stay in the supervisor, whose footprint must stay flat."""
-        if self.engine is None or ids == []:
-            return 0.0
-        t0 = time.monotonic()
-        kwargs = dict(fstype=self.o.fstype, ids=ids, stale_devs=stale, timeout=self.o.remount_timeout, jobs=self.o.jobs)
-        if ids is not None:
-            try:
-                result = _summary(self.engine.remount(inst.mnt, self.o.state_dir, **kwargs))
-            except Exception as e:  # noqa: BLE001 - a failed repair must not take the supervisor down
-                result = {"ok": False, "broken": repr(e)}
-        else:
-            result = _in_child(lambda: _summary(self.engine.remount(inst.mnt, self.o.state_dir, **kwargs)),
-                               timeout=self.o.remount_timeout * 4 + 10)
-        took = (time.monotonic() - t0) * 1000
-        self.last_repair = {"ok": result["ok"], "ms": round(took, 1), "scope": "registered" if ids else "all"}
-        if not result["ok"]:
-            log(f"remount left something broken: {result['broken']}")
-        return took
+    def _on_repair_output(self) -> None:
+        job = self.repair
+        if job is None:
+            return
+        for result in job.read():
+            if result.get("pass") == repair.REGISTERED or not self.repair_context.get("ids"):
+                self._registered_repaired(float(result.get("ms", 0.0)))
+            if not result.get("ok"):
+                log(f"remount left something broken: {result.get('broken')}")
+        if job.finished:
+            self.repair = None
+            self._repair_finished(job, self.repair_context.get("retire", []))
+
+    def _check_repair(self, now: float) -> None:
+        if self.repair is not None and self.repair.expired(now):
+            self._cancel_repair(f"timed out after {self.repair.timeout:.0f} s")
+
+    def _cancel_repair(self, why: str) -> None:
+        job, ctx = self.repair, self.repair_context
+        if job is None:
+            return
+        self.repair = None
+        job.cancel()
+        log(f"repair {why}: its child pid {job.pid} was killed; containers it did not reach stay on their old "
+            "connection until the next repair")
+        self.start_stale |= ctx.get("stale", set())  # not repaired: still to move off at the next repair
+        self.last_repair = {"ok": False, "ms": round((time.monotonic() - job.started) * 1000, 1), "scope": "all",
+                            "broken": why}
+        for inst in ctx.get("retire", []):  # a reload's old instance does not serve on forever
+            inst.retire_at = time.monotonic() + self.o.reload_grace
+        self._write_status()
+
+    def _registered_repaired(self, ms: float) -> None:
+        """The registered containers are on the new instance: that ends a recovery (the figure we report)."""
+        ctx = self.repair_context
+        fault_at, inst = ctx.pop("fault_at", None), ctx.get("inst")
+        if fault_at is None or inst is None:
+            return
+        now = time.monotonic()
+        self.last_recovery_ms = (now - fault_at) * 1000
+        ready = inst.ready_at or now
+        log(
+            f"recovered from {ctx.get('fault_kind')} in {self.last_recovery_ms:.1f} ms (serve pid {inst.pid}: "
+            f"{'standby' if inst.launched < fault_at else f'started in {(ready - inst.launched) * 1000:.0f} ms'}"
+            f", registered containers repaired in {ms:.1f} ms)"
+        )
+
+    def _repair_finished(self, job: repair.RepairJob | None, retire: list[Instance]) -> None:
+        """Containers are off the dead instances: their private mounts may go now (not before: holding them
+        keeps their device numbers from being handed to some other FUSE filesystem meanwhile)."""
+        ctx = self.repair_context
+        ms = 0.0
+        if job is not None:
+            ok = all(r.get("ok") for r in job.results.values()) and bool(job.results)
+            ms = round((time.monotonic() - job.started) * 1000, 1)
+            self.last_repair = {"ok": ok, "ms": ms, "scope": "all"}
+            if ctx.get("fault_kind") is None and ctx.get("stale"):  # (a recovery logs its own line)
+                log(f"moved containers off {', '.join(sorted(f'{os.major(d)}:{os.minor(d)}' for d in ctx['stale']))}")
+        if ctx.get("fault_at") is not None:  # no pass reported (none needed, or none got through)
+            self._registered_repaired(ms)
+        done = ctx.get("dead", list(self.dead))
+        for dead in done:
+            dead.cleanup()
+        self.dead = [d for d in self.dead if d not in done]
+        for inst in retire:
+            inst.retire_at = time.monotonic() + self.o.reload_grace
+        self.repair_context = {}
+        self._after_first_repair()
+        self._count_containers()
+        self._write_status()
 
     def _refresh_registry(self) -> None:
         with contextlib.suppress(OSError):

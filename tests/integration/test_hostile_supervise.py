@@ -98,3 +98,27 @@ def test_an_unprivileged_user_can_neither_open_the_state_nor_hold_its_locks():
 def s_cli(s, *argv: str) -> subprocess.CompletedProcess:
     return subprocess.run([BINARY, *argv, "--state-dir", s.state_dir, "--mountpoint", s.mountpoint],
                           capture_output=True, text=True, timeout=20)
+
+
+def test_a_container_wedging_its_repair_does_not_freeze_the_supervisor():
+    """H2 (supervisor side): a container with a never-answering FUSE mount over the path of one of its
+    binds holds the repair for the engine's whole per-namespace timeout. The repair ran inside the loop:
+    the new serve was up but the host mountpoint was not published, status stopped updating and SIGTERM
+    waited. Now the loop goes on: published at once, status updated, SIGTERM honoured within seconds."""
+    from tests.support.hostile import hung_fuse_mount_in
+
+    with supervised("--no-standby", "--remount-timeout", "20") as s, reader_fleet(2, s.mountpoint, s.state_dir) as fleet:
+        wedged = fleet.readers[1]
+        with hung_fuse_mount_in(wedged.pid, "/sys/devices/system/cpu"):
+            old = s.wait_healthy()["daemon_pid"]
+            kill_and_time(old)
+            st = s.wait_healthy(not_pid=old, timeout=10)  # the loop is not frozen: status follows
+            assert st["healthy"] is True
+            p = s.read("proc/meminfo", timeout=5)  # the host mountpoint is on the new serve already
+            assert p.returncode == 0 and b"MemTotal" in p.stdout
+            time.sleep(1.0)
+            assert s.status()["updated"] > time.time() - 3  # still rewritten while the repair hangs
+            t = time.monotonic()
+            s.proc.send_signal(signal.SIGTERM)
+            assert s.proc.wait(15) == 0
+            assert time.monotonic() - t < 8, "SIGTERM waited for the wedged repair"

@@ -61,3 +61,30 @@ def foreign_fuse_mount(name: bytes = b"\xff") -> Iterator[str]:
         with contextlib.suppress(OSError):
             os.rmdir(mnt)
             os.rmdir(top)
+
+
+@contextlib.contextmanager
+def hung_fuse_mount_in(pid: int, path: str) -> Iterator[None]:
+    """A FUSE mount whose daemon never answers, on `path` in the mount namespace of `pid` (a container
+    wedging whatever looks up a path beneath it). Made with the real fusermount3 inside that namespace; the
+    connection is aborted (the fd closed) on exit, which releases every lookup stuck on it."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    fuse_fd = -1
+    try:
+        env = {"PATH": "/usr/bin:/bin", "_FUSE_COMMFD": str(theirs.fileno())}
+        p = subprocess.run(["nsenter", "-t", str(pid), "-m", "--", "fusermount3", "-o", "fsname=wedge", "--", path],
+                           env=env, pass_fds=[theirs.fileno()], capture_output=True, timeout=20)
+        theirs.close()
+        assert p.returncode == 0, p.stderr
+        _, anc, _, _ = ours.recvmsg(1, socket.CMSG_LEN(4))
+        fds = array.array("i")
+        fds.frombytes(anc[0][2][: fds.itemsize])
+        fuse_fd = fds[0]
+        yield
+    finally:
+        ours.close()
+        with contextlib.suppress(OSError):
+            theirs.close()
+        if fuse_fd >= 0:
+            os.close(fuse_fd)  # aborts the connection: stuck lookups fail with ENOTCONN
+        subprocess.run(["nsenter", "-t", str(pid), "-m", "--", "umount", "-l", path], capture_output=True, timeout=20)
