@@ -41,6 +41,7 @@ PROG = "lxcfs-guard oci-hook"
 ENV_DEADLINE = "LXCFS_GUARD_HOOK_DEADLINE"
 DEFAULT_DEADLINE = 8.0  # seconds; the shipped hook configs give the runtime's timeout as 10
 MAX_STATE_BYTES = 1 << 20
+MAX_CONFIG_BYTES = 4 << 20  # runc's own spec is ~3 KB; a CRI config with every annotation well under 1 MB
 LIVE_FSTYPES = (FSTYPE, LXCFS_FSTYPE)
 
 
@@ -140,12 +141,75 @@ class ContainerView:
 
 
 def read_config(state: HookState) -> BundleConfig:
+    """The bundle's config.json: a regular file (never through a symlink: a link to /dev/zero grew the hook
+    to 24 GB, a link to a root-only file put its bytes in our error), at most MAX_CONFIG_BYTES, read in
+    chunks so the deadline's SIGALRM can stop it. Errors name the file, never its content."""
+    import stat
+
     path = os.path.join(state.bundle, "config.json")
     try:
-        with open(path, "rb") as f:
-            return parse_config(f.read(), state.bundle)
+        dfd = os.open(state.bundle, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fd = os.open("config.json", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC,
+                         dir_fd=dfd)
+        finally:
+            os.close(dfd)
+    except OSError as e:
+        why = "a symlink (refused)" if e.errno == errno.ELOOP else e.strerror
+        raise HookFailure(f"cannot read {path}: {why}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise HookFailure(f"cannot read {path}: not a regular file (refused)")
+        if st.st_size > MAX_CONFIG_BYTES:
+            raise HookFailure(f"cannot read {path}: larger than {MAX_CONFIG_BYTES} bytes (refused)")
+        chunks, total = [], 0
+        while total <= MAX_CONFIG_BYTES:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+        if total > MAX_CONFIG_BYTES:
+            raise HookFailure(f"cannot read {path}: larger than {MAX_CONFIG_BYTES} bytes (refused)")
     except OSError as e:
         raise HookFailure(f"cannot read {path}: {e.strerror}") from None
+    finally:
+        os.close(fd)
+    try:
+        return parse_config(b"".join(chunks), state.bundle)
+    except HookInputError as e:
+        raise HookFailure(str(e)) from None
+
+
+def check_pid_root(pid: int, rootfs: str, creating: bool) -> None:
+    """The pid must be the bundle's container: its root (after pivot_root) or, while "creating", the rootfs
+    path inside its mount namespace, must be the very directory root.path names (st_dev and st_ino).
+    Otherwise a runtime bug or a forged state would have us bind into, and register, some other process."""
+    from lxcfs_guard.kernel import syscalls
+
+    try:
+        want = os.stat(rootfs)
+    except OSError as e:
+        raise HookFailure(f"cannot check that pid {pid} is this bundle's container: {rootfs}: {e.strerror}") from None
+    try:
+        if creating:
+            root = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                fd = syscalls.openat2(root, rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC,
+                                      syscalls.RESOLVE_IN_ROOT | syscalls.RESOLVE_NO_SYMLINKS)
+            finally:
+                os.close(root)
+            try:
+                have = os.fstat(fd)
+            finally:
+                os.close(fd)
+        else:
+            have = os.stat(f"/proc/{pid}/root")
+    except OSError as e:
+        raise HookFailure(f"pid {pid} is not this bundle's container ({rootfs}: {e.strerror} there): refused") from None
+    if (have.st_dev, have.st_ino) != (want.st_dev, want.st_ino):
+        raise HookFailure(f"pid {pid} is not this bundle's container (its root is not {rootfs}): refused")
 
 
 def do_create(state: HookState, cfg: BundleConfig, mountpoint: str, state_dir: str, files: tuple[str, ...]) -> str:
@@ -157,6 +221,7 @@ def do_create(state: HookState, cfg: BundleConfig, mountpoint: str, state_dir: s
     # Before pivot_root (status "creating") the rootfs sits at its host path inside the container's mount
     # namespace; afterwards the container's / is its rootfs.
     root = os.path.realpath(cfg.rootfs) if state.status == "creating" else None
+    check_pid_root(state.pid, os.path.realpath(cfg.rootfs), creating=state.status == "creating")
     live_dev = live_mount_dev(mountpoint)
     try:
         view = ContainerView(state.pid, root)

@@ -75,10 +75,14 @@ def _str_map(value: Any, what: str) -> dict[str, str]:
     return dict(value)
 
 
-def _load_object(text: str | bytes, what: str) -> dict[str, Any]:
+def _load_object(text: str | bytes, what: str, show: bool = True) -> dict[str, Any]:
+    """`show`: quote the start of the text in the error (stdin, which the runtime wrote), never a file's
+    (config.json may be a link to a file the caller must not see)."""
     try:
         data = json.loads(text)
     except (ValueError, UnicodeDecodeError) as e:
+        if not show:
+            raise HookInputError(f"{what} is not JSON ({e.__class__.__name__})") from None
         snippet = (text[:60] if isinstance(text, str) else text[:60].decode("utf-8", "replace")).strip()
         raise HookInputError(f"{what} is not JSON ({e.__class__.__name__}: {e}); got {snippet!r}") from None
     if not isinstance(data, dict):
@@ -109,7 +113,7 @@ def parse_state(text: str | bytes) -> HookState:
 def parse_config(text: str | bytes, bundle: str) -> BundleConfig:
     """Parse a bundle's config.json: the rootfs (root.path, relative to the bundle unless absolute)."""
     what = f"{bundle}/config.json"
-    data = _load_object(text, what)
+    data = _load_object(text, what, show=False)
     root = data.get("root")
     path = root.get("path") if isinstance(root, dict) else None
     if not isinstance(path, str) or not path:
