@@ -80,14 +80,16 @@ def configure_oci_hook(parser: argparse.ArgumentParser) -> None:
 
 def log(message: str, *, cid: str | None = None, error: bool = False) -> None:
     """One line to stderr (runtimes show a failed hook's stderr) and, best effort, to the journal."""
-    line = f"{PROG}: {cid + ': ' if cid else ''}{message}"
+    from lxcfs_guard.text import printable  # ids and paths are the runtime's or the bundle's: escaped
+
+    line = printable(f"{PROG}: {cid + ': ' if cid else ''}{message}")
     print(line, file=sys.stderr, flush=True)
     if os.path.exists("/run/systemd/journal/socket"):
         try:
             from systemd import journal  # imported only when there is a journal to write to
 
             journal.send(line, SYSLOG_IDENTIFIER="lxcfs-guard-oci-hook", PRIORITY=3 if error else 6,
-                         CONTAINER_ID=cid or "")
+                         CONTAINER_ID=printable(cid or ""))
         except Exception:  # the journal is a nicety; never let it fail a container start
             pass
 

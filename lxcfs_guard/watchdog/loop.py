@@ -29,7 +29,7 @@ class Loop(SupervisorState):
             func(*args)
         except Exception:  # noqa: BLE001 - see above: never let bookkeeping reach the data path
             self.internal_errors += 1
-            log(f"internal error in {what} (carrying on): {traceback.format_exc().strip()}")
+            log(f"internal error in {what} (carrying on):", traceback=traceback.format_exc())
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._signals.append(signum)

@@ -27,6 +27,7 @@ from typing import Any
 from lxcfs_guard import config
 from lxcfs_guard.kernel import procfs
 from lxcfs_guard.kernel.files import write_atomic
+from lxcfs_guard.text import printable
 
 STATUS_FILE = "status.json"
 
@@ -94,11 +95,12 @@ def mountpoint_path(path: str) -> str:
 
 
 def format_text(report: dict[str, Any]) -> str:
+    """The report for a person: every id and path escaped (`text.printable`)."""
     rec = report.get("last_recovery_ms")
     lines = [
-        f"mode:             {report.get('mode')}",
+        f"mode:             {printable(report.get('mode'))}",
         f"daemon_pid:       {report.get('daemon_pid') or '-'}",
-        f"mountpoint:       {report.get('mountpoint')}",
+        f"mountpoint:       {printable(report.get('mountpoint'))}",
         f"healthy:          {'yes' if report.get('healthy') else 'no'}",
         f"restarts:         {report.get('restarts', 0)}",
         f"last_recovery_ms: {'-' if rec is None else f'{rec:.1f}'}",
@@ -110,9 +112,10 @@ def format_text(report: dict[str, Any]) -> str:
     containers = report.get("containers", [])
     lines.append(f"containers:       {len(containers)}")
     if containers:
-        width = max(len(c["id"]) for c in containers)
+        ids = [printable(c["id"]) for c in containers]
+        width = max(len(i) for i in ids)
         lines.append(f"  {'ID':<{width}}  {'PID':>7}  STATE")
-        lines += [f"  {c['id']:<{width}}  {c['pid']:>7}  {c['state']}" for c in containers]
+        lines += [f"  {i:<{width}}  {c['pid']:>7}  {c['state']}" for i, c in zip(ids, containers)]
     return "\n".join(lines)
 
 

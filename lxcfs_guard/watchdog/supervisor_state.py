@@ -12,6 +12,7 @@ from typing import Any
 
 from lxcfs_guard import config
 from lxcfs_guard.kernel import notify
+from lxcfs_guard.text import printable
 from lxcfs_guard.watchdog import instance, policy, status
 from lxcfs_guard.watchdog.instance import Instance
 
@@ -20,8 +21,12 @@ STATUS_EVERY = 10.0  # seconds between periodic status/registry refreshes
 MOUNT_POLL = 0.005  # seconds between mountinfo checks while an instance starts (for daemons without sd_notify)
 
 
-def log(msg: str) -> None:
-    print(f"lxcfs-guard supervise: {msg}", file=sys.stderr, flush=True)
+def log(msg: str, *, traceback: str = "") -> None:
+    """One line on stderr (the journal). Escaped (`text.printable`): container ids and paths in it are not
+    ours, and must neither forge another line nor crash a strict stream. A `traceback` (ours) follows,
+    indented, each of its lines escaped too."""
+    tail = "".join("\n  " + printable(line) for line in traceback.strip().split("\n") if line)
+    print(f"lxcfs-guard supervise: {printable(msg)}{tail}", file=sys.stderr, flush=True)
 
 
 @dataclass

@@ -122,3 +122,28 @@ def test_a_container_wedging_its_repair_does_not_freeze_the_supervisor():
             s.proc.send_signal(signal.SIGTERM)
             assert s.proc.wait(15) == 0
             assert time.monotonic() - t < 8, "SIGTERM waited for the wedged repair"
+
+
+def test_container_ids_with_control_characters_are_escaped_wherever_printed():
+    """L6: an id with a terminal escape, a newline forging a log line and a non-UTF-8 byte went raw into the
+    supervisor's log and `status`, whose strict stdout crashed on the byte."""
+    evil = os.fsdecode(b"evil\x1b[2J\nlxcfs-guard supervise: forged\xff")
+    with supervised("--no-standby") as s, reader_fleet(2, s.mountpoint, s.state_dir) as fleet:
+        victim = fleet.readers[1]
+        p = subprocess.run([os.fsencode(BINARY), b"register", b"--id", os.fsencode(evil), b"--pid", str(victim.pid).encode(),
+                            b"--state-dir", os.fsencode(s.state_dir), b"--mountpoint", os.fsencode(s.mountpoint)],
+                           capture_output=True, timeout=20)
+        assert p.returncode == 0, p.stderr
+        text = subprocess.run([BINARY, "status", "--state-dir", s.state_dir, "--mountpoint", s.mountpoint],
+                              capture_output=True, timeout=20, env={**os.environ, "PYTHONIOENCODING": "utf-8:strict"})
+        assert text.returncode == 0, text.stderr
+        out = text.stdout.decode()
+        assert "\x1b" not in out and "evil\\x1b[2J\\nlxcfs-guard supervise: forged\\xff" in out
+        assert not [line for line in out.splitlines() if line.startswith("lxcfs-guard supervise: forged")]
+        victim.proc.kill()
+        victim.proc.wait(5)
+        wait_for(lambda: "exited: unregistered" in s.log() and "forged" in s.log(), 10, what="the unregister line")
+        log = s.log()
+        assert "\x1b" not in log and "\udcff" not in log
+        assert not [line for line in log.splitlines() if line.startswith("lxcfs-guard supervise: forged")]
+        assert "container evil\\x1b[2J\\nlxcfs-guard supervise: forged\\xff exited: unregistered" in log
