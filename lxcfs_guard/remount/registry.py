@@ -220,7 +220,7 @@ class Registry:
                 write_atomic(aside, text if isinstance(text, bytes) else text.encode())
         except OSError as e:
             return f"could not be set aside ({e.strerror})"
-        return f"set aside in {aside}"
+        return f"moved to {aside}"
 
     # -- writing ----------------------------------------------------------------------------------------
 

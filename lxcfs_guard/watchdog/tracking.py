@@ -65,6 +65,8 @@ class Tracking(SupervisorState):
                             "broken": why}
         for inst in ctx.get("retire", []):  # a reload's old instance does not serve on forever
             inst.retire_at = time.monotonic() + self.o.reload_grace
+        self.repair_context = {}
+        self._after_first_repair()  # READY=1 is not held back by a repair given up on
         self._write_status()
 
     def _registered_repaired(self, ms: float) -> None:
