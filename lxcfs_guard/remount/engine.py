@@ -46,11 +46,11 @@ import os
 import time
 from collections.abc import Iterable, Sequence
 
-from lxcfs_guard import config
+from lxcfs_guard import config, devices
 from lxcfs_guard.kernel import procfs
 from lxcfs_guard.kernel import syscalls as sc
-from lxcfs_guard.remount import discovery
-from lxcfs_guard.remount.plan import ATTACH, Fix, Job, NsView, plan, top_mounts
+from lxcfs_guard.remount import children, discovery
+from lxcfs_guard.remount.plan import ATTACH, Fix, Job, NsView, instance_prefix, plan, top_mounts
 from lxcfs_guard.remount.pool import THREADS, run_jobs
 from lxcfs_guard.remount.registry import Entry, Registry
 from lxcfs_guard.remount.report import (
@@ -80,14 +80,15 @@ class AttachError(OSError):
 
 
 def _lock(state_dir: str, timeout: float) -> int:
-    """flock on <state-dir>/remount.lock: runs (and attaches) take turns."""
+    """flock on <state-dir>/remount.lock: runs (and attaches) take turns. The fd is closed in every child
+    we fork (children.parent_only): a child stuck in the kernel must not keep the lock."""
     os.makedirs(state_dir, mode=0o755, exist_ok=True)
     fd = os.open(os.path.join(state_dir, LOCKNAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     deadline = time.monotonic() + timeout
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
+            return children.parent_only(fd)
         except BlockingIOError:
             if time.monotonic() > deadline:
                 os.close(fd)
@@ -95,24 +96,46 @@ def _lock(state_dir: str, timeout: float) -> int:
             time.sleep(0.005)
 
 
-def live_mount(live_root: str, fstype: str, proc_fd: int) -> tuple[int, int, bool]:
-    """(device, MOUNT_ATTR bits, shared?) of the live mount at `live_root`; OSError if it is dead or not
-    ours. (A clone of a shared mount must be made private; of a private one it already is.)"""
-    st = os.stat(live_root)  # ENOTCONN here means the "live" root is itself dead
-    real = os.path.realpath(live_root)
-    marker = f" - {fstype} ".encode()
-    for line in discovery.read_all("self/mountinfo", proc_fd).split(b"\n"):
-        if marker in line:
-            m = procfs.parse_mountinfo_line(line.decode(errors="surrogateescape"))
-            if m.mount_point == real and m.dev == st.st_dev:
-                return st.st_dev, sc.attrs_from_options(m.mount_options), any(o.startswith("shared:") for o in m.optional)
-    raise OSError(errno.ENOENT, f"no {fstype} mount at {live_root}")
+def _unlock(fd: int) -> None:
+    if fd >= 0:
+        children.release(fd)
+        os.close(fd)
+
+
+def live_mount(live_root: str, fstype: str, proc_fd: int, answer_timeout: float = 2.0) -> tuple[int, int, bool]:
+    """(device, MOUNT_ATTR bits, shared?) of the live mount at `live_root`; OSError if it is dead, hung
+    (no statfs answer within `answer_timeout` s, asked from a child: see discovery.answers) or not ours.
+    (A clone of a shared mount must be made private; of a private one it already is.)"""
+    fd = discovery.open_mount_root(live_root)
+    try:
+        dev = sc.statx_cached(fd)[1]  # cached attributes: no FUSE request
+        real = os.readlink(f"/proc/self/fd/{fd}")
+        marker = f" - {fstype} ".encode()
+        for line in discovery.read_all("self/mountinfo", proc_fd).split(b"\n"):
+            if marker in line:
+                m = procfs.parse_mountinfo_line(line.decode(errors="surrogateescape"))
+                if m.mount_point == real and m.dev == dev:
+                    break
+        else:
+            raise OSError(errno.ENOENT, f"no {fstype} mount at {live_root}")
+        state = discovery.answers(fd, answer_timeout)
+    finally:
+        os.close(fd)
+    if state == discovery.DEAD:
+        raise OSError(errno.ENOTCONN, f"{os.strerror(errno.ENOTCONN)} (device {fmt_dev(dev)}: its daemon is gone)")
+    if state == discovery.HUNG:
+        raise OSError(errno.ETIMEDOUT, f"device {fmt_dev(dev)} does not answer within {answer_timeout:g} s "
+                                       "(its daemon is hung or stopped); nothing was done")
+    if state != discovery.LIVE:
+        err = int(state.partition(":")[2] or errno.EIO)
+        raise OSError(err, f"statfs: {os.strerror(err)}")
+    return dev, sc.attrs_from_options(m.mount_options), any(o.startswith("shared:") for o in m.optional)
 
 
 def _open_sources(live_root: str, sources: Iterable[str]) -> dict[str, int | OSError]:
     """O_PATH fds of the live files, resolved beneath the live root (a mountinfo root column is data)."""
     out: dict[str, int | OSError] = {}
-    rootfd = os.open(live_root, _O_PATH | os.O_DIRECTORY)
+    rootfd = discovery.open_mount_root(live_root)
     try:
         for src in sources:
             if src not in out:
@@ -150,13 +173,18 @@ def remount(
     beneath: bool | None = None,
     probe_timeout: float = 1.0,
     lock_timeout: float = 30.0,
+    any_device: bool = False,
 ) -> RemountReport:
     """Repair every container whose binds of `fstype` point at a stale connection, cloning from the live
     mount at `live_root` (the host mountpoint, or a standby's private mountpoint).
 
     A mount is repaired if its device differs from `live_root`'s and is in `stale_devs` when given (a
-    reload: the old daemon still answers), else if its connection is dead (statfs gives ENOTCONN). Mounts
-    of any other live connection are never touched, nor is the caller's own mount namespace.
+    reload: the old daemon still answers), else if it is a device recorded as ours (lxcfs_guard.devices;
+    any device with `any_device`) and its connection is dead (statfs gives ENOTCONN). Mounts of any other
+    connection are never touched (nor probed), nor is the caller's own mount namespace. A file bind and a
+    directory bind are repaired alike; stale copies of a supervisor's instance mounts are detached (see
+    plan.instance_prefix). The live mount is asked one statfs, from a child, first: a hung one is refused
+    within `min(timeout, 2)` s.
     `ids` limits the run to those registered containers (None: every registered and discovered one).
     `timeout` is per namespace; `jobs` the number of forked workers (default: by CPU count and work), each
     with `threads` threads;
@@ -168,15 +196,19 @@ def remount(
     t0 = time.perf_counter()
     report = RemountReport(live_root, fstype, dry_run)
     lock_fd = -1
+    children.reap_left_behind()
     proc_fd = discovery.open_proc()
     try:
         lock_fd = _lock(state_dir, lock_timeout)
         try:
-            live_dev, live_attrs, live_shared = live_mount(live_root, fstype, proc_fd)
+            live_dev, live_attrs, live_shared = live_mount(live_root, fstype, proc_fd, min(timeout, 2.0))
         except OSError as e:
             report.error = f"live mount {live_root}: {e.strerror or e}"
             return report
         report.live_dev = live_dev
+        ours = None if any_device or stale_devs is not None else devices.recorded(state_dir)
+        if not dry_run:
+            devices.record(state_dir, live_dev, live_root)
         registry = Registry(state_dir)
         entries = registry.load()
         if registry.problem:
@@ -189,9 +221,9 @@ def remount(
         identities = {e.id: discovery.identity(e.pid, proc_fd) for e in selected}
         itself = [(e.pid, e.mntns) for e in selected if identities[e.id][1] == e.mntns]
         namespaces, stale = _find_stale(fstype, proc_fd, itself, host_ns, ids is None, live_dev, stale_devs,
-                                        probe_timeout, report)
+                                        probe_timeout, report, ours, state_dir)
         t3 = time.perf_counter()
-        todo, known = plan(namespaces, selected, identities, live_dev, stale, host_ns)
+        todo, known = plan(namespaces, selected, identities, live_dev, stale, host_ns, instance_prefix(state_dir))
         report.mode = MODE_BENEATH if _use_beneath(beneath) else MODE_DETACH_MOVE
         if dry_run:
             report.namespaces += known
@@ -208,23 +240,38 @@ def remount(
         gone = {e.id: (e.pid, e.start_time) for e in selected if e.id in gone_ids}
         if gone:
             registry.remove_if(gone)
+        if ours is not None and ids is None:
+            _forget_unused(state_dir, ours, namespaces, live_dev, fstype, proc_fd)
         return report
     except TimeoutError as e:
         report.error = str(e)
         return report
     finally:
-        if lock_fd >= 0:
-            os.close(lock_fd)
+        _unlock(lock_fd)
         os.close(proc_fd)
         report.duration_ms = (time.perf_counter() - t0) * 1000
 
 
+def _forget_unused(state_dir: str, ours: dict[int, float], namespaces: dict[int, NsView], live_dev: int,
+                   fstype: str, proc_fd: int, age: float = 60.0) -> None:
+    """Forget recorded devices no mount uses any more (after a full scan): the kernel hands a freed FUSE
+    device number to the next FUSE mount, which may be anyone's. Records younger than `age` seconds stay
+    (a daemon may have recorded its device after our scan)."""
+    used = {m.dev for view in namespaces.values() for m in view.mounts} | {live_dev}
+    used |= {m.dev for m in discovery.parse_ours(discovery.read_all("self/mountinfo", proc_fd), fstype)}
+    now = time.time()
+    devices.forget(state_dir, {dev for dev, when in ours.items() if dev not in used and now - when > age})
+
+
 def _find_stale(fstype: str, proc_fd: int, itself: list[tuple[int, int]], host_ns: int, everyone: bool, live_dev: int,
-                stale_devs: set[int] | None, probe_timeout: float,
-                report: RemountReport) -> tuple[dict[int, NsView], set[int]]:
+                stale_devs: set[int] | None, probe_timeout: float, report: RemountReport,
+                ours: dict[int, float] | None = None, state_dir: str = "") -> tuple[dict[int, NsView], set[int]]:
     """Discover the namespaces (registered ones through their init first) and decide which devices are
-    stale: `stale_devs` if given, else those the prober finds dead (it runs while discovery scans)."""
-    prober = None if stale_devs is not None else discovery.Prober(proc_fd, skip=(live_dev,), timeout=probe_timeout)
+    stale: `stale_devs` if given, else those of `ours` (None: any) the prober finds dead (it runs while
+    discovery scans). Devices not ours are not even probed: their daemon is a container's, and may never
+    answer."""
+    prober = None if stale_devs is not None else discovery.Prober(proc_fd, skip=(live_dev,), timeout=probe_timeout,
+                                                                  only=None if ours is None else set(ours))
     t1 = time.perf_counter()
     try:
         namespaces = discovery.discover(fstype, proc_fd, itself, host_ns, everyone=everyone,
@@ -235,6 +282,15 @@ def _find_stale(fstype: str, proc_fd: int, itself: list[tuple[int, int]], host_n
     report.phases_ms.update(discover=(t2 - t1) * 1000, probe=(time.perf_counter() - t2) * 1000)
     if prober is None:
         return namespaces, set(stale_devs or ()) - {live_dev}
+    if ours is not None:
+        foreign: dict[int, int] = {}
+        for view in namespaces.values():
+            for m in top_mounts(view.mounts).values():
+                if m.dev != live_dev and m.dev not in ours:
+                    foreign[m.dev] = foreign.get(m.dev, 0) + 1
+        for dev, n in sorted(foreign.items()):
+            report.warnings.append(f"device {fmt_dev(dev)} ({n} mount(s) of {fstype}) is not recorded as ours in "
+                                   f"{state_dir}/{devices.DEVICES}: left alone (--any-device acts on it)")
     for dev, state in sorted(states.items()):
         if state not in (discovery.DEAD, discovery.LIVE):
             report.warnings.append(f"connection {fmt_dev(dev)} is {state} (probed through pid "
@@ -281,6 +337,7 @@ def attach(
     Holds the remount lock when `state_dir` is given. Returns the report; raises procfs.ProcessGone if the
     pid does not exist, AttachError (an OSError) if any target was refused or failed.
     """
+    children.reap_left_behind()
     proc_fd = discovery.open_proc()
     lock_fd = _lock(state_dir, 30.0) if state_dir else -1
     try:
@@ -315,8 +372,7 @@ def attach(
             raise AttachError(rep)
         return rep
     finally:
-        if lock_fd >= 0:
-            os.close(lock_fd)
+        _unlock(lock_fd)
         os.close(proc_fd)
 
 

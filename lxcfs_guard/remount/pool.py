@@ -18,6 +18,7 @@ import time
 from collections.abc import Sequence
 
 from lxcfs_guard.kernel import syscalls as sc
+from lxcfs_guard.remount import children
 from lxcfs_guard.remount.plan import Job
 from lxcfs_guard.remount.report import FAILED, NamespaceReport, TargetError
 from lxcfs_guard.remount.steps import Context, run_job
@@ -31,12 +32,12 @@ def _frame(kind: bytes, index: int, body: bytes = b"") -> bytes:
 
 def _encode(rep: NamespaceReport) -> bytes:
     return marshal.dumps((rep.id, rep.pid, rep.mntns, rep.action, rep.repaired,
-                          [(e.target, e.errno, e.message) for e in rep.errors], rep.duration_ms))
+                          [(e.target, e.errno, e.message) for e in rep.errors], rep.duration_ms, rep.detached))
 
 
 def _decode(body: bytes) -> NamespaceReport:
-    cid, pid, mntns, action, repaired, errors, ms = marshal.loads(body)
-    return NamespaceReport(cid, pid, mntns, action, repaired, [TargetError(*e) for e in errors], ms)
+    cid, pid, mntns, action, repaired, errors, ms, detached = marshal.loads(body)
+    return NamespaceReport(cid, pid, mntns, action, repaired, [TargetError(*e) for e in errors], ms, detached)
 
 
 def _run_job_safe(ctx: Context, job: Job) -> NamespaceReport:
@@ -99,7 +100,7 @@ def _worker_main(ctx: Context, jobs: Sequence[Job], w: int, threads: int) -> Non
 class _Worker:
     """The parent's view of one worker: its queue, which namespaces it started when, which it finished."""
 
-    __slots__ = ("pid", "fd", "jobs", "started", "done", "buf", "spawned")
+    __slots__ = ("pid", "pidfd", "fd", "jobs", "started", "done", "buf", "spawned")
 
     def __init__(self, ctx: Context, jobs: Sequence[Job], threads: int) -> None:
         r, w = os.pipe2(os.O_CLOEXEC)
@@ -108,14 +109,21 @@ class _Worker:
             os.close(r)
             _worker_main(ctx, jobs, w, threads)
         os.close(w)
+        self.pidfd = children.pidfd(pid)
         self.pid, self.fd, self.jobs, self.buf = pid, r, jobs, b""
         self.started: dict[int, float] = {}
         self.done: set[int] = set()
         self.spawned = time.monotonic()
 
-    def reap(self) -> None:
+    def reap(self, killed: bool) -> bool:
+        """Reap the worker (SIGKILLed first if `killed`) with a deadline: a worker stuck in the kernel (a
+        move_mount waiting for an inode lock a container holds) cannot die and is left behind. True if
+        reaped."""
         os.close(self.fd)
-        os.waitpid(self.pid, 0)
+        if not killed and children.wait(self.pid, self.pidfd, time.monotonic() + 2.0):
+            os.close(self.pidfd)
+            return True
+        return children.kill_and_reap(self.pid, self.pidfd, grace=0.5)
 
     def in_flight(self) -> list[int]:
         return [i for i in self.started if i not in self.done]
@@ -159,14 +167,13 @@ def run_jobs(ctx: Context, jobs: Sequence[Job], workers: int, timeout: float,
     def retire(wk: _Worker, late: int | None) -> None:
         poller.unregister(wk.fd)
         del active[wk.fd]
-        if late is not None:
-            os.kill(wk.pid, 9)
-        wk.reap()
+        reaped = wk.reap(killed=late is not None)
         now = time.monotonic()
+        stuck = "" if reaped else f"; worker pid {wk.pid} cannot die (state {children.state(wk.pid) or '?'}): left behind"
         for i in wk.in_flight():
             if late is not None and wk.started[i] + timeout <= now:
-                fail(wk.jobs[i], errno.ETIMEDOUT, f"this namespace did not finish within {timeout:g} s; worker killed",
-                     timeout * 1000)
+                fail(wk.jobs[i], errno.ETIMEDOUT,
+                     f"this namespace did not finish within {timeout:g} s; worker killed{stuck}", timeout * 1000)
             elif late is not None:
                 fail(wk.jobs[i], errno.EINTR, "interrupted: its worker was killed for another namespace's deadline")
             else:

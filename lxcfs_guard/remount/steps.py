@@ -15,7 +15,7 @@ import time
 from lxcfs_guard.kernel import procfs
 from lxcfs_guard.kernel import syscalls as sc
 from lxcfs_guard.remount import discovery
-from lxcfs_guard.remount.plan import ATTACH, UNCOVER, Fix, Job
+from lxcfs_guard.remount.plan import ATTACH, BENEATH, DETACH, UNCOVER, Fix, Job
 from lxcfs_guard.remount.report import (
     ALREADY_LIVE, FAILED, GONE, REFUSED, REPAIRED, NamespaceReport, TargetError, fmt_dev,
 )
@@ -50,6 +50,7 @@ class Context:
         self.live_attrs = live_attrs
         self.live_shared = live_shared
         self.sources = sources
+        self.kinds = {src: source_kind(fd) for src, fd in sources.items() if isinstance(fd, int)}
         self.beneath = beneath
         self.fd_dir = -1  # the worker's own /proc/self/fd, opened after fork
 
@@ -95,14 +96,27 @@ def _resolve(rootfd: int, target: str) -> int:
         raise
 
 
-def _check_file(mode: int) -> None:
+_KIND = {_S_IFREG: "a file", _S_IFDIR: "a directory"}
+
+
+def _check_kind(mode: int, want: int | None) -> None:
+    """A target must be a regular file or a directory, and of the same kind as the live source (`want`;
+    None: either). A bind whose kind changed (a file bind that is now a directory, or the reverse) is
+    not ours to reinterpret: refused."""
     kind = mode & _S_IFMT
     if kind == _S_IFLNK:
         raise _Refusal(errno.ELOOP, "the target is a symlink; not followed")
-    if kind == _S_IFDIR:
-        raise _Refusal(errno.EISDIR, "the target is a directory, not a file")
-    if kind != _S_IFREG:
-        raise _Refusal(errno.EINVAL, f"the target is not a regular file (mode {oct(mode)})")
+    if kind not in _KIND:
+        raise _Refusal(errno.EINVAL, f"the target is neither a file nor a directory (mode {oct(mode)})")
+    if want is not None and kind != want:
+        raise _Refusal(errno.EISDIR if kind == _S_IFDIR else errno.ENOTDIR,
+                       f"the target is {_KIND[kind]}, the live source {_KIND.get(want, oct(want))}: "
+                       "its kind changed; not replaced")
+
+
+def source_kind(fd: int) -> int:
+    """S_IFREG or S_IFDIR (or another S_IFMT value) of a live source, from cached attributes."""
+    return sc.statx_cached(fd)[0] & _S_IFMT
 
 
 def _apply(ctx: Context, rootfd: int, fix: Fix, clone: int) -> bool:
@@ -113,7 +127,8 @@ def _apply(ctx: Context, rootfd: int, fix: Fix, clone: int) -> bool:
         mode, dev = sc.statx_cached(tfd)
         if dev == ctx.live_dev:
             return False
-        _check_file(mode)
+        want = None if fix.how in (UNCOVER, DETACH) else ctx.kinds.get(fix.source)
+        _check_kind(mode, want)
         if fix.how == ATTACH:
             step = "move_mount onto the target"
             sc.move_mount(clone, tfd, "", _MOVE)
@@ -121,8 +136,8 @@ def _apply(ctx: Context, rootfd: int, fix: Fix, clone: int) -> bool:
         if dev != fix.expect_dev:
             raise _Refusal(errno.EBUSY, f"the target is now on device {fmt_dev(dev)}, "
                                         f"not the stale {fmt_dev(fix.expect_dev)}")
-        if fix.how == UNCOVER or ctx.beneath:
-            if fix.how != UNCOVER:
+        if fix.how in (UNCOVER, DETACH) or ctx.beneath:
+            if fix.how == BENEATH:
                 step = "move_mount beneath the stale mount"
                 sc.move_mount(clone, tfd, "", _MOVE | sc.MOVE_MOUNT_BENEATH)
             step = "detaching the stale mount"
@@ -133,7 +148,7 @@ def _apply(ctx: Context, rootfd: int, fix: Fix, clone: int) -> bool:
         step = "resolving the uncovered target"
         under = _resolve(rootfd, fix.target)
         try:
-            _check_file(sc.statx_cached(under)[0])
+            _check_kind(sc.statx_cached(under)[0], want)
             step = "move_mount onto the uncovered target"
             sc.move_mount(clone, under, "", _MOVE)
         finally:
@@ -181,7 +196,7 @@ def run_job(ctx: Context, job: Job) -> NamespaceReport:
         clones: list[tuple[Fix, int]] = []
         for fix in job.fixes:
             try:
-                clones.append((fix, -1 if fix.how == UNCOVER else _clone(ctx, fix)))
+                clones.append((fix, -1 if fix.how in (UNCOVER, DETACH) else _clone(ctx, fix)))
                 if clones[-1][1] >= 0:
                     fds.append(clones[-1][1])
             except OSError as e:
@@ -221,12 +236,15 @@ def run_job(ctx: Context, job: Job) -> NamespaceReport:
                 dev, why = -1, f"verifying: {e}"
             else:
                 why = f"verifying: still on device {fmt_dev(dev)}"
-            if dev == ctx.live_dev:
+            if fix.how == DETACH and dev not in (-1, fix.expect_dev):
+                rep.detached.append(fix.target)  # (off any device of ours: what was under the copy)
+            elif fix.how != DETACH and dev == ctx.live_dev:
                 rep.repaired.append(fix.target)
             else:
                 failed = True
                 rep.errors.append(TargetError(fix.target, errno.EIO, why))
-        rep.action = FAILED if failed else REFUSED if refused else REPAIRED if rep.repaired else ALREADY_LIVE
+        changed = rep.repaired or rep.detached
+        rep.action = FAILED if failed else REFUSED if refused else REPAIRED if changed else ALREADY_LIVE
         return rep
     finally:
         for fd in fds:

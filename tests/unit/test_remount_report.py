@@ -40,5 +40,5 @@ def test_text_has_a_line_per_container_and_a_summary() -> None:
     r = RemountReport("/mnt", "fuse.lxcfs-guard", dry_run=True)
     r.namespaces = [NamespaceReport("c1", 5, 6, REPAIRED, ["/a", "/b"])]
     text = r.text()
-    assert "c1" in text and "would repair" in text and "2 file(s)" in text
+    assert "c1" in text and "would repair" in text and "2 bind(s)" in text
     assert text.splitlines()[-1].startswith("1 container(s): 1 repaired (dry run)")
