@@ -11,7 +11,8 @@ by init once we exit.
 
 Parent-only fds (the remount lock) are closed in every child right after fork (os.register_at_fork): a
 forked child shares the parent's open file description, so a stuck child would otherwise keep the flock
-for as long as it is stuck, and every later run would wait for it.
+for as long as it is stuck, and every later run would wait for it. Likewise each of our children puts its
+stdio on /dev/null first (`quiet`), so a stuck one does not keep the caller's stdout pipe open.
 """
 
 from __future__ import annotations
@@ -36,6 +37,16 @@ def _close_parent_only() -> None:  # pragma: no cover - runs in the child
 
 
 os.register_at_fork(after_in_child=_close_parent_only)
+
+
+def quiet() -> None:  # pragma: no cover - runs in the child
+    """In a freshly forked child of ours: stdin, stdout and stderr on /dev/null. A child that gets stuck
+    must not hold the caller's pipes open either: whoever reads our output (a shell's `$(...)`, the OCI
+    runtime, a test) would wait for their end as long as the child is stuck."""
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
 
 
 def parent_only(fd: int) -> int:

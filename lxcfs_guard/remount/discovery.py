@@ -120,6 +120,7 @@ def scan(fstype: str, proc_fd: int, *, pids: Iterable[int] | None = None, skip: 
     child = os.fork()
     if child == 0:  # pragma: no cover - runs in the child
         try:
+            children.quiet()
             os.close(r)
             part = _read_part(fstype, proc_fd, firsts[1::2], None)
             data = marshal.dumps([(v.mntns, v.pid, [(m.mount_id, m.parent_id, m.dev, m.root, m.target, m.options,
@@ -218,6 +219,7 @@ class Prober:
         child = os.fork()
         if child == 0:  # pragma: no cover - runs in the child
             try:
+                children.quiet()
                 os.close(r)
                 _probe_child(self.proc_fd, pid, target, w)
             finally:
@@ -291,6 +293,7 @@ def answers(path_fd: int, timeout: float) -> str:
     child = os.fork()
     if child == 0:  # pragma: no cover - runs in the child
         try:
+            children.quiet()
             os.close(r)
             try:
                 os.fstatvfs(path_fd)

@@ -249,6 +249,11 @@ def remount(
     finally:
         _unlock(lock_fd)
         os.close(proc_fd)
+        report.left_behind = sorted(children.LEFT_BEHIND)
+        if report.left_behind:
+            report.warnings.append(f"{len(report.left_behind)} child process(es) stuck in the kernel (a FUSE daemon "
+                                   f"that never answers, or a lock a container holds) left behind, not waited for: "
+                                   f"pid {', '.join(map(str, report.left_behind))}")
         report.duration_ms = (time.perf_counter() - t0) * 1000
 
 

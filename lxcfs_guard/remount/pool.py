@@ -106,6 +106,7 @@ class _Worker:
         r, w = os.pipe2(os.O_CLOEXEC)
         pid = os.fork()
         if pid == 0:  # pragma: no cover
+            children.quiet()
             os.close(r)
             _worker_main(ctx, jobs, w, threads)
         os.close(w)

@@ -127,7 +127,7 @@ class RemountReport:
     could not start (`error`)."""
 
     __slots__ = ("live_root", "live_dev", "fstype", "mode", "dry_run", "namespaces", "warnings", "error",
-                 "duration_ms", "phases_ms")
+                 "duration_ms", "phases_ms", "left_behind")
 
     def __init__(self, live_root: str, fstype: str, dry_run: bool = False) -> None:
         self.live_root = live_root
@@ -140,6 +140,7 @@ class RemountReport:
         self.error: str | None = None
         self.duration_ms = 0.0
         self.phases_ms: dict[str, float] = {}  # where the time went: discover, probe, repair
+        self.left_behind: list[int] = []  # our children stuck in the kernel (D state), not waited for
 
     @property
     def ok(self) -> bool:
@@ -164,7 +165,7 @@ class RemountReport:
                 "live_dev": None if dev is None else fmt_dev(dev),
                 "mode": self.mode, "dry_run": self.dry_run, "error": self.error, "warnings": list(self.warnings),
                 "counts": {a: self.count(a) for a in ACTIONS},
-                "broken": self.broken(),
+                "broken": self.broken(), "left_behind": list(self.left_behind),
                 "namespaces": [ns.to_dict() for ns in self.namespaces], "duration_ms": round(self.duration_ms, 3),
                 "phases_ms": {k: round(v, 3) for k, v in self.phases_ms.items()}}
 
