@@ -119,8 +119,8 @@ def run_serve(args: argparse.Namespace) -> int:
                 return os.fstat(f.fileno()).st_dev
 
         dev = await trio.to_thread.run_sync(check)
-        state_path.append(write_state(args.state_dir, mountpoint))
         devices.record(args.state_dir, dev, mountpoint)  # remount acts only on devices recorded as ours
+        state_path.append(write_state(args.state_dir, mountpoint))
         notify("READY=1")
         notify(f"STATUS=serving {mountpoint}")
         log.info("ready")

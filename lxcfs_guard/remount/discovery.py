@@ -203,6 +203,7 @@ class Prober:
         self.samples: dict[int, tuple[int, str]] = {}
         self._children: dict[int, tuple[int, int]] = {}  # read fd -> (dev, child pid)
         self._pidfds: dict[int, int] = {}  # read fd -> the child's pidfd
+        self.left_behind: dict[int, int] = {}  # device -> its probe child, stuck in the kernel
         self._began: dict[int, float] = {}  # read fd -> when the child began (or reached statfs)
         self._at_statfs: set[int] = set()
         self._out: dict[int, str] = {}
@@ -272,7 +273,8 @@ class Prober:
                 os.close(pidfd)
                 continue
             # A child that read a daemon's never-answered request sleeps uninterruptibly: left behind.
-            children.kill_and_reap(child, pidfd, grace=0.2)
+            if not children.kill_and_reap(child, pidfd, grace=0.2):
+                self.left_behind[dev] = child
         self._children.clear()
         return self._out
 

@@ -49,7 +49,7 @@ from collections.abc import Iterable, Sequence
 from lxcfs_guard import config, devices
 from lxcfs_guard.kernel import procfs
 from lxcfs_guard.kernel import syscalls as sc
-from lxcfs_guard.remount import children, discovery
+from lxcfs_guard.remount import children, discovery, stuck
 from lxcfs_guard.remount.plan import ATTACH, Fix, Job, NsView, instance_prefix, plan, top_mounts
 from lxcfs_guard.remount.pool import THREADS, run_jobs
 from lxcfs_guard.remount.registry import Entry, Registry
@@ -207,6 +207,7 @@ def remount(
             return report
         report.live_dev = live_dev
         ours = None if any_device or stale_devs is not None else devices.recorded(state_dir)
+        held = stuck.active(state_dir)
         if not dry_run:
             devices.record(state_dir, live_dev, live_root)
         registry = Registry(state_dir)
@@ -221,9 +222,13 @@ def remount(
         identities = {e.id: discovery.identity(e.pid, proc_fd) for e in selected}
         itself = [(e.pid, e.mntns) for e in selected if identities[e.id][1] == e.mntns]
         namespaces, stale = _find_stale(fstype, proc_fd, itself, host_ns, ids is None, live_dev, stale_devs,
-                                        probe_timeout, report, ours, state_dir)
+                                        probe_timeout, report, ours, state_dir, held)
         t3 = time.perf_counter()
         todo, known = plan(namespaces, selected, identities, live_dev, stale, host_ns, instance_prefix(state_dir))
+        known += [NamespaceReport(j.id, j.pid, j.mntns, FAILED, errors=[TargetError(
+            "-", errno.EBUSY, f"a repair of this namespace by an earlier run (pid {held[stuck.ns_key(j.mntns)]}) is "
+            "still stuck in the kernel; not tried again until it ends")]) for j in todo if stuck.ns_key(j.mntns) in held]
+        todo = [j for j in todo if stuck.ns_key(j.mntns) not in held]
         report.mode = MODE_BENEATH if _use_beneath(beneath) else MODE_DETACH_MOVE
         if dry_run:
             report.namespaces += known
@@ -233,7 +238,7 @@ def remount(
         t4 = time.perf_counter()
         report.phases_ms["plan"] = (t4 - t3) * 1000
         results = _execute(todo, live_root, live_dev, live_attrs, live_shared, report.mode == MODE_BENEATH,
-                           proc_fd, jobs, timeout, threads)
+                           proc_fd, jobs, timeout, threads, state_dir)
         report.phases_ms["repair"] = (time.perf_counter() - t4) * 1000
         report.namespaces += known + results
         gone_ids = {ns.id for ns in report.namespaces if ns.action == GONE}
@@ -270,12 +275,22 @@ def _forget_unused(state_dir: str, ours: dict[int, float], namespaces: dict[int,
 
 def _find_stale(fstype: str, proc_fd: int, itself: list[tuple[int, int]], host_ns: int, everyone: bool, live_dev: int,
                 stale_devs: set[int] | None, probe_timeout: float, report: RemountReport,
-                ours: dict[int, float] | None = None, state_dir: str = "") -> tuple[dict[int, NsView], set[int]]:
+                ours: dict[int, float] | None = None, state_dir: str = "",
+                held: dict[str, int] | None = None) -> tuple[dict[int, NsView], set[int]]:
     """Discover the namespaces (registered ones through their init first) and decide which devices are
     stale: `stale_devs` if given, else those of `ours` (None: any) the prober finds dead (it runs while
     discovery scans). Devices not ours are not even probed: their daemon is a container's, and may never
-    answer."""
-    prober = None if stale_devs is not None else discovery.Prober(proc_fd, skip=(live_dev,), timeout=probe_timeout,
+    answer. A device an earlier run's probe is still stuck on (`held`) is not asked again."""
+    held = held or {}
+    skip = {live_dev}
+    for key, pid in held.items():
+        if key.startswith("dev-"):
+            major, _, minor = key[4:].partition(":")
+            dev = os.makedev(int(major), int(minor))
+            skip.add(dev)
+            report.warnings.append(f"device {fmt_dev(dev)}: a probe by an earlier run (pid {pid}) is still stuck "
+                                   "on it; not asked again, its binds left alone")
+    prober = None if stale_devs is not None else discovery.Prober(proc_fd, skip=skip, timeout=probe_timeout,
                                                                   only=None if ours is None else set(ours))
     t1 = time.perf_counter()
     try:
@@ -284,6 +299,8 @@ def _find_stale(fstype: str, proc_fd: int, itself: list[tuple[int, int]], host_n
     finally:
         t2 = time.perf_counter()
         states = prober.results() if prober else {}
+        if prober and prober.left_behind and state_dir:
+            stuck.record(state_dir, {stuck.dev_key(dev): pid for dev, pid in prober.left_behind.items()})
     report.phases_ms.update(discover=(t2 - t1) * 1000, probe=(time.perf_counter() - t2) * 1000)
     if prober is None:
         return namespaces, set(stale_devs or ()) - {live_dev}
@@ -304,15 +321,19 @@ def _find_stale(fstype: str, proc_fd: int, itself: list[tuple[int, int]], host_n
 
 
 def _execute(todo: list[Job], live_root: str, live_dev: int, live_attrs: int, live_shared: bool, beneath: bool,
-             proc_fd: int, jobs: int | None, timeout: float, threads: int = THREADS) -> list[NamespaceReport]:
+             proc_fd: int, jobs: int | None, timeout: float, threads: int = THREADS,
+             state_dir: str | None = None) -> list[NamespaceReport]:
     if not todo:
         return []
     sources = _open_sources(live_root, {f.source for j in todo for f in j.fixes})
     ctx = Context(proc_fd, live_dev, live_attrs, live_shared, sources, beneath)
+    left: dict[int, int] = {}
     try:
-        return run_jobs(ctx, todo, jobs or _default_workers(len(todo)), timeout, threads)
+        return run_jobs(ctx, todo, jobs or _default_workers(len(todo)), timeout, threads, left)
     finally:
         ctx.close()
+        if left and state_dir:
+            stuck.record(state_dir, {stuck.ns_key(mntns): pid for mntns, pid in left.items()})
 
 
 # --- attach: bind into a container that has none -----------------------------------------------------------
@@ -369,7 +390,7 @@ def attach(
                                  target in optional))
         job = Job(cid or f"pid:{pid}", pid, mntns, fixes, start_time, refusals, root)
         rep = (_execute([job], live_root, live_dev, live_attrs, live_shared, _use_beneath(beneath), proc_fd, 1,
-                        timeout)
+                        timeout, state_dir=state_dir)
                or [NamespaceReport(job.id, pid, mntns, REFUSED if refusals else ALREADY_LIVE, errors=refusals)])[0]
         if rep.action == GONE:
             raise procfs.ProcessGone(pid)

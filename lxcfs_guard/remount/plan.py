@@ -156,10 +156,17 @@ def instance_prefix(state_dir: str) -> str:
 def _stale_fixes(tops: Iterable[Mount], by_id: Mapping[int, Mount], live_dev: int, stale_devs: set[int],
                  detach_under: str | None) -> tuple[list[Fix], list[TargetError]]:
     """Fixes for the stale top mounts among `tops`; a stale directory bind with mounts inside it is
-    refused (detaching it would take those mounts with it; its clone would not have them)."""
+    refused (detaching it would take those mounts with it; its clone would not have them). A live top
+    mount right on another live one at the same target (a worker left stuck by an earlier run finished
+    its move after all) is detached: UNCOVER with the live device expected."""
     fixes: list[Fix] = []
     refusals: list[TargetError] = []
     for m in tops:
+        if m.dev == live_dev:
+            under = by_id.get(m.parent_id)
+            if under is not None and under.target == m.target and under.dev == live_dev:
+                fixes.append(Fix(m.root, m.target, UNCOVER, live_dev, attrs_from_options(m.options)))
+            continue
         if m.dev not in stale_devs:
             continue
         if m.submounts:
@@ -231,7 +238,7 @@ def plan(
             elif m.dev != live_dev:
                 refusals.append(TargetError(bind.target, errno.EBUSY,
                                             f"bound to another live connection ({fmt_dev(m.dev)}), not ours to replace"))
-        stale += [m for m in tops.values() if m.target not in wanted]
+        stale += [m for m in tops.values() if m.target not in wanted or m.dev == live_dev]
         more, refused = _stale_fixes(stale, by_id, live_dev, stale_devs, detach_under)
         fixes += more
         refusals += refused

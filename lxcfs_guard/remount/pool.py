@@ -145,11 +145,13 @@ class _Worker:
 
 
 def run_jobs(ctx: Context, jobs: Sequence[Job], workers: int, timeout: float,
-             threads: int = THREADS) -> list[NamespaceReport]:
+             threads: int = THREADS, stuck: dict[int, int] | None = None) -> list[NamespaceReport]:
     """Run `jobs` on up to `workers` forked workers of `threads` threads; each namespace gets `timeout`
     seconds from its start. A worker with a namespace past its deadline is killed: that namespace fails
     with ETIMEDOUT, any other it had under way fails as interrupted (a later run finishes it: see UNCOVER),
-    and a new worker takes the ones it had not started. Reports come back in the order of `jobs`."""
+    and a new worker takes the ones it had not started. A killed worker that cannot die (stuck in the
+    kernel) is left behind; `stuck` gets {mntns: its pid} for the namespaces it had under way. Reports
+    come back in the order of `jobs`."""
     results: dict[int, NamespaceReport] = {}
     index = {id(job): i for i, job in enumerate(jobs)}
     active: dict[int, _Worker] = {}
@@ -170,11 +172,13 @@ def run_jobs(ctx: Context, jobs: Sequence[Job], workers: int, timeout: float,
         del active[wk.fd]
         reaped = wk.reap(killed=late is not None)
         now = time.monotonic()
-        stuck = "" if reaped else f"; worker pid {wk.pid} cannot die (state {children.state(wk.pid) or '?'}): left behind"
+        why = "" if reaped else f"; worker pid {wk.pid} cannot die (state {children.state(wk.pid) or '?'}): left behind"
         for i in wk.in_flight():
+            if not reaped and stuck is not None:
+                stuck[wk.jobs[i].mntns] = wk.pid
             if late is not None and wk.started[i] + timeout <= now:
                 fail(wk.jobs[i], errno.ETIMEDOUT,
-                     f"this namespace did not finish within {timeout:g} s; worker killed{stuck}", timeout * 1000)
+                     f"this namespace did not finish within {timeout:g} s; worker killed{why}", timeout * 1000)
             elif late is not None:
                 fail(wk.jobs[i], errno.EINTR, "interrupted: its worker was killed for another namespace's deadline")
             else:

@@ -125,7 +125,7 @@ def _apply(ctx: Context, rootfd: int, fix: Fix, clone: int) -> bool:
     tfd = _resolve(rootfd, fix.target)
     try:
         mode, dev = sc.statx_cached(tfd)
-        if dev == ctx.live_dev:
+        if dev == ctx.live_dev and not (fix.how == UNCOVER and fix.expect_dev == dev):
             return False
         want = None if fix.how in (UNCOVER, DETACH) else ctx.kinds.get(fix.source)
         _check_kind(mode, want)

@@ -21,10 +21,16 @@ from tests.support.daemon import LXCFS_GUARD
 
 
 def _state(pid: int) -> str:
-    """The one-letter state of `pid` ("D": uninterruptible sleep)."""
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        data = f.read()
-    return data[data.rindex(b")") + 2:][:1].decode()
+    """"D" if a thread of `pid` is in uninterruptible sleep, else the one-letter state of its leader."""
+    states = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            continue
+        states.append(data[data.rindex(b")") + 2:][:1].decode())
+    return "D" if "D" in states else states[0] if states else ""
 
 
 def _dev(dev: int) -> str:
@@ -138,3 +144,75 @@ def test_a_non_utf8_target_name_is_escaped_under_a_strict_stdout() -> None:
         out, err = proc.stdout.decode("ascii"), proc.stderr.decode(errors="replace")
         assert "Traceback" not in err and proc.returncode == 1, (out, err)
         assert "/tmp/\\xff: EBUSY" in out, out
+
+
+def _writer_holding_the_inode_lock(path: str, stub_file: str) -> int:
+    """A process that write()s to `path` from a buffer mmapped from `stub_file`, a file of a daemon that
+    never answers a read: the write takes `path`'s inode lock, then faults on the buffer and waits for the
+    daemon, holding the lock until the connection is aborted. Returns its pid once it is stuck (D state)."""
+    import mmap
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        try:
+            os.close(r)
+            src = os.open(stub_file, os.O_RDONLY)
+            buf = mmap.mmap(src, 1 << 16, prot=mmap.PROT_READ)
+            dst = os.open(path, os.O_WRONLY)
+            os.write(w, b"x")
+            os.write(dst, buf)  # the fault happens with dst's inode lock held
+        finally:
+            os._exit(0)
+    os.close(w)
+    assert os.read(r, 1) == b"x"
+    os.close(r)
+    deadline = time.monotonic() + 10
+    while _state(pid) != "D":
+        assert time.monotonic() < deadline, "the writer never got stuck"
+        time.sleep(0.01)
+    return pid
+
+
+def test_a_move_mount_blocked_on_an_inode_lock_a_container_holds_is_left_behind() -> None:
+    """H2 (a): a container holds the inode lock of the file under its own extra bind of our meminfo (a
+    write from a buffer mmapped from a never-answering FUSE file). Repairing that bind means move_mount
+    beneath it, which waits for that lock, uninterruptibly: the worker is killed at the deadline, cannot
+    die and is left behind; the run returns, the other container is repaired, the next run does not wait
+    for the lock. Once the connection is aborted, a run repairs the bind, nothing stacked."""
+    with daemon() as d, light_containers(2, bind_from=d.mountpoint) as (c, other):
+        pids = {c.pid, other.pid}
+        open(c.host_path("/tmp/f"), "w").close()
+        c.call(lambda: sc.mount(d.mountpoint + "/proc/meminfo", c.host_path("/tmp/f"), None, sc.MS_BIND),
+               chroot=False)
+        writer = 0
+        try:
+            with stub_fuse.running(hang="read") as (top, _):
+                writer = _writer_holding_the_inode_lock(c.host_path("/tmp/f"), top + "/big")
+                sc.umount2(top, sc.MNT_DETACH)  # the writer's mmap keeps the stub's file; nothing on the host
+                d.kill()
+                d.start()
+                t0 = time.monotonic()
+                proc = cli(d, "remount", "--all", "--json", "--timeout", "3", "--jobs", "1", timeout=15)
+                took = time.monotonic() - t0
+                assert proc.stdout, proc.stderr
+                report = json.loads(proc.stdout)
+                assert took < 15 and proc.returncode == 1, (took, report)
+                assert actions(report, pids) == {c.pid: "failed", other.pid: "repaired"}, report
+                (ns,) = [ns for ns in report["namespaces"] if ns["pid"] == c.pid]
+                assert ns["errors"][0]["errname"] == "ETIMEDOUT" and "left behind" in ns["errors"][0]["message"]
+                stuck = report["left_behind"]
+                assert stuck and all(_state(pid) == "D" for pid in stuck), report
+                t0 = time.monotonic()
+                proc = cli(d, "remount", "--all", "--json", "--timeout", "1", timeout=15)
+                assert time.monotonic() - t0 < 10 and json.loads(proc.stdout)["error"] is None, proc.stdout
+        finally:
+            if writer:
+                os.kill(writer, signal.SIGKILL)
+                os.waitpid(writer, 0)
+        # the connection is aborted: the lock is free; whatever the stuck worker finished, a run completes it
+        time.sleep(0.2)
+        rc, report = remount_json(d, "--all")
+        assert rc == 0 and actions(report, {c.pid}).get(c.pid, "already_live") in ("repaired", "already_live")
+        assert [t for t, _, _ in our_mounts(c, d.fstype)].count("/tmp/f") == 1
+        assert c.read("/tmp/f")[0] == 0
