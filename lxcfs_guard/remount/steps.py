@@ -38,6 +38,12 @@ class _Refusal(Exception):
         self.message = message
 
 
+class _Vanished(Exception):
+    """The stale mount's target no longer resolves from the pid's root: the namespace changed since
+    discovery read it (a runtime's init that pivot_root'ed meanwhile, a directory removed). Nothing is
+    left there to repair."""
+
+
 class Context:
     """What every worker inherits through fork: fds opened once in the host namespace."""
 
@@ -122,7 +128,12 @@ def source_kind(fd: int) -> int:
 def _apply(ctx: Context, rootfd: int, fix: Fix, clone: int) -> bool:
     """Inside the container's namespace: make `fix.target` serve `clone`. False if it already did."""
     step = "resolving the target"
-    tfd = _resolve(rootfd, fix.target)
+    try:
+        tfd = _resolve(rootfd, fix.target)
+    except FileNotFoundError:
+        if fix.how == ATTACH:
+            raise
+        raise _Vanished() from None
     try:
         mode, dev = sc.statx_cached(tfd)
         if dev == ctx.live_dev and not (fix.how == UNCOVER and fix.expect_dev == dev):
@@ -203,6 +214,7 @@ def run_job(ctx: Context, job: Job) -> NamespaceReport:
                 failed = True
                 rep.errors.append(TargetError(fix.target, e.errno, f"cloning the live file: {e.strerror}"))
         done: list[Fix] = []
+        vanished = 0
         sc.setns(nsfd, sc.CLONE_NEWNS)
         try:
             os.fchdir(ctx.fd_dir)
@@ -216,6 +228,10 @@ def run_job(ctx: Context, job: Job) -> NamespaceReport:
                 except _Refusal as r:
                     refused = True
                     rep.errors.append(TargetError(fix.target, r.errno, r.message))
+                except _Vanished:
+                    vanished += 1
+                    rep.errors.append(TargetError(fix.target, errno.ENOENT, "no longer there (the namespace "
+                                                  "changed since it was read): nothing to repair"))
                 except OSError as e:
                     if not (fix.optional and e.errno == errno.ENOENT):
                         failed = True
@@ -245,6 +261,8 @@ def run_job(ctx: Context, job: Job) -> NamespaceReport:
                 rep.errors.append(TargetError(fix.target, errno.EIO, why))
         changed = rep.repaired or rep.detached
         rep.action = FAILED if failed else REFUSED if refused else REPAIRED if changed else ALREADY_LIVE
+        if vanished == len(job.fixes) and job.start_time is None and not job.refusals:
+            rep.action = GONE  # (a discovered namespace only: GONE unregisters a registered container)
         return rep
     finally:
         for fd in fds:
