@@ -23,6 +23,8 @@ from lxcfs_guard.remount import children
 from lxcfs_guard.remount.plan import Mount, NsView, top_mounts
 
 
+_FSTATFS = {"x86_64": b"138", "aarch64": b"44"}.get(os.uname().machine)  # fstatfs(2): /proc/PID/syscall's number
+
 DEAD = "dead"
 LIVE = "live"
 HUNG = "hung"
@@ -231,15 +233,26 @@ class Prober:
         self._began[r] = time.monotonic()
 
     def _held_by_daemon(self, r: int, now: float) -> bool:
-        """The child is in its statfs and the request sits with a daemon (see the class doc)."""
+        """The child is in its statfs and the request sits with a daemon (see the class doc): it sleeps
+        inside fstatfs (/proc/PID/syscall names the call it is blocked in; a dead connection answers
+        without sleeping). Only where neither that nor wchan can be read do `grace` seconds stand in for
+        it: a child merely waiting for a CPU on a loaded host is not asleep, and must not be taken for
+        one held by a daemon (its dead connection would then be left unrepaired)."""
         if r not in self._at_statfs:
             return False
+        pid = self._children[r][1]
         try:
-            wchan = read_all(f"{self._children[r][1]}/wchan", self.proc_fd)
+            wchan = read_all(f"{pid}/wchan", self.proc_fd)
         except OSError:
             wchan = b""
         if wchan == b"request_wait_answer":
             return True
+        try:
+            call = read_all(f"{pid}/syscall", self.proc_fd).split(b" ", 1)[0]
+        except OSError:
+            call = b""
+        if call and _FSTATFS is not None:
+            return call == _FSTATFS
         return wchan in (b"", b"0") and now > self._began[r] + self.grace
 
     def results(self) -> dict[int, str]:
