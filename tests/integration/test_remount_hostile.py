@@ -82,15 +82,21 @@ def test_a_wedged_daemon_of_our_type_holds_up_neither_the_run_nor_the_lock() -> 
 
         d.kill()
         d.start()
-        t0 = time.monotonic()
-        proc = cli(d, "remount", "--all", "--json", "--timeout", "3", "--any-device", timeout=15)
-        took = time.monotonic() - t0
-        report = json.loads(proc.stdout)
-        assert took < 15, took
-        assert actions(report, pids) == {p: "repaired" for p in pids}, report
-        assert any(_dev(dev) in w and "hung" in w for w in report["warnings"]), report
-        stuck = report["left_behind"]
-        assert stuck and all(_state(pid) == "D" for pid in stuck), (stuck, report)
+        stuck: list[int] = []
+        for attempt in range(3):  # the probe is judged held as soon as it blocks; on a loaded host the stub
+            t0 = time.monotonic()  # may not have read it yet (then it dies at once): ask again
+            proc = cli(d, "remount", "--all", "--json", "--timeout", "3", "--any-device", timeout=15)
+            took = time.monotonic() - t0
+            report = json.loads(proc.stdout)
+            assert took < 15, took
+            if attempt == 0:
+                assert actions(report, pids) == {p: "repaired" for p in pids}, report
+            assert any(_dev(dev) in w and ("hung" in w or "stuck" in w) for w in report["warnings"]), report
+            stuck = report["left_behind"]
+            assert all(_state(pid) == "D" for pid in stuck), (stuck, report)
+            if stuck:
+                break
+        assert stuck, "no probe child ever got stuck on the stub"
 
         t0 = time.monotonic()
         rc, report = remount_json(d, "--all")
