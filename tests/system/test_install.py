@@ -30,11 +30,16 @@ def healthy(box: SystemdBox) -> bool:
     return p.returncode == 0 and bool(json.loads(p.stdout or "{}").get("healthy"))
 
 
+def clone(box: SystemdBox) -> None:
+    # (from a known working directory: nsenter leaves git's cwd unresolvable, and its checkout needs one)
+    box.sh(f"cd /var/tmp && git clone -q --no-hardlinks {CHECKOUT} {CLONE}", timeout=120)
+
+
 def test_install_from_a_clone_then_delete_the_clone():
     subprocess.run(["make", "-C", CHECKOUT, "wheelhouse"], check=True, capture_output=True, timeout=900)
     with systemd_box() as box:
-        box.run("git", "clone", "-q", "--no-hardlinks", CHECKOUT, CLONE, timeout=120)
-        box.run("cp", "-a", f"{CHECKOUT}/build/wheelhouse", f"{CLONE}/build/wheelhouse")
+        clone(box)
+        box.sh(f"mkdir {CLONE}/build && cp -a {CHECKOUT}/build/wheelhouse {CLONE}/build/")
         box.run("mount", "-t", "tmpfs", "-o", "size=1m", "hide-the-checkout", CHECKOUT)
         try:
             box.run("make", "-C", CLONE, "install", timeout=300)
@@ -60,7 +65,7 @@ def test_install_from_a_clone_then_delete_the_clone():
 
         # a new clone uninstalls it all
         box.run("umount", CHECKOUT)
-        box.run("git", "clone", "-q", "--no-hardlinks", CHECKOUT, CLONE, timeout=120)
+        clone(box)
         box.run("make", "-C", CLONE, "uninstall", timeout=120)
         for path in (OPT, "/usr/local/bin/lxcfs-guard", f"/etc/systemd/system/{UNIT}", "/etc/tmpfiles.d/lxcfs-guard.conf"):
             assert box.run("test", "-e", path, check=False).returncode != 0, path
