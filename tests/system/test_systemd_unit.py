@@ -16,7 +16,6 @@ NRestarts is checked after every step.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 
