@@ -10,9 +10,9 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 
-from tests.support.containers import LightContainer
-from tests.support.daemon import LXCFS_GUARD
-from tests.support.restartable import Restartable
+from lxcfs_guard.testing.containers import LightContainer
+from lxcfs_guard.testing.daemon import LXCFS_GUARD
+from lxcfs_guard.testing.restartable import Restartable
 
 
 @contextlib.contextmanager

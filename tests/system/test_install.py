@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 
-from tests.support.procs import wait_for
+from lxcfs_guard.testing.procs import wait_for
 from tests.support.systemd_box import CHECKOUT, SystemdBox, systemd_box
 
 pytestmark = pytest.mark.systemd

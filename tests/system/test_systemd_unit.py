@@ -21,8 +21,8 @@ import time
 
 import pytest
 
-from tests.support.procs import wait_for
-from tests.support.readers import reader_fleet
+from lxcfs_guard.testing.procs import wait_for
+from lxcfs_guard.testing.readers import reader_fleet
 from tests.support.systemd_box import CHECKOUT, SystemdBox, systemd_box
 
 pytestmark = pytest.mark.systemd
