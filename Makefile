@@ -9,6 +9,8 @@ PYTEST_ARGS ?=
 PREFIX ?= /usr/local
 UNITDIR ?= /etc/systemd/system
 HOOKSDIR ?= /etc/containers/oci/hooks.d
+# The Python of the installation: the distribution's, which apt keeps patched (not whatever is first in PATH).
+PYTHON ?= /usr/bin/python3
 # The installation: its own virtualenv, independent of this clone (delete the clone, it keeps running).
 OPTDIR ?= /opt/lxcfs-guard
 # Wheels of every dependency and of the build backend: `make install` installs from here with --no-index,
@@ -37,7 +39,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 test: setup  ## the whole suite but the cgroup v2 VM tests (about 3 min)
-	$(PY) -m pytest -m "not v2" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not v2 and not image" $(PYTEST_ARGS)
 
 test-unit: setup  ## the pure unit tests only (seconds)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
@@ -48,6 +50,13 @@ test-v2: setup  ## the cgroup v2 tests in a qemu VM (about a minute)
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 	$(PY) -m tests.vm.run $(PYTEST_ARGS)
+
+# The DaemonSet's image built with podman on a debootstrap base (no image registry needed; cached by content
+# hash in podman's store: minutes the first time, under a minute after) and run as the DaemonSet runs it.
+test-image: setup  ## build deploy/kubernetes/Containerfile and run it like the DaemonSet
+	@dpkg -s debootstrap >/dev/null 2>&1 || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap >/dev/null; }
+	$(PY) -m pytest -m image tests/system/test_image.py $(PYTEST_ARGS)
 
 demo: setup  ## a real runc container, the daemon killed, the container repaired
 	$(PY) -m lxcfs_guard.demo
@@ -63,7 +72,7 @@ lint: setup  ## ruff check, ruff format --check and mypy on lxcfs_guard/
 	$(VENV)/bin/mypy lxcfs_guard
 
 wheelhouse: apt  ## wheels of every dependency (network or pip's cache) for an offline `make install`
-	test -x build/pip-venv/bin/pip || python3 -m venv build/pip-venv
+	test -x build/pip-venv/bin/pip || $(PYTHON) -m venv build/pip-venv
 	build/pip-venv/bin/pip wheel -q --disable-pip-version-check -w $(WHEELHOUSE) 'setuptools>=77' .
 	rm -f $(WHEELHOUSE)/lxcfs_guard-*.whl  # the guard's own wheel is built from the checkout at install time
 	touch $(WHEELHOUSE)/.complete
@@ -76,7 +85,7 @@ $(WHEELHOUSE)/.complete:
 PIP_OFFLINE = --disable-pip-version-check --no-index --find-links $(abspath $(WHEELHOUSE))
 install: apt $(WHEELHOUSE)/.complete  ## a self-contained install: $(OPTDIR) virtualenv, the unit, tmpfiles
 	rm -rf build/dist build/lib build/bdist.* lxcfs_guard.egg-info
-	test -x $(DESTDIR)$(OPTDIR)/bin/pip || python3 -m venv $(DESTDIR)$(OPTDIR)
+	test -x $(DESTDIR)$(OPTDIR)/bin/pip || $(PYTHON) -m venv $(DESTDIR)$(OPTDIR)
 	$(DESTDIR)$(OPTDIR)/bin/pip wheel -q $(PIP_OFFLINE) --no-deps -w build/dist .
 	$(DESTDIR)$(OPTDIR)/bin/pip install -q $(PIP_OFFLINE) --force-reinstall build/dist/lxcfs_guard-*.whl
 	rm -rf build/dist build/lib build/bdist.* lxcfs_guard.egg-info

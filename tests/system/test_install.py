@@ -62,11 +62,11 @@ def test_install_from_a_clone_then_delete_the_clone():
             print(box.journal(UNIT, 200))
             raise
 
-
         # a new clone uninstalls it all
         box.run("umount", CHECKOUT)
         clone(box)
         box.run("make", "-C", CLONE, "uninstall", timeout=120)
-        for path in (OPT, "/usr/local/bin/lxcfs-guard", f"/etc/systemd/system/{UNIT}", "/etc/tmpfiles.d/lxcfs-guard.conf"):
+        gone = (OPT, "/usr/local/bin/lxcfs-guard", f"/etc/systemd/system/{UNIT}", "/etc/tmpfiles.d/lxcfs-guard.conf")
+        for path in gone:
             assert box.run("test", "-e", path, check=False).returncode != 0, path
         assert box.show(UNIT, "LoadState") == "not-found"
