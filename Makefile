@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := fuse3 libfuse3-dev pkg-config libsystemd-dev python3-venv runc podman busybox-static lxcfs util-linux
+APT_PACKAGES := fuse3 libfuse3-dev pkg-config libsystemd-dev runc podman busybox-static lxcfs util-linux
 V2_APT_PACKAGES := qemu-system-x86 linux-image-amd64 busybox-static
 PYTEST_ARGS ?=
 PREFIX ?= /usr/local
@@ -16,6 +16,18 @@ OPTDIR ?= /opt/lxcfs-guard
 # Wheels of every dependency and of the build backend: `make install` installs from here with --no-index,
 # so a node without network installs from a wheelhouse made elsewhere (`make wheelhouse`, then copy it).
 WHEELHOUSE ?= build/wheelhouse
+# What `make install` needs on the node (no compiler), and what building the wheelhouse needs on top.
+INSTALL_APT_PACKAGES := fuse3 python3-venv
+WHEELHOUSE_APT_PACKAGES := python3-venv python3-dev gcc pkg-config libfuse3-dev libsystemd-dev
+
+# apt-get install what of $(1) is missing
+define apt_install
+	@missing=$$(for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing apt packages: $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+endef
 
 .PHONY: help setup apt test test-unit test-v2 test-image lint demo bench wheelhouse install uninstall \
         install-oci-hook uninstall-oci-hook clean
@@ -54,8 +66,7 @@ test-v2: setup  ## the cgroup v2 tests in a qemu VM (about a minute)
 # The DaemonSet's image built with podman on a debootstrap base (no image registry needed; cached by content
 # hash in podman's store: minutes the first time, under a minute after) and run as the DaemonSet runs it.
 test-image: setup  ## build deploy/kubernetes/Containerfile and run it like the DaemonSet
-	@dpkg -s debootstrap >/dev/null 2>&1 || { apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap >/dev/null; }
+	$(call apt_install,debootstrap)
 	$(PY) -m pytest -m image tests/system/test_image.py $(PYTEST_ARGS)
 
 demo: setup  ## a real runc container, the daemon killed, the container repaired
@@ -71,7 +82,8 @@ lint: setup  ## ruff check, ruff format --check and mypy on lxcfs_guard/
 	$(VENV)/bin/ruff format --check lxcfs_guard tests bench
 	$(VENV)/bin/mypy lxcfs_guard
 
-wheelhouse: apt  ## wheels of every dependency (network or pip's cache) for an offline `make install`
+wheelhouse:  ## wheels of every dependency (network or pip's cache) for an offline `make install`
+	$(call apt_install,$(WHEELHOUSE_APT_PACKAGES))
 	test -x build/pip-venv/bin/pip || $(PYTHON) -m venv build/pip-venv
 	build/pip-venv/bin/pip wheel -q --disable-pip-version-check -w $(WHEELHOUSE) 'setuptools>=77' .
 	rm -f $(WHEELHOUSE)/lxcfs_guard-*.whl  # the guard's own wheel is built from the checkout at install time
@@ -83,7 +95,8 @@ $(WHEELHOUSE)/.complete:
 # pip without an index: the guard's wheel is built from this checkout (its build backend, setuptools, comes
 # from the wheelhouse too), then installed with its dependencies into $(OPTDIR), replacing what was there.
 PIP_OFFLINE = --disable-pip-version-check --no-index --find-links $(abspath $(WHEELHOUSE))
-install: apt $(WHEELHOUSE)/.complete  ## a self-contained install: $(OPTDIR) virtualenv, the unit, tmpfiles
+install: $(WHEELHOUSE)/.complete  ## a self-contained install: $(OPTDIR) virtualenv, the unit, tmpfiles
+	$(call apt_install,$(INSTALL_APT_PACKAGES))
 	rm -rf build/dist build/lib build/bdist.* lxcfs_guard.egg-info
 	test -x $(DESTDIR)$(OPTDIR)/bin/pip || $(PYTHON) -m venv $(DESTDIR)$(OPTDIR)
 	$(DESTDIR)$(OPTDIR)/bin/pip wheel -q $(PIP_OFFLINE) --no-deps -w build/dist .
