@@ -32,6 +32,9 @@ MIRROR = "http://deb.debian.org/debian"
 BASE_RECIPE = f"debootstrap --variant=minbase {SUITE} {MIRROR}"
 CONTAINERFILE = os.path.join(CHECKOUT, "deploy", "kubernetes", "Containerfile")
 LOCK = "/run/lxcfs-guard-image-build.lock"
+# This host reaches PyPI through a TLS proxy whose CA only the host trusts (pip.conf names the bundle): the
+# build's RUN steps get both, read-only, for the duration of the build; nothing of them is in the image.
+BUILD_VOLUMES = ("/etc/pip.conf", "/etc/ssl/certs/ca-certificates.crt")
 
 
 def podman(*argv: str, timeout: float = 60.0, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -98,9 +101,11 @@ def guard_image() -> str:
     ref = f"localhost/lxcfs-guard:test-{_content_hash(base)}"
     with build_lock():
         if not exists(ref):
+            volumes = [x for v in BUILD_VOLUMES if os.path.exists(v) for x in ("-v", f"{v}:{v}:ro")]
             podman(
                 "build",
                 "--network=host",
+                *volumes,
                 "--build-arg",
                 f"BASE={base}",
                 "-f",

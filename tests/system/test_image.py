@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -35,9 +36,11 @@ from lxcfs_guard.testing.supervise import BINARY, REPO
 from tests.support import image
 from tests.support.runc import container
 
-pytestmark = pytest.mark.image
+# the first run builds the image (minutes); later ones find it cached
+pytestmark = [pytest.mark.image, pytest.mark.timeout(1800)]
 
 MEMTOTAL_64M = "MemTotal:          65536 kB"
+NOFILE = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
 
 
 @dataclass
@@ -83,6 +86,8 @@ def pod() -> Iterator[Pod]:
         image.podman(
             "run", "-d", "--name", p.name,
             "--privileged", "--pid=host", "--cgroupns=host", "--network=none",
+            # podman's default nofile and nproc exceed what this host lets us set (no CAP_SYS_RESOURCE)
+            "--ulimit", f"nofile={NOFILE}:{NOFILE}", "--ulimit", "nproc=4096:4096",
             "-v", f"{mnt}:{mnt}:rshared",
             "-v", f"{state}:{state}",
             "-v", "/sys/fs/cgroup:/sys/fs/cgroup:ro",
