@@ -7,7 +7,7 @@ is SIGKILLed and the pod's supervise repairs the container in place, with nobody
 
 The mountpoint is a fresh temporary directory (made a shared mount of its own, as the kubelet requires of a
 Bidirectional hostPath), not /var/lib/lxcfs: nothing in the DaemonSet's shape depends on the path.
-The image is built by tests/support/image.py (cached by content hash): `make test-image` runs this.
+The image is built by tests/support/image.py (cached by content hash); `make test-image` runs only this.
 """
 
 from __future__ import annotations
