@@ -136,6 +136,7 @@ def lxcfs_reference(mountpoint: str | None = None, args: tuple[str, ...] = (), t
 if __name__ == "__main__":  # smoke: python -m lxcfs_guard.testing.daemon
     with serve() as d, lxcfs_reference() as ref:
         print(d.pid, d.mountpoint, ref, file=sys.stderr)
-        print(open(d.path("proc/meminfo")).read()[:200])
+        with open(d.path("proc/meminfo")) as f:
+            print(f.read()[:200])
         with open(os.path.join(d.state_dir, "serve", f"{d.pid}.json")) as f:
             print(json.load(f))
