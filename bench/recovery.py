@@ -27,11 +27,8 @@ import statistics
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-
-from tests.support.readers import Fleet, reader_fleet  # noqa: E402
-from tests.support.watchdog import Supervised, fusectl_restored, kill_and_time, supervised  # noqa: E402
+from lxcfs_guard.testing.readers import Fleet, reader_fleet
+from lxcfs_guard.testing.supervise import Supervised, fusectl_restored, kill_and_time, supervised
 
 
 def one_fault(s: Supervised, fleet: Fleet, fault: str, standby: bool) -> dict:
@@ -64,8 +61,15 @@ def one_fault(s: Supervised, fleet: Fleet, fault: str, standby: bool) -> dict:
 
 
 def run_mode(standby: bool, n: int, rounds: int, interval: float, probe: tuple[float, float]) -> dict:
-    args = ["--standby" if standby else "--no-standby", "--max-restarts", "0",
-            "--probe-interval", str(probe[0]), "--probe-timeout", str(probe[1])]
+    args = [
+        "--standby" if standby else "--no-standby",
+        "--max-restarts",
+        "0",
+        "--probe-interval",
+        str(probe[0]),
+        "--probe-timeout",
+        str(probe[1]),
+    ]
     out: dict[str, list[dict]] = {"sigkill": [], "sigstop": [], "reload": []}
     with supervised(*args) as s, reader_fleet(n, s.mountpoint, s.state_dir, interval=interval) as fleet:
         for fault in ("sigkill", "sigstop", "reload"):
@@ -96,17 +100,23 @@ def main() -> int:
         return 0
     hang_bound = (a.probe_interval + a.probe_timeout + 1.0) * 1000
     targets = {("sigkill", "no-standby"): 300.0, ("sigkill", "standby"): 50.0}
-    print(f"recovery of {a.containers} containers, readers every {a.interval * 1000:g} ms, "
-          f"probe every {a.probe_interval:g} s / timeout {a.probe_timeout:g} s")
-    print(f"{'mode':<11} {'fault':<8} {'round':>5} {'worst ms':>9} {'median ms':>10} {'supervise ms':>13} "
-          f"{'reads':>7} {'failed':>7} {'wrong':>6}")
+    print(
+        f"recovery of {a.containers} containers, readers every {a.interval * 1000:g} ms, "
+        f"probe every {a.probe_interval:g} s / timeout {a.probe_timeout:g} s"
+    )
+    print(
+        f"{'mode':<11} {'fault':<8} {'round':>5} {'worst ms':>9} {'median ms':>10} {'supervise ms':>13} "
+        f"{'reads':>7} {'failed':>7} {'wrong':>6}"
+    )
     for mode, faults in results.items():
         for fault, rows in faults.items():
             for i, r in enumerate(rows, 1):
                 sup = r["supervise_ms"]
-                print(f"{mode:<11} {fault:<8} {i:>5} {r['worst_ms']:>9.1f} {r['median_ms']:>10.1f} "
-                      f"{'-' if sup is None or fault == 'reload' else f'{sup:.1f}':>13} "
-                      f"{r['reads']:>7} {r['failed']:>7} {r['wrong']:>6}")
+                print(
+                    f"{mode:<11} {fault:<8} {i:>5} {r['worst_ms']:>9.1f} {r['median_ms']:>10.1f} "
+                    f"{'-' if sup is None or fault == 'reload' else f'{sup:.1f}':>13} "
+                    f"{r['reads']:>7} {r['failed']:>7} {r['wrong']:>6}"
+                )
     print()
     for mode, faults in results.items():
         for fault, rows in faults.items():

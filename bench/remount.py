@@ -27,12 +27,10 @@ import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-
-from tests.support import containers as lc  # noqa: E402
-from tests.support.daemon import LXCFS_GUARD  # noqa: E402
-from tests.support.restartable import Restartable  # noqa: E402
+import lxcfs_guard
+from lxcfs_guard.testing import containers as lc
+from lxcfs_guard.testing.daemon import LXCFS_GUARD
+from lxcfs_guard.testing.restartable import Restartable
 
 FILES = lc.FILES
 
@@ -77,8 +75,22 @@ def ours(mountpoint: str, state_dir: str, fstype: str, pids: set[int]) -> tuple[
     test run on this shared host repaired some of our containers first (its supervisor repairs every
     dead connection it finds): the round is then not a measurement and is repeated."""
     t0 = time.perf_counter()
-    proc = subprocess.run([LXCFS_GUARD, "remount", "--all", "--json", "--mountpoint", mountpoint, "--state-dir",
-                           state_dir, "--fstype", fstype], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            LXCFS_GUARD,
+            "remount",
+            "--all",
+            "--json",
+            "--mountpoint",
+            mountpoint,
+            "--state-dir",
+            state_dir,
+            "--fstype",
+            fstype,
+        ],
+        capture_output=True,
+        text=True,
+    )
     took = time.perf_counter() - t0
     report = json.loads(proc.stdout)
     repaired = {ns["pid"] for ns in report["namespaces"] if ns["action"] == "repaired"}
@@ -87,8 +99,10 @@ def ours(mountpoint: str, state_dir: str, fstype: str, pids: set[int]) -> tuple[
     others = len(report["namespaces"]) - len(pids)
     note = f"; plus {others} namespace(s) of other test runs on this host" if others else ""
     phases = ", ".join(f"{k} {v:.1f}" for k, v in report["phases_ms"].items())
-    return took, (f"{len(pids)} repaired in {report['duration_ms']:.1f} ms inside the command ({phases}), "
-                  f"via {report['mode']}{note}")
+    return took, (
+        f"{len(pids)} repaired in {report['duration_ms']:.1f} ms inside the command ({phases}), "
+        f"via {report['mode']}{note}"
+    )
 
 
 def bench(n: int, use_lxcfs: bool) -> dict:
@@ -103,9 +117,10 @@ def _bench(n: int, use_lxcfs: bool, state_dir: str) -> dict:
     with lc.tunnel() as top:
         mountpoint = os.path.join(top, "lxcfs")
         os.mkdir(mountpoint)
-        with Restartable(mountpoint, state_dir, lxcfs=use_lxcfs) as d, \
-                lc.light_containers(n, memory_mib=[64 + i % 200 for i in range(n)], bind_from=mountpoint,
-                                    slave=True) as cs:
+        with (
+            Restartable(mountpoint, state_dir, lxcfs=use_lxcfs) as d,
+            lc.light_containers(n, memory_mib=[64 + i % 200 for i in range(n)], bind_from=mountpoint, slave=True) as cs,
+        ):
             check(cs, d.fstype)
             restart(d, cs)  # (a) the nsenter loop
             t_old = nsenter_loop(cs, mountpoint)
@@ -128,21 +143,28 @@ def main() -> int:
     ap.add_argument("--lxcfs", action="store_true", help="guard Debian's LXCFS (fuse.lxcfs) instead of serve")
     args = ap.parse_args()
     # An installed package has its bytecode; a checkout run with PYTHONDONTWRITEBYTECODE may not.
-    compileall.compile_dir(os.path.join(REPO, "lxcfs_guard"), quiet=1)
+    compileall.compile_dir(os.path.dirname(lxcfs_guard.__file__), quiet=1)
     daemon = "lxcfs 5.0.3 (fuse.lxcfs)" if args.lxcfs else "lxcfs-guard serve (fuse.lxcfs-guard)"
     print(f"remount after SIGKILL + restart of {daemon}; 7 binds per container; {os.cpu_count()} CPUs")
-    print(f"{'N':>5} {'nsenter loop':>14} {'lxcfs-guard remount --all':>27} {'speed-up':>9} "
-          f"{'ms/container old':>17} {'ms/container new':>17}")
+    print(
+        f"{'N':>5} {'nsenter loop':>14} {'lxcfs-guard remount --all':>27} {'speed-up':>9} "
+        f"{'ms/container old':>17} {'ms/container new':>17}"
+    )
     rows = []
     for n in args.n or [10, 100, 500]:
         r = bench(n, args.lxcfs)
         rows.append(r)
-        print(f"{n:>5} {r['old_ms']:>11.0f} ms {r['new_ms']:>24.1f} ms {r['old_ms'] / r['new_ms']:>8.1f}x "
-              f"{r['old_ms'] / n:>17.2f} {r['new_ms'] / n:>17.3f}", flush=True)
+        print(
+            f"{n:>5} {r['old_ms']:>11.0f} ms {r['new_ms']:>24.1f} ms {r['old_ms'] / r['new_ms']:>8.1f}x "
+            f"{r['old_ms'] / n:>17.2f} {r['new_ms'] / n:>17.3f}",
+            flush=True,
+        )
         print(f"      ({r['summary']})", flush=True)
-    for a, b in zip(rows, rows[1:]):  # what one more container costs, start-up taken out
-        print(f"marginal cost from N={a['n']} to N={b['n']}: old {(b['old_ms'] - a['old_ms']) / (b['n'] - a['n']):.2f} "
-              f"ms/container, new {(b['new_ms'] - a['new_ms']) / (b['n'] - a['n']):.3f} ms/container")
+    for a, b in zip(rows, rows[1:], strict=False):  # what one more container costs, start-up taken out
+        print(
+            f"marginal cost from N={a['n']} to N={b['n']}: old {(b['old_ms'] - a['old_ms']) / (b['n'] - a['n']):.2f} "
+            f"ms/container, new {(b['new_ms'] - a['new_ms']) / (b['n'] - a['n']):.3f} ms/container"
+        )
     return 0
 
 

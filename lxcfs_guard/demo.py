@@ -12,23 +12,19 @@ Everything lives under a fresh temporary directory, so it does not disturb an in
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from lxcfs_guard.config import FSTYPE
 from lxcfs_guard.kernel.procfs import mounts_at
 from lxcfs_guard.oci import runc
-from lxcfs_guard.watchdog.status import read_status
+from lxcfs_guard.testing.procs import wait_for
+from lxcfs_guard.testing.supervise import BINARY, supervised
 
 MEMORY = 64 * runc.MiB
 READER = "while :; do head -1 /proc/meminfo 2>&1; usleep 10000; done"
@@ -43,48 +39,10 @@ def step(n: int, text: str) -> None:
     say(f"\n[{n}/5] {text}")
 
 
-def lxcfs_guard_argv() -> list[str]:
-    exe = os.path.join(os.path.dirname(sys.executable), "lxcfs-guard")
-    return [exe] if os.access(exe, os.X_OK) else [sys.executable, "-m", "lxcfs_guard.cli"]
-
-
 def mount_fstype(path: str) -> str | None:
     """The type of the topmost mount on `path`, None if nothing is mounted there."""
     mounts = mounts_at(path)
     return mounts[-1].fstype if mounts else None
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> float:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if predicate():
-            return time.monotonic() - t0
-        time.sleep(0.01)
-    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-def children(pid: int) -> list[int]:
-    out: list[int] = []
-    with contextlib.suppress(OSError):
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                out += [int(x) for x in f.read().split()]
-    return out
-
-
-def descendants(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        for c in children(todo.pop()):
-            out.append(c)
-            todo.append(c)
-    return out
-
-
-def fuse_daemon_pid(state: str) -> int | None:
-    """The `serve` process serving now, as the watchdog's status file names it (there may be a standby too)."""
-    pid = (read_status(state) or {}).get("daemon_pid")
-    return pid if isinstance(pid, int) else None
 
 
 @dataclass
@@ -99,7 +57,7 @@ class Reader:
         threading.Thread(target=self._run, daemon=True).start()
 
     def _run(self) -> None:
-        with io.open(self.fd, "rb", buffering=0) as raw, io.BufferedReader(raw) as f:
+        with open(self.fd, "rb", buffering=0) as raw, io.BufferedReader(raw) as f:
             for line in f:
                 with self.lock:
                     self.lines.append((time.monotonic(), line.decode(errors="replace").strip()))
@@ -113,6 +71,10 @@ def kib(line: str) -> str:
     """'MemTotal:   65536 kB' -> '65536 kB'."""
     parts = line.split()
     return " ".join(parts[1:3]) if len(parts) >= 3 else line
+
+
+def lines(text: str) -> list[str]:
+    return text.splitlines()
 
 
 def table(rows: list[tuple[str, str, str]]) -> None:
@@ -133,8 +95,8 @@ def host_and_container(c: runc.Container) -> list[tuple[str, str, str]]:
     for label, path, pick in (
         ("MemTotal", "/proc/meminfo", lambda t: kib(t.splitlines()[0])),
         ("MemAvailable", "/proc/meminfo", lambda t: kib(next(x for x in t.splitlines() if x.startswith("MemAvail")))),
-        ("processors (cpuinfo)", "/proc/cpuinfo", lambda t: str(sum(x.startswith("processor") for x in t.splitlines()))),
-        ("cpu lines (stat)", "/proc/stat", lambda t: str(sum(x[:3] == "cpu" and x[3:4].isdigit() for x in t.splitlines()))),
+        ("processors (cpuinfo)", "/proc/cpuinfo", lambda t: str(sum(x.startswith("processor") for x in lines(t)))),
+        ("cpu lines (stat)", "/proc/stat", lambda t: str(sum(x[:3] == "cpu" and x[3:4].isdigit() for x in lines(t)))),
         ("cpu/online", "/sys/devices/system/cpu/online", lambda t: t.strip()),
         ("uptime", "/proc/uptime", lambda t: f"{float(t.split()[0]):.0f} s"),
     ):
@@ -142,44 +104,11 @@ def host_and_container(c: runc.Container) -> list[tuple[str, str, str]]:
     return rows
 
 
-@contextlib.contextmanager
-def supervisor(mnt: str, state: str, log: str) -> Iterator[subprocess.Popen]:
-    argv = lxcfs_guard_argv() + ["supervise", "--mountpoint", mnt, "--state-dir", state]
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
-    try:
-        yield proc
-    finally:
-        stop_tree(proc)
-
-
-def stop_tree(proc: subprocess.Popen) -> None:
-    """SIGTERM the supervisor (it stops its daemon), then SIGKILL whatever of its tree is left, by pid."""
-    tree = descendants(proc.pid)
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-    for pid in tree:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
-def unmount(path: str) -> None:
-    for _ in range(10):
-        if mount_fstype(path) is None:
-            return
-        subprocess.run(["umount", "-l", path], check=False, capture_output=True)
-
-
 def preflight() -> str | None:
     if os.geteuid() != 0:
         return "the demo mounts a filesystem and runs runc: run it as root (sudo make demo)"
+    if not os.access(BINARY, os.X_OK):
+        return f"{BINARY} is missing: run `make setup`"
     if not os.path.exists(runc.RUNC):
         return "runc is missing: run `make setup` (installs runc and busybox-static)"
     if not os.access(runc.BUSYBOX, os.X_OK):
@@ -195,31 +124,29 @@ def main() -> int:
         say(f"lxcfs-guard demo: {problem}")
         return 2
     t_start = time.monotonic()
-    work = tempfile.mkdtemp(prefix="lxcfs-guard-demo-")
-    mnt, state = os.path.join(work, "mnt"), os.path.join(work, "state")
-    os.makedirs(mnt)
-    os.makedirs(state)
-    log = os.path.join(work, "supervise.log")
     say("lxcfs-guard demo: a container's /proc that tells the truth, and survives its daemon being killed")
     say("=" * WIDTH)
+    gap_ms = 0.0
     try:
-        with supervisor(mnt, state, log) as sup:
+        with supervised(start=False, prefix="lxcfs-guard-demo-", show_log=False) as sup:
+            mnt, state = sup.mountpoint, sup.state_dir
             step(1, f"start `lxcfs-guard supervise` (watchdog + FUSE daemon) on {mnt}")
-            wait_for(lambda: (mount_fstype(mnt) == FSTYPE and fuse_daemon_pid(state) is not None)
-                     or sup.poll() is not None, 30, "the mount")
-            if sup.poll() is not None:
-                raise RuntimeError(f"supervise exited ({sup.returncode}); its log:\n{open(log).read()}")
+            sup.start()
+            try:
+                sup.wait_healthy()
+            except (RuntimeError, TimeoutError) as e:
+                raise RuntimeError(f"supervise did not come up: {e}\n{sup.log()[-3000:]}") from None
             took = time.monotonic() - t_start
-            say(f"      mounted ({FSTYPE}) in {took:.2f} s; FUSE daemon pid {fuse_daemon_pid(state)}, "
-                f"supervisor pid {sup.pid}")
+            say(
+                f"      mounted ({mount_fstype(mnt)}) in {took:.2f} s; FUSE daemon pid {sup.daemon_pid()}, "
+                f"supervisor pid {sup.proc.pid if sup.proc else '?'}"
+            )
 
-            hooks = runc.guard_hooks(lxcfs_guard_argv()[0], ["--mountpoint", mnt, "--state-dir", state]) \
-                if len(lxcfs_guard_argv()) == 1 else None
-            if hooks is None:
-                raise RuntimeError("the lxcfs-guard script is not installed next to this Python: run `make setup`")
+            hooks = runc.guard_hooks(BINARY, ["--mountpoint", mnt, "--state-dir", state])
             r, w = os.pipe()
-            with runc.container(memory=MEMORY, cpus="0", args=("sh", "-c", READER), hooks=hooks, start=False,
-                                prefix="lxcfs-guard-demo") as c:
+            with runc.container(
+                memory=MEMORY, cpus="0", args=("sh", "-c", READER), hooks=hooks, start=False, prefix="lxcfs-guard-demo"
+            ) as c:
                 step(2, f"run a runc container {c.id}")
                 say("      busybox rootfs, memory limit 64 MiB, cpuset 0; its config.json only adds the OCI hook")
                 say("      (createRuntime: `lxcfs-guard oci-hook` binds the files; poststop: forgets it)")
@@ -235,34 +162,35 @@ def main() -> int:
                 step(3, "what the container sees, beside the host")
                 table(host_and_container(c))
                 say("\n      `lxcfs-guard list`:")
-                listing = subprocess.run(lxcfs_guard_argv() + ["list"], capture_output=True, text=True,
-                                         env={**os.environ, "LXCFS_GUARD_STATE_DIR": state,
-                                              "LXCFS_GUARD_MOUNTPOINT": mnt})
+                listing = sup.cli("list")
                 for line in (listing.stdout or listing.stderr).rstrip().splitlines():
                     say(f"      | {line}")
 
                 step(4, "SIGKILL the FUSE daemon; the container keeps reading /proc/meminfo every 10 ms")
-                victim = fuse_daemon_pid(state)
+                victim = sup.daemon_pid()
                 if victim is None:
                     raise RuntimeError("could not find the FUSE daemon under supervise")
-                wait_for(lambda: any("MemTotal" in x for _, x in reader.since(0)), 10, "the container's reads")
+                wait_for(lambda: any("MemTotal" in x for _, x in reader.since(0)), 10, what="the container's reads")
                 t_kill = time.monotonic()
                 os.kill(victim, signal.SIGKILL)
                 say(f"      killed pid {victim} (kill -9); nobody touches the container from here on")
                 expected = "65536 kB"
 
-                wait_for(lambda: fuse_daemon_pid(state) not in (None, victim), 30, "supervise to replace the daemon")
+                wait_for(lambda: sup.daemon_pid() not in (None, victim), 30, what="supervise to replace the daemon")
                 t_switch = time.monotonic()
 
                 def settled() -> bool:  # 200 ms of correct reads, all after supervise named the new daemon
                     seen = reader.since(t_switch)
-                    return bool(seen) and seen[-1][0] - t_switch > 0.2 and all(
-                        expected in x for ts, x in seen if ts >= seen[-1][0] - 0.2)
+                    return (
+                        bool(seen)
+                        and seen[-1][0] - t_switch > 0.2
+                        and all(expected in x for ts, x in seen if ts >= seen[-1][0] - 0.2)
+                    )
 
-                wait_for(settled, 30, "the container to read its own MemTotal again")
+                wait_for(settled, 30, what="the container to read its own MemTotal again")
                 seen = reader.since(t_kill)
                 failed = [i for i, (_, x) in enumerate(seen) if expected not in x]
-                st = read_status(state) or {}
+                st = sup.status()
                 repair = st.get("last_repair") or {}
                 if failed:
                     back = next(i for i in range(failed[-1], len(seen)) if expected in seen[i][1])
@@ -273,11 +201,18 @@ def main() -> int:
                 else:
                     gap_ms = 0.0
                     say(f"      inside, no read failed: the switch fell between two reads; they go on:  {seen[0][1]}")
-                say(f"      supervise: daemon pid {st.get('daemon_pid')} took over"
-                    + (f", container binds repaired in {repair['ms']:.0f} ms" if repair.get("ms") is not None else ""))
-                say(f"      recovery gap seen inside the container: {gap_ms:.0f} ms from SIGKILL to a correct read"
-                    + ("" if failed else " (reads are 10 ms apart)"))
-                say("      (with a plain LXCFS setup it would read 'Transport endpoint is not connected' until restarted)")
+                say(
+                    f"      supervise: daemon pid {st.get('daemon_pid')} took over"
+                    + (f", container binds repaired in {repair['ms']:.0f} ms" if repair.get("ms") is not None else "")
+                )
+                say(
+                    f"      recovery gap seen inside the container: {gap_ms:.0f} ms from SIGKILL to a correct read"
+                    + ("" if failed else " (reads are 10 ms apart)")
+                )
+                say(
+                    "      (with a plain LXCFS setup it would read 'Transport endpoint is not connected' until "
+                    "restarted)"
+                )
                 check = c.read("/proc/meminfo").splitlines()[0]
                 say(f"      `runc exec {c.id} head -1 /proc/meminfo`:  {check}")
 
@@ -285,32 +220,24 @@ def main() -> int:
                 deleted = c.delete()
                 if deleted.returncode != 0:
                     raise RuntimeError(f"runc delete failed: {deleted.stderr}")
-                after = subprocess.run(lxcfs_guard_argv() + ["list", "--json"], capture_output=True, text=True,
-                                       env={**os.environ, "LXCFS_GUARD_STATE_DIR": state,
-                                            "LXCFS_GUARD_MOUNTPOINT": mnt})
+                after = sup.cli("list", "--json")
                 still = c.id in after.stdout
                 say(f"      container deleted; poststop hook {'did NOT unregister it' if still else 'unregistered it'}")
                 if still:
                     raise RuntimeError("the container is still registered after runc delete")
-        unmount(mnt)
         say(f"      supervise and its daemon stopped (by pid); mount {'gone' if mount_fstype(mnt) is None else 'LEFT'}")
         if gap_ms > 1000:
             say(f"\nFAILED: recovery took {gap_ms:.0f} ms (> 1 s)")
             return 1
         say("=" * WIDTH)
-        say(f"done in {time.monotonic() - t_start:.1f} s. recovery gap {gap_ms:.0f} ms; "
-            "the container was never restarted or touched.")
+        say(
+            f"done in {time.monotonic() - t_start:.1f} s. recovery gap {gap_ms:.0f} ms; "
+            "the container was never restarted or touched."
+        )
         return 0
     except (RuntimeError, TimeoutError, OSError, subprocess.SubprocessError) as e:
         say(f"\nFAILED: {e}")
-        with contextlib.suppress(OSError), open(log) as f:
-            tail = f.read()[-3000:]
-            if tail.strip():
-                say("--- supervise log (tail) ---\n" + tail)
         return 1
-    finally:
-        unmount(mnt)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

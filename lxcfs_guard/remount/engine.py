@@ -405,19 +405,31 @@ def attach(
 # --- swap_mount: the host side of a restart -----------------------------------------------------------------
 
 
+def _top_mount(path: str) -> procfs.MountInfo | None:
+    """The topmost mount on `path` in our own namespace (the one no other mount there sits on: a mount
+    slid beneath is listed after the one above it), None if nothing is mounted there."""
+    with open("/proc/self/mountinfo", "rb") as f:
+        found = [m for m in (procfs.parse_mountinfo_line(line.decode(errors="surrogateescape"))
+                             for line in f if f" {path} ".encode() in line) if m.mount_point == path]
+    under = {m.parent_id for m in found}
+    tops = [m for m in found if m.mount_id not in under]
+    return tops[-1] if tops else None
+
+
 def swap_mount(live_path: str, target: str) -> None:
     """In the caller's own mount namespace, make `target` serve the mount at `live_path` (a new or standby
     instance's private mountpoint): a clone of it goes *under* whatever is mounted at `target`
     (MOVE_MOUNT_BENEATH), then the old top is detached, so a reader on the host never finds the mountpoint
     empty. Without BENEATH (kernel < 6.5): detach the old top, then move the clone in. With nothing mounted
-    at `target`, the clone is simply attached there. `live_path` stays mounted; the caller may detach it."""
+    at `target`, or only mounts of another type (the hostPath volume a DaemonSet's pod has there), the clone
+    is attached on top. `live_path` stays mounted; the caller may detach it."""
     clone = sc.open_tree(live_path, sc.OPEN_TREE_CLONE | sc.OPEN_TREE_CLOEXEC)
     try:
         real = os.path.realpath(target)
-        with open("/proc/self/mountinfo", "rb") as f:
-            mounted = any(procfs.parse_mountinfo_line(line.decode(errors="surrogateescape")).mount_point == real
-                          for line in f if f" {real} ".encode() in line)
-        if not mounted:
+        top, live = _top_mount(real), _top_mount(os.path.realpath(live_path))
+        if top is None or live is None or top.fstype != live.fstype:
+            # nothing of ours there, maybe a foreign mount (a pod's hostPath volume, a shared bind that
+            # propagates to the host): attach on top of it, never detach what is not ours
             sc.move_mount(clone, _AT_FDCWD, real, sc.MOVE_MOUNT_F_EMPTY_PATH)
             return
         if _use_beneath(None):

@@ -12,11 +12,11 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 
-from tests.support.cgroups import TestCgroup
-from tests.support.containers import LightContainer
-from tests.support.procs import wait_for
-from tests.support.daemon import LXCFS_GUARD
-from tests.support.restartable import Restartable
+from lxcfs_guard.testing.cgroups import TestCgroup
+from lxcfs_guard.testing.containers import LightContainer
+from lxcfs_guard.testing.daemon import LXCFS_GUARD
+from lxcfs_guard.testing.procs import wait_for
+from lxcfs_guard.testing.restartable import Restartable
 
 
 @contextlib.contextmanager

@@ -224,8 +224,8 @@ def test_daemonset_command_and_probe_run_for_real() -> None:
     import time
 
     from lxcfs_guard.kernel.procfs import read_mountinfo
-    from tests.support.procs import force_unmount, stop
-    from tests.support.supervise import descendants
+    from lxcfs_guard.testing.procs import force_unmount, stop
+    from lxcfs_guard.testing.supervise import descendants
 
     (c,) = find("DaemonSet")["spec"]["template"]["spec"]["containers"]
     top = tempfile.mkdtemp(prefix="lxcfs-guard-ds-")

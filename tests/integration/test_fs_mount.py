@@ -16,9 +16,9 @@ import textwrap
 import pytest
 
 from lxcfs_guard.kernel.procfs import MountInfo, mounts_at
-from tests.support.cgroups import make_cgroup
-from tests.support.daemon import serve
-from tests.support.procs import force_unmount, is_mounted, stop
+from lxcfs_guard.testing.cgroups import make_cgroup
+from lxcfs_guard.testing.daemon import serve
+from lxcfs_guard.testing.procs import force_unmount, is_mounted, stop
 
 PY = sys.executable
 

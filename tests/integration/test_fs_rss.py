@@ -3,16 +3,12 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import tempfile
 
-from tests.support.cgroups import make_cgroup
-from tests.support.daemon import serve
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "bench"))
-import read_rate  # noqa: E402
+from lxcfs_guard.testing import read_loop as read_rate
+from lxcfs_guard.testing.cgroups import make_cgroup
+from lxcfs_guard.testing.daemon import serve
 
 
 def test_rss_bounded_after_100k_reads() -> None:

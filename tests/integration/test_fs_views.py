@@ -16,9 +16,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support import cgroups
-from tests.support.cgroups import make_cgroup
-from tests.support.daemon import Daemon, lxcfs_reference, serve
+from lxcfs_guard.testing import cgroups
+from lxcfs_guard.testing.cgroups import make_cgroup
+from lxcfs_guard.testing.daemon import Daemon, lxcfs_reference, serve
 
 PY = sys.executable
 FILES = ["proc/meminfo", "proc/cpuinfo", "proc/stat", "proc/swaps", "proc/uptime", "proc/loadavg",

@@ -18,7 +18,7 @@ from lxcfs_guard.config import FSTYPE
 from lxcfs_guard.kernel.procfs import read_mountinfo
 from lxcfs_guard.remount.registry import Registry
 from tests.support.runc import container, new_id
-from tests.support.supervise import BINARY, Guard, supervise
+from lxcfs_guard.testing.supervise import BINARY, Supervised, supervised
 
 
 def _limit_memory() -> None:  # the old hook read /dev/zero until the OOM killer came: never again here
@@ -87,8 +87,8 @@ def test_config_that_is_a_fifo_or_too_big_is_refused(bundle: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def guard() -> Iterator[Guard]:
-    with supervise() as g:
+def guard() -> Iterator[Supervised]:
+    with supervised() as g:
         yield g
 
 
@@ -96,7 +96,7 @@ def _ours(pid: int) -> list:
     return [m for m in read_mountinfo(pid) if m.fstype == FSTYPE]
 
 
-def test_hook_binds_only_into_the_bundles_own_container(guard: Guard) -> None:
+def test_hook_binds_only_into_the_bundles_own_container(guard: Supervised) -> None:
     """L4: the hook bound into, and registered, whatever pid the state named. With the state of container
     A but the pid of container B, B is left alone and nothing is registered; A's own pid works."""
     with container() as a, container() as b:

@@ -12,9 +12,9 @@ import time
 import pytest
 
 from tests.support.hostile import foreign_fuse_mount
-from tests.support.procs import wait_for
-from tests.support.readers import reader_fleet
-from tests.support.watchdog import BINARY, fusectl_restored, kill_and_time, supervised
+from lxcfs_guard.testing.procs import wait_for
+from lxcfs_guard.testing.readers import reader_fleet
+from lxcfs_guard.testing.supervise import BINARY, fusectl_restored, kill_and_time, supervised
 
 
 @pytest.fixture(autouse=True)

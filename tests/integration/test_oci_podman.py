@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 
 from lxcfs_guard.kernel.procfs import read_mountinfo
-from tests.support.procs import force_unmount
+from lxcfs_guard.testing.procs import force_unmount
+from lxcfs_guard.testing.supervise import BINARY, REPO, Supervised, supervised
 from tests.support.runc import RUNC, rootfs_template
-from tests.support.supervise import BINARY, REPO, Guard, supervise
 
 PODMAN = shutil.which("podman") or "/usr/bin/podman"
 MEMTOTAL_64M = ["MemTotal:", "65536", "kB"]
@@ -51,7 +51,7 @@ class Podman:
                     "--cpuset-cpus", "0", *extra, "--rootfs", self.rootfs, "sleep", "600").stdout.strip()
 
 
-def install_hook(hooks_dir: str, shipped: Path, guard: Guard) -> None:
+def install_hook(hooks_dir: str, shipped: Path, guard: Supervised) -> None:
     """The shipped file with this checkout's binary and the test daemon's paths: nothing else changed."""
     doc = json.loads(shipped.read_text())
     doc["hook"]["path"] = BINARY
@@ -60,8 +60,8 @@ def install_hook(hooks_dir: str, shipped: Path, guard: Guard) -> None:
 
 
 @pytest.fixture(scope="module")
-def guard() -> Iterator[Guard]:
-    with supervise() as g:
+def guard() -> Iterator[Supervised]:
+    with supervised() as g:
         yield g
 
 
@@ -95,7 +95,7 @@ def meminfo_first_line(pm: Podman, name: str) -> list[str]:
     return pm("exec", name, "head", "-1", "/proc/meminfo").stdout.split()
 
 
-def test_hooks_d_always(guard: Guard, podman: Podman) -> None:
+def test_hooks_d_always(guard: Supervised, podman: Podman) -> None:
     install_hook(podman.hooks_dir, REPO / "units" / "hooks.d" / "lxcfs-guard.json", guard)
     name = f"lgtest-{uuid.uuid4().hex[:10]}"
     cid = podman.run_detached(name)
@@ -107,7 +107,7 @@ def test_hooks_d_always(guard: Guard, podman: Podman) -> None:
     assert cid not in guard.listed()  # poststop, same argv, told apart by the state's status
 
 
-def test_hooks_d_opt_in_by_annotation(guard: Guard, podman: Podman) -> None:
+def test_hooks_d_opt_in_by_annotation(guard: Supervised, podman: Podman) -> None:
     install_hook(podman.hooks_dir, REPO / "deploy" / "podman" / "lxcfs-guard-opt-in.json", guard)
     plain, opted = f"lgtest-{uuid.uuid4().hex[:10]}", f"lgtest-{uuid.uuid4().hex[:10]}"
     plain_id = podman.run_detached(plain)

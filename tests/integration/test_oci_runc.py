@@ -20,17 +20,17 @@ import pytest
 
 from lxcfs_guard.config import DEFAULT_BINDS, FSTYPE, target_for
 from lxcfs_guard.kernel.procfs import read_mountinfo
-from tests.support.procs import wait_for
+from lxcfs_guard.testing.procs import wait_for
+from lxcfs_guard.testing.supervise import BINARY, Supervised, supervised
 from tests.support.runc import Container, container
-from tests.support.supervise import BINARY, Guard, supervise
 
 REPO = Path(__file__).resolve().parents[2]
 MEMTOTAL_64M = ["MemTotal:", "65536", "kB"]
 
 
 @pytest.fixture(scope="module")
-def guard() -> Iterator[Guard]:
-    with supervise() as g:
+def guard() -> Iterator[Supervised]:
+    with supervised() as g:
         yield g
 
 
@@ -47,7 +47,7 @@ def first_line(text: str) -> list[str]:
     return text.splitlines()[0].split()
 
 
-def test_container_sees_its_limits_and_is_listed_until_deleted(guard: Guard) -> None:
+def test_container_sees_its_limits_and_is_listed_until_deleted(guard: Supervised) -> None:
     with container(memory=64 << 20, cpus="0", hooks=guard.hooks()) as c:
         assert first_line(c.read("/proc/meminfo")) == MEMTOTAL_64M
         cpuinfo = c.read("/proc/cpuinfo")
@@ -88,15 +88,15 @@ class LineReader:
 
 
 @pytest.fixture(scope="module")
-def cold_guard() -> Iterator[Guard]:
+def cold_guard() -> Iterator[Supervised]:
     """supervise without its hot standby: after a crash it must start a new daemon from scratch."""
-    with supervise("--no-standby") as g:
+    with supervised("--no-standby") as g:
         yield g
 
 
 @pytest.mark.parametrize("which", ["standby", "cold"])
 def test_container_recovers_by_itself_after_sigkill_of_the_daemon(which: str, request: pytest.FixtureRequest) -> None:
-    guard: Guard = request.getfixturevalue("guard" if which == "standby" else "cold_guard")
+    guard: Supervised = request.getfixturevalue("guard" if which == "standby" else "cold_guard")
     reader_sh = "while :; do head -1 /proc/meminfo 2>&1; usleep 10000; done"
     r, w = os.pipe()
     with container(memory=64 << 20, cpus="0", hooks=guard.hooks(), args=("sh", "-c", reader_sh), start=False) as c:
@@ -135,7 +135,7 @@ def drop_sysfs(c: Container) -> None:
     c.config["mounts"] = [m for m in c.config["mounts"] if not m["destination"].startswith("/sys")]
 
 
-def test_rootfs_lacking_some_targets(guard: Guard) -> None:
+def test_rootfs_lacking_some_targets(guard: Supervised) -> None:
     """No /sys in the container: cpu/online is skipped, the /proc files are bound, the start succeeds
     (strict mode too: an absent target is not a failure)."""
     with container(hooks=guard.hooks(["--strict"]), customize=drop_sysfs, remove=["sys"]) as c:
@@ -156,7 +156,7 @@ def plant_symlink(c: Container) -> None:
     os.symlink("/etc/passwd", c.rootfs + "/sys/devices/system/cpu/online")
 
 
-def test_symlinked_target_is_refused_lenient_binds_the_rest(guard: Guard) -> None:
+def test_symlinked_target_is_refused_lenient_binds_the_rest(guard: Supervised) -> None:
     with container(hooks=guard.hooks(), customize=plant_symlink, remove=["sys"]) as c:
         mounts = our_mounts(c)
         assert "/sys/devices/system/cpu/online" not in mounts
@@ -166,7 +166,7 @@ def test_symlinked_target_is_refused_lenient_binds_the_rest(guard: Guard) -> Non
         assert sorted(b["target"] for b in entry["binds"]) == sorted(mounts)
 
 
-def test_symlinked_target_fails_the_start_in_strict_mode(guard: Guard) -> None:
+def test_symlinked_target_fails_the_start_in_strict_mode(guard: Supervised) -> None:
     with container(hooks=guard.hooks(), customize=plant_symlink, remove=["sys"],
                    annotations={"io.lxcfs-guard.strict": "true"}, start=False) as c:
         with pytest.raises(RuntimeError) as exc:
@@ -176,7 +176,7 @@ def test_symlinked_target_fails_the_start_in_strict_mode(guard: Guard) -> None:
         assert c.id not in guard.listed()  # runc ran poststop when it gave up on the container
 
 
-def test_hook_twice_and_again_by_hand_is_idempotent(guard: Guard) -> None:
+def test_hook_twice_and_again_by_hand_is_idempotent(guard: Supervised) -> None:
     hooks = guard.hooks()
     hooks["createRuntime"] = hooks["createRuntime"] * 2
     with container(hooks=hooks) as c:
@@ -193,7 +193,7 @@ def test_hook_twice_and_again_by_hand_is_idempotent(guard: Guard) -> None:
         assert first_line(c.read("/proc/meminfo")) == MEMTOTAL_64M
 
 
-def test_hook_binds_fast(guard: Guard) -> None:
+def test_hook_binds_fast(guard: Supervised) -> None:
     """The whole hook process (interpreter start-up included) binding 8 files into a running container and
     registering it, over three containers. CPU time (user+sys of the hook and the workers it forks and
     reaps, from wait4) must stay under 100 ms; wall time is printed and only bounded loosely, because this
@@ -224,19 +224,19 @@ def test_hook_binds_fast(guard: Guard) -> None:
     assert min(walls) < 0.25, walls
 
 
-def test_opt_out_annotation_leaves_the_container_alone(guard: Guard) -> None:
+def test_opt_out_annotation_leaves_the_container_alone(guard: Supervised) -> None:
     with container(hooks=guard.hooks(), annotations={"io.lxcfs-guard.enable": "false"}) as c:
         assert first_line(c.read("/proc/meminfo")) != MEMTOTAL_64M
         assert our_mounts(c) == {} and c.id not in guard.listed()
 
 
-def test_files_annotation_binds_only_those(guard: Guard) -> None:
+def test_files_annotation_binds_only_those(guard: Supervised) -> None:
     with container(hooks=guard.hooks(), annotations={"io.lxcfs-guard.files": "meminfo,cpuinfo"}) as c:
         assert sorted(our_mounts(c)) == ["/proc/cpuinfo", "/proc/meminfo"]
         assert first_line(c.read("/proc/meminfo")) == MEMTOTAL_64M
 
 
-def test_busybox_cat_sees_the_files(guard: Guard) -> None:
+def test_busybox_cat_sees_the_files(guard: Supervised) -> None:
     """busybox `cat` copies with sendfile(2), which goes through the page cache and stops at i_size; plain
     read(2) does not. Images built on busybox (the article's example) read /proc this way."""
     with container(hooks=guard.hooks()) as c:
@@ -244,7 +244,7 @@ def test_busybox_cat_sees_the_files(guard: Guard) -> None:
 
 
 @pytest.mark.parametrize("strict", [False, True])
-def test_hook_gives_up_by_its_deadline_while_a_repair_holds_the_lock(guard: Guard, strict: bool) -> None:
+def test_hook_gives_up_by_its_deadline_while_a_repair_holds_the_lock(guard: Supervised, strict: bool) -> None:
     """A runtime kills a hook that outlives its timeout, which fails the start even in lenient mode: the
     hook must give up first, on its own, and then follow its mode."""
     import fcntl

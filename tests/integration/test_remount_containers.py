@@ -10,8 +10,8 @@ import uuid
 
 from lxcfs_guard.kernel import procfs
 from lxcfs_guard.kernel import syscalls as sc
+from lxcfs_guard.testing.containers import LoopingReader, light_containers, tunnel
 from tests.integration.remount_helpers import actions, assert_exit_code, cli, daemon, our_mounts, remount_json
-from tests.support.containers import LoopingReader, light_containers, tunnel
 
 RO = sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV
 

@@ -14,10 +14,10 @@ import signal
 import time
 
 from tests.integration.remount_helpers import daemon, pivot_container, plain_namespaces, remount_json
-from tests.support.cgroups import make_cgroup
-from tests.support.containers import LightContainer
-from tests.support.procs import wait_for
-from tests.support.supervise import supervise
+from lxcfs_guard.testing.cgroups import make_cgroup
+from lxcfs_guard.testing.containers import LightContainer
+from lxcfs_guard.testing.procs import wait_for
+from lxcfs_guard.testing.supervise import supervised
 
 MiB = 1 << 20
 
@@ -106,7 +106,7 @@ def test_under_supervise_copies_of_the_mountpoint_are_repaired_and_of_instance_m
     the published mountpoint and of the serving instance's private mount. After SIGKILL of serve the
     supervisor's repair leaves no dead mount of ours in any of them: the mountpoint copy is live again,
     the instance copy is gone; `remount --all` then exits 0 and changes nothing."""
-    with supervise() as g, make_cgroup(memory=96 * MiB) as cg, plain_namespaces(5, cg, 96 * MiB) as plain:
+    with supervised() as g, make_cgroup(memory=96 * MiB) as cg, plain_namespaces(5, cg, 96 * MiB) as plain:
         fstype = "fuse.lxcfs-guard"
         old_pid, old_dev = g.daemon_pid(), os.stat(g.mountpoint).st_dev
         instances = os.path.realpath(g.state_dir) + "/instances/"

@@ -11,9 +11,9 @@ import pytest
 
 from lxcfs_guard.kernel import procfs
 from lxcfs_guard.remount import engine
+from lxcfs_guard.testing.containers import light_containers
+from lxcfs_guard.testing.procs import force_unmount, wait_for
 from tests.integration.remount_helpers import actions, assert_exit_code, daemon, our_mounts, remount_json
-from tests.support.containers import light_containers
-from tests.support.procs import force_unmount, wait_for
 
 
 @pytest.mark.parametrize("how", ["flag", "env"])

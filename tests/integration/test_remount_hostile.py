@@ -16,8 +16,8 @@ import time
 from lxcfs_guard.kernel import syscalls as sc
 from tests.integration.remount_helpers import actions, cli, daemon, our_mounts, remount_json
 from tests.support import stub_fuse
-from tests.support.containers import light_containers
-from tests.support.daemon import LXCFS_GUARD
+from lxcfs_guard.testing.containers import light_containers
+from lxcfs_guard.testing.daemon import LXCFS_GUARD
 
 
 def _state(pid: int) -> str:

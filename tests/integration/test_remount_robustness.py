@@ -10,9 +10,9 @@ import subprocess
 import time
 
 from lxcfs_guard.kernel import syscalls as sc
+from lxcfs_guard.testing.containers import light_containers, stop
+from lxcfs_guard.testing.daemon import LXCFS_GUARD
 from tests.integration.remount_helpers import actions, assert_exit_code, cli, daemon, our_mounts
-from tests.support.containers import light_containers, stop
-from tests.support.daemon import LXCFS_GUARD
 
 
 def test_two_concurrent_runs_are_serialised_and_never_stack() -> None:

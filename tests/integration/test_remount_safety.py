@@ -13,9 +13,9 @@ from lxcfs_guard.kernel import procfs
 from lxcfs_guard.kernel import syscalls as sc
 from lxcfs_guard.remount import engine
 from lxcfs_guard.remount.registry import Entry, Registry
+from lxcfs_guard.testing.cgroups import make_cgroup
+from lxcfs_guard.testing.containers import MiB, light_containers, start, stop
 from tests.integration.remount_helpers import actions, assert_exit_code, daemon, our_mounts, remount_json
-from tests.support.cgroups import make_cgroup
-from tests.support.containers import MiB, light_containers, start, stop
 
 
 def _host_mount_points() -> set[str]:

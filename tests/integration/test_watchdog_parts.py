@@ -3,7 +3,6 @@ FUSE daemon; fusectl abort; the proc connector; `lxcfs-guard status` in plain-se
 
 from __future__ import annotations
 
-import pytest
 import contextlib
 import errno
 import json
@@ -13,12 +12,14 @@ import subprocess
 import sys
 import time
 
+import pytest
+
+from lxcfs_guard.testing.daemon import serve
+from lxcfs_guard.testing.readers import reader_fleet
+from lxcfs_guard.testing.supervise import BINARY, fusectl_restored, supervised
 from lxcfs_guard.watchdog import fusectl
 from lxcfs_guard.watchdog.probe import Outcome, probe
 from lxcfs_guard.watchdog.procevents import ProcEvents
-from tests.support.watchdog import fusectl_restored, BINARY, supervised
-from tests.support.daemon import serve
-from tests.support.readers import reader_fleet
 
 
 @pytest.fixture(autouse=True)

@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from tests.support.watchdog import fusectl_restored, kill_and_time, supervised
-from tests.support.readers import reader_fleet
+from lxcfs_guard.testing.readers import reader_fleet
+from lxcfs_guard.testing.supervise import fusectl_restored, kill_and_time, supervised
 
 N = 10
 

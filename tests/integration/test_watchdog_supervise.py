@@ -4,7 +4,6 @@ containers that exit, and leaving nothing behind on SIGTERM."""
 
 from __future__ import annotations
 
-import pytest
 import contextlib
 import os
 import signal
@@ -12,11 +11,13 @@ import socket
 import time
 import uuid
 
+import pytest
+
 from lxcfs_guard.kernel.procfs import read_mountinfo
 from lxcfs_guard.remount.registry import Registry
-from tests.support.watchdog import fusectl_restored, kill_and_time, supervised
-from tests.support.procs import wait_for
-from tests.support.readers import reader_fleet
+from lxcfs_guard.testing.procs import wait_for
+from lxcfs_guard.testing.readers import reader_fleet
+from lxcfs_guard.testing.supervise import fusectl_restored, kill_and_time, supervised
 
 
 @pytest.fixture(autouse=True)

@@ -4,9 +4,9 @@ The implementation lives in lxcfs_guard/oci/runc.py because `make demo` uses it 
 """
 
 from lxcfs_guard.oci.runc import (  # noqa: F401
-    MiB,
     RUNC,
     Container,
+    MiB,
     base_spec,
     container,
     guard_hooks,

@@ -20,7 +20,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 
-from tests.support.watchdog import fusectl_restored
+from lxcfs_guard.testing.supervise import fusectl_restored
 
 TREE = "proc:d,proc/meminfo:f,file:f,big:f"  # path:kind (d or f), parents first
 BIG_SIZE = 1 << 16
@@ -111,7 +111,7 @@ def running(hang: str = "none", statfs_errno: int = 0, tree: str = TREE, subtype
 
     from lxcfs_guard.kernel import syscalls as sc
     from lxcfs_guard.watchdog import fusectl
-    from tests.support.procs import is_mounted, stop, wait_for
+    from lxcfs_guard.testing.procs import is_mounted, stop, wait_for
 
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     top = tempfile.mkdtemp(prefix="lxcfs-guard-stub-")

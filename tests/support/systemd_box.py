@@ -40,7 +40,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from lxcfs_guard.kernel import procfs
-from tests.support.procs import wait_for
+from lxcfs_guard.testing.procs import wait_for
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

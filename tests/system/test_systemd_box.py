@@ -10,7 +10,7 @@ import signal
 
 import pytest
 
-from tests.support.procs import wait_for
+from lxcfs_guard.testing.procs import wait_for
 from tests.support.systemd_box import CGROUP_ROOT, systemd_box
 
 pytestmark = pytest.mark.systemd

@@ -16,14 +16,13 @@ NRestarts is checked after every step.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 
 import pytest
 
-from tests.support.procs import wait_for
-from tests.support.readers import reader_fleet
+from lxcfs_guard.testing.procs import wait_for
+from lxcfs_guard.testing.readers import reader_fleet
 from tests.support.systemd_box import CHECKOUT, SystemdBox, systemd_box
 
 pytestmark = pytest.mark.systemd
@@ -92,8 +91,8 @@ def now_ns() -> int:
 
 @pytest.fixture(scope="module")
 def box():
-    # the venv must be complete before the box starts: the box has no network for pip
-    subprocess.run(["make", "-C", CHECKOUT, "setup"], check=True, capture_output=True, timeout=600)
+    # the venv and the wheelhouse must be complete before the box starts: the box has no network for pip
+    subprocess.run(["make", "-C", CHECKOUT, "setup", "wheelhouse"], check=True, capture_output=True, timeout=900)
     with systemd_box() as b:
         b.run("make", "-C", CHECKOUT, "install", timeout=300)
         b.run("/bin/sh", "-c", f"mkdir -p /etc/systemd/system/{UNIT}.d && "
@@ -115,8 +114,7 @@ def fleet(box):
 
 
 def test_install_and_start(box):
-    assert os.path.realpath(box.run("readlink", "-f", "/usr/local/bin/lxcfs-guard").stdout.strip()).endswith(
-        ".venv/bin/lxcfs-guard")
+    assert box.run("readlink", "/usr/local/bin/lxcfs-guard").stdout.strip() == "/opt/lxcfs-guard/bin/lxcfs-guard"
     wait_active(box)
     assert show(box, "Type") == "notify"
     assert show(box, "WatchdogUSec") == f"{WATCHDOG_SEC}s"

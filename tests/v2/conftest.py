@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from tests.support.cgroups import is_v2_host
+from lxcfs_guard.testing.cgroups import is_v2_host
 
 IN_VM = os.environ.get("LXCFS_GUARD_VM") == "1"
 
@@ -31,7 +31,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def guard():
     """One `lxcfs-guard serve` for the v2 view tests (default cpuset view); stopped and unmounted at the end."""
-    from tests.support.daemon import serve
+    from lxcfs_guard.testing.daemon import serve
 
     with serve(timeout=120) as d:
         yield d
@@ -40,7 +40,7 @@ def guard():
 @pytest.fixture(scope="session")
 def lxcfs():
     """Debian's LXCFS 5.0.3 (default options), the reference, on its own mountpoint."""
-    from tests.support.daemon import lxcfs_reference
+    from lxcfs_guard.testing.daemon import lxcfs_reference
 
     with lxcfs_reference(timeout=120) as mnt:
         yield mnt

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from tests.support.cgroups import make_cgroup
+from lxcfs_guard.testing.cgroups import make_cgroup
 from tests.v2.util import cgfile, diskstats, io_stat, keyed, meminfo_kb, processors, read_in, stat_cpu_lines
 
 pytestmark = pytest.mark.v2

@@ -6,10 +6,10 @@ import time
 
 import pytest
 
-from tests.support.cgroups import make_cgroup
-from tests.support.daemon import lxcfs_reference, serve
-from tests.support.procs import stop
-from tests.v2.util import cgfile, keyed, processors, read_in, stat_cpu_lines, start_in
+from lxcfs_guard.testing.cgroups import make_cgroup
+from lxcfs_guard.testing.daemon import lxcfs_reference, serve
+from lxcfs_guard.testing.procs import stop
+from tests.v2.util import cgfile, keyed, processors, read_in, start_in, stat_cpu_lines
 
 pytestmark = pytest.mark.v2
 BUSY = ["sh", "-c", "while :; do :; done"]

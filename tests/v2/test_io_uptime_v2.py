@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.support.cgroups import make_cgroup
+from lxcfs_guard.testing.cgroups import make_cgroup
 from tests.v2.util import cgfile, diskstats, io_stat, read_in
 
 pytestmark = pytest.mark.v2

@@ -7,8 +7,8 @@ import uuid
 
 import pytest
 
-from tests.support.cgroups import ROOT, make_cgroup
-from tests.support.procs import stop, wait_for
+from lxcfs_guard.testing.cgroups import ROOT, make_cgroup
+from lxcfs_guard.testing.procs import stop, wait_for
 from tests.v2.util import cgfile, meminfo_kb, read_in, start_in
 
 pytestmark = pytest.mark.v2

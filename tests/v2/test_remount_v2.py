@@ -20,9 +20,9 @@ import pytest
 
 from lxcfs_guard import config
 from lxcfs_guard.kernel import procfs
-from tests.support.cgroups import make_cgroup
-from tests.support.daemon import LXCFS_GUARD, serve
-from tests.support.procs import force_unmount, is_mounted, stop
+from lxcfs_guard.testing.cgroups import make_cgroup
+from lxcfs_guard.testing.daemon import LXCFS_GUARD, serve
+from lxcfs_guard.testing.procs import force_unmount, is_mounted, stop
 from tests.v2.util import meminfo_kb, read_in, start_in
 
 pytestmark = pytest.mark.v2

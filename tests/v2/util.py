@@ -6,7 +6,7 @@ import os
 import subprocess
 from collections.abc import Sequence
 
-from tests.support.cgroups import TestCgroup
+from lxcfs_guard.testing.cgroups import TestCgroup
 
 # Reads each file given as an argument and ends it with a NUL, so one process reads them all back to back.
 _CAT_ALL = 'for f in "$@"; do cat "$f" || echo "CAT-FAILED $f"; printf "\\0"; done'

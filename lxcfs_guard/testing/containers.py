@@ -1,7 +1,7 @@
 """Light containers for the remount tests and benchmark: real mount namespaces, real memory cgroups, no
 image. Each is one forked process that
 
-  1. joins its own cgroup (tests.support.cgroups.make_cgroup, with its own memory limit),
+  1. joins its own cgroup (lxcfs_guard.testing.cgroups.make_cgroup, with its own memory limit),
   2. unshares its mount namespace (private propagation; or slave, for the "tunnel" the old nsenter way
      needs: then only a shared mount on the host, the tunnel, propagates in),
   3. builds its root: a temp dir with proc/ (a bind of the host's /proc, so what lies under a bind is the
@@ -28,8 +28,8 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 
 from lxcfs_guard.kernel import syscalls as sc
-from tests.support.cgroups import TestCgroup, make_cgroup
-from tests.support.procs import wait_for
+from lxcfs_guard.testing.cgroups import TestCgroup, make_cgroup
+from lxcfs_guard.testing.procs import wait_for
 
 MiB = 1 << 20
 BUSYBOX = "/bin/busybox"
@@ -209,8 +209,8 @@ def start(
         os.close(r)
         _init_child(root, cgroup, binds, slave, w)
     os.close(w)
-    with os.fdopen(r, "rb") as f:
-        err = f.read()
+    with os.fdopen(r, "rb") as pipe:
+        err = pipe.read()
     if err:
         os.waitpid(pid, 0)
         shutil.rmtree(root, ignore_errors=True)

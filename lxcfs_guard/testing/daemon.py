@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from lxcfs_guard.kernel.procfs import mounts_at
-from tests.support.procs import force_unmount, is_mounted, stop, wait_for
+from lxcfs_guard.testing.procs import force_unmount, is_mounted, stop, wait_for
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LXCFS_GUARD = os.path.join(REPO, ".venv", "bin", "lxcfs-guard")
@@ -133,9 +133,10 @@ def lxcfs_reference(mountpoint: str | None = None, args: tuple[str, ...] = (), t
             shutil.rmtree(mountpoint, ignore_errors=True)
 
 
-if __name__ == "__main__":  # smoke: python -m tests.support.daemon
+if __name__ == "__main__":  # smoke: python -m lxcfs_guard.testing.daemon
     with serve() as d, lxcfs_reference() as ref:
         print(d.pid, d.mountpoint, ref, file=sys.stderr)
-        print(open(d.path("proc/meminfo")).read()[:200])
+        with open(d.path("proc/meminfo")) as f:
+            print(f.read()[:200])
         with open(os.path.join(d.state_dir, "serve", f"{d.pid}.json")) as f:
             print(json.load(f))

@@ -30,7 +30,6 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-
 SLOW_NS = 50_000_000  # a read slower than this is not "reading correctly" (it was stuck on a hung daemon)
 HEARTBEAT_NS = 100_000_000  # an "ok" line at least this often, so the harness can tell a blocked reader
 
@@ -97,6 +96,7 @@ class Reader:
 
     def pump(self) -> None:
         """Take whatever the reader printed (never blocks)."""
+        assert self.proc.stdout is not None
         fd = self.proc.stdout.fileno()
         while select.select([fd], [], [], 0)[0]:
             chunk = os.read(fd, 65536)
@@ -196,6 +196,11 @@ def attach_env(mountpoint: str, state_dir: str) -> dict[str, str]:
     return dict(os.environ, LXCFS_GUARD_MOUNTPOINT=mountpoint, LXCFS_GUARD_STATE_DIR=state_dir)
 
 
+def _joins(cg: Any) -> Callable[[], None]:
+    """What the reader runs before exec: move itself into its cgroup."""
+    return lambda: cg.add(os.getpid())
+
+
 @contextlib.contextmanager
 def reader_fleet(
     n: int,
@@ -215,8 +220,8 @@ def reader_fleet(
     (e.g. `nsenter -a -t BOXPID` to start them inside a systemd box); `run_in` prefixes the attach command
     the same way. `cgroup(limit_bytes)` makes each container's cgroup (an object with `.add(pid)`; default
     `make_cgroup`). Readers are stopped by pid and their cgroups removed on exit."""
+    from lxcfs_guard.testing.cgroups import make_cgroup
     from lxcfs_guard.watchdog.status import alive  # noqa: F401 - fail early if the package is broken
-    from tests.support.cgroups import make_cgroup
 
     binary = os.path.join(os.path.dirname(sys.executable), "lxcfs-guard")
     stack = contextlib.ExitStack()
@@ -224,13 +229,14 @@ def reader_fleet(
     try:
         for i in range(n):
             limit_mib = base_mib + i
-            cg = stack.enter_context((cgroup or (lambda b: make_cgroup(memory=b)))(limit_mib << 20))
+            cg = stack.enter_context(cgroup(limit_mib << 20) if cgroup else make_cgroup(memory=limit_mib << 20))
             argv = [*enter, "unshare", "-m", "--propagation", "private",
                     sys.executable, os.path.abspath(__file__), file, str(limit_mib * 1024), str(interval)]
             proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    preexec_fn=lambda cg=cg: cg.add(os.getpid()))
+                                    preexec_fn=_joins(cg))
             readers.append(Reader(id=f"rd-{uuid.uuid4().hex[:8]}-{i}", proc=proc, expect_kb=limit_mib * 1024))
         for r in readers:
+            assert r.proc.stdin is not None and r.proc.stdout is not None
             line = r.proc.stdout.readline()
             if not line.strip().isdigit():
                 raise RuntimeError(f"reader {r.id} did not start: {line!r}")
@@ -241,6 +247,7 @@ def reader_fleet(
             if p.returncode != 0:
                 raise RuntimeError(f"attach {r.id} failed ({p.returncode}): {p.stdout}{p.stderr}")
         for r in readers:
+            assert r.proc.stdin is not None
             r.proc.stdin.write(b"go\n")
             r.proc.stdin.flush()
         fleet = Fleet(readers)
@@ -258,9 +265,9 @@ def reader_fleet(
                     r.proc.kill()
             with contextlib.suppress(Exception):
                 r.proc.wait(5)
-            for s in (r.proc.stdin, r.proc.stdout):
-                with contextlib.suppress(Exception):
-                    s.close()
+            for pipe in (r.proc.stdin, r.proc.stdout):
+                if pipe is not None:
+                    pipe.close()
         stack.close()
 
 

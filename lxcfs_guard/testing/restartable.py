@@ -1,5 +1,5 @@
 """A daemon under test that a test can SIGKILL and start again on the same mountpoint, as a crash and a
-restart do: `lxcfs-guard serve` (tests.support.daemon.serve) or, with lxcfs=True, Debian's LXCFS."""
+restart do: `lxcfs-guard serve` (lxcfs_guard.testing.daemon.serve) or, with lxcfs=True, Debian's LXCFS."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import contextlib
 import os
 import signal
 
-from tests.support.daemon import lxcfs_reference, serve
+from lxcfs_guard.testing.daemon import lxcfs_reference, serve
 
 
 def _lxcfs_pid(mountpoint: str) -> int:
