@@ -76,9 +76,9 @@ def run_remount(args: argparse.Namespace) -> int:
                             stale_devs=set(args.stale_dev) if args.stale_dev else None, dry_run=args.dry_run,
                             timeout=args.timeout, jobs=args.jobs, threads=args.threads,
                             beneath=False if args.no_beneath else None, any_device=args.any_device)
-    from lxcfs_guard.remount.report import printable
+    from lxcfs_guard.remount.report import encodable
 
-    print(report.to_json() if args.json else printable(report.text(), sys.stdout.encoding))
+    print(report.to_json() if args.json else encodable(report.text(), sys.stdout.encoding))
     return 0 if report.ok else 1
 
 

@@ -41,13 +41,13 @@ mount namespace is never entered.
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import time
 from collections.abc import Iterable, Sequence
 
 from lxcfs_guard import config, devices
 from lxcfs_guard.kernel import procfs
+from lxcfs_guard.kernel.files import LockTimeout, lock, open_lock, private_dir
 from lxcfs_guard.kernel import syscalls as sc
 from lxcfs_guard.remount import children, discovery, stuck
 from lxcfs_guard.remount.plan import ATTACH, Fix, Job, NsView, instance_prefix, plan, top_mounts
@@ -80,20 +80,17 @@ class AttachError(OSError):
 
 
 def _lock(state_dir: str, timeout: float) -> int:
-    """flock on <state-dir>/remount.lock: runs (and attaches) take turns. The fd is closed in every child
-    we fork (children.parent_only): a child stuck in the kernel must not keep the lock."""
-    os.makedirs(state_dir, mode=0o755, exist_ok=True)
-    fd = os.open(os.path.join(state_dir, LOCKNAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return children.parent_only(fd)
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                os.close(fd)
-                raise TimeoutError(f"another remount holds {state_dir}/{LOCKNAME} for more than {timeout:g} s") from None
-            time.sleep(0.005)
+    """flock on <state-dir>/remount.lock (a private file, kernel/files.open_lock): runs (and attaches) take
+    turns. The fd is closed in every child we fork (children.parent_only): a child stuck in the kernel must
+    not keep the lock."""
+    private_dir(state_dir)
+    fd = open_lock(os.path.join(state_dir, LOCKNAME))
+    try:
+        lock(fd, time.monotonic() + timeout)
+    except LockTimeout:
+        os.close(fd)
+        raise LockTimeout(errno.ETIMEDOUT, f"another remount holds {state_dir}/{LOCKNAME} for more than {timeout:g} s") from None
+    return children.parent_only(fd)
 
 
 def _unlock(fd: int) -> None:

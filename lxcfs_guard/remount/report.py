@@ -14,6 +14,8 @@ from __future__ import annotations
 import errno as _errno
 import os
 
+from lxcfs_guard.text import printable
+
 REPAIRED = "repaired"
 ALREADY_LIVE = "already_live"
 REFUSED = "refused"
@@ -23,26 +25,7 @@ ACTIONS = (REPAIRED, ALREADY_LIVE, REFUSED, GONE, FAILED)
 OK_ACTIONS = frozenset((REPAIRED, ALREADY_LIVE, GONE))
 
 
-def escape(text: str) -> str:
-    """`text` (an id, a path, a message naming them) made safe to print on any terminal and through any
-    stdout encoding: bytes that were not UTF-8 (decoded with surrogateescape, as mountinfo is) and control
-    characters become \\xNN, a backslash becomes \\\\; everything else is kept. The one escaping function
-    of the remount reports (`hostile` has one for logs and `list`; to be unified)."""
-    out = []
-    for ch in text:
-        o = ord(ch)
-        if 0xDC80 <= o <= 0xDCFF:
-            out.append(f"\\x{o - 0xDC00:02x}")
-        elif ch == "\\":
-            out.append("\\\\")
-        elif o < 0x20 or 0x7F <= o < 0xA0 or 0xD800 <= o < 0xE000:
-            out.append(f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}")
-        else:
-            out.append(ch)
-    return "".join(out)
-
-
-def printable(text: str, encoding: str | None) -> str:
+def encodable(text: str, encoding: str | None) -> str:
     """`text` as it can be written to a stream of `encoding`: what the encoding cannot carry (non-ASCII on
     an ASCII stdout) becomes a backslash escape instead of a UnicodeEncodeError."""
     enc = encoding or "utf-8"
@@ -69,7 +52,7 @@ class TargetError:
                 "errname": _errno.errorcode.get(self.errno, str(self.errno)), "message": self.message}
 
     def __str__(self) -> str:
-        return f"{escape(self.target)}: {_errno.errorcode.get(self.errno, self.errno)} ({escape(self.message)})"
+        return f"{printable(self.target)}: {_errno.errorcode.get(self.errno, self.errno)} ({printable(self.message)})"
 
     def __repr__(self) -> str:
         return f"TargetError({self.target!r}, {self.errno}, {self.message!r})"
@@ -107,7 +90,7 @@ class NamespaceReport:
         what = self.action.replace("_", " ")
         if dry_run and self.action == REPAIRED:
             what = "would repair"
-        parts = [f"{escape(self.id):<28} pid {self.pid:<8} {what:<13}"]
+        parts = [f"{printable(self.id):<28} pid {self.pid:<8} {what:<13}"]
         if self.repaired:
             parts.append(f"{len(self.repaired)} bind(s)")
         if self.detached:
@@ -175,9 +158,9 @@ class RemountReport:
         return json.dumps(self.to_dict(), indent=1)
 
     def text(self) -> str:
-        lines = [f"warning: {escape(w)}" for w in self.warnings]
+        lines = [f"warning: {printable(w)}" for w in self.warnings]
         if self.error:
-            lines.append(f"error: {escape(self.error)}")
+            lines.append(f"error: {printable(self.error)}")
         lines += [ns.line(self.dry_run) for ns in self.namespaces]
         counts = ", ".join(f"{self.count(a)} {a.replace('_', ' ')}" for a in ACTIONS if self.count(a))
         lines.append(f"{len(self.namespaces)} container(s){': ' + counts if counts else ''}"

@@ -45,12 +45,13 @@ def test_text_has_a_line_per_container_and_a_summary() -> None:
 
 
 def test_escape_makes_any_name_printable_through_a_strict_ascii_stdout() -> None:
-    from lxcfs_guard.remount.report import escape, printable
+    from lxcfs_guard.remount.report import encodable
+    from lxcfs_guard.text import printable
 
     name = b"/tmp/\xff\x1b[31m\\x".decode(errors="surrogateescape")
-    assert escape(name) == "/tmp/\\xff\\x1b[31m\\\\x"
-    assert escape("/tmp/é") == "/tmp/é"
-    assert printable("/tmp/é", "ascii") == "/tmp/\\xe9"
+    assert printable(name) == "/tmp/\\xff\\x1b[31m\\\\x"
+    assert printable("/tmp/é") == "/tmp/é"
+    assert encodable("/tmp/é", "ascii") == "/tmp/\\xe9"
 
 
 def test_broken_lists_each_target_left_broken_and_why() -> None:
