@@ -20,7 +20,7 @@ from lxcfs_guard.config import FSTYPE
 from lxcfs_guard.kernel.procfs import read_mountinfo
 from tests.support.lxc import VARLIB, lxc_available, lxc_container, varlib_lock
 from tests.support.procs import is_mounted
-from tests.support.supervise import supervise
+from tests.support.guards import guard
 
 pytestmark = pytest.mark.skipif(not lxc_available(), reason="lxc, busybox-static and lxcfs's hook are installed by make setup")
 
@@ -29,7 +29,7 @@ LIMIT_KB = 65536
 # a cpuN subdirectory readable, MemTotal via the nesting bind, df's exit code and whether it wrote to stderr.
 PROBE = r"""
 m=$(sed -n 's/^MemTotal: *\([0-9]*\) kB/\1/p' /proc/meminfo)
-o=$(cat /sys/devices/system/cpu/online)
+o=$(head -n1 /sys/devices/system/cpu/online)  # read(2): busybox cat uses sendfile, see the report
 p=$(grep -c ^processor /proc/cpuinfo)
 u=n; [ -f /sys/devices/system/cpu/uevent ] && u=y
 t=$(cat /sys/devices/system/cpu/cpu0/topology/core_id 2>/dev/null || echo -)
@@ -82,7 +82,7 @@ def _kill_serve_and_wait_restart(g) -> None:
 def test_lxc_container_recovers_every_lxcfs_mount(unprivileged: bool) -> None:
     with varlib_lock():
         assert not is_mounted(VARLIB), f"{VARLIB} is mounted by someone who does not hold the lock"
-        with supervise(mountpoint=VARLIB) as g, lxc_container(unprivileged=unprivileged) as c:
+        with guard(mountpoint=VARLIB) as g, lxc_container(unprivileged=unprivileged) as c:
             pid = c.pid()
             with open(f"/proc/{pid}/uid_map") as f:
                 assert f.read().split()[:2] == (["0", "100000"] if unprivileged else ["0", "0"])

@@ -78,12 +78,11 @@ def descendants(pid: int) -> list[int]:
 
 
 @contextlib.contextmanager
-def supervise(*extra: str, mountpoint: str | None = None) -> Iterator[Guard]:
-    """`lxcfs-guard supervise` on a private mountpoint (or `mountpoint`, e.g. /var/lib/lxcfs under its flock)
-    and state dir; stopped by pid, unmounted, removed."""
+def supervise(*extra: str) -> Iterator[Guard]:
+    """`lxcfs-guard supervise` on a private mountpoint and state dir; stopped by pid, unmounted, removed."""
     top = tempfile.mkdtemp(prefix="lxcfs-guard-ocitest-")
-    mnt, state = mountpoint or os.path.join(top, "mnt"), os.path.join(top, "state")
-    os.makedirs(mnt, exist_ok=mountpoint is not None), os.makedirs(state)
+    mnt, state = os.path.join(top, "mnt"), os.path.join(top, "state")
+    os.makedirs(mnt), os.makedirs(state)
     log_path = os.path.join(top, "supervise.log")
     env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
     with open(log_path, "wb") as log:
