@@ -12,9 +12,8 @@ import time
 import pytest
 
 from lxcfs_guard import config
-from lxcfs_guard.kernel.procfs import read_mountinfo
 from tests.support.docker import docker_available, dockerd
-from tests.support.guards import guard
+from tests.support.guards import guard, read_mountinfo
 
 pytestmark = pytest.mark.skipif(not docker_available(), reason="docker.io and busybox-static come from make setup")
 

@@ -17,10 +17,8 @@ import time
 import pytest
 
 from lxcfs_guard.config import FSTYPE
-from lxcfs_guard.kernel.procfs import read_mountinfo
+from tests.support.guards import guard, read_mountinfo
 from tests.support.lxc import VARLIB, lxc_available, lxc_container, varlib_lock
-from tests.support.procs import is_mounted
-from tests.support.guards import guard
 
 pytestmark = pytest.mark.skipif(not lxc_available(), reason="lxc, busybox-static and lxcfs's hook are installed by make setup")
 
@@ -81,7 +79,8 @@ def _kill_serve_and_wait_restart(g) -> None:
 @pytest.mark.parametrize("unprivileged", [False, True], ids=["privileged", "unprivileged"])
 def test_lxc_container_recovers_every_lxcfs_mount(unprivileged: bool) -> None:
     with varlib_lock():
-        assert not is_mounted(VARLIB), f"{VARLIB} is mounted by someone who does not hold the lock"
+        assert not any(m.mount_point == VARLIB for m in read_mountinfo()), \
+            f"{VARLIB} is mounted by someone who does not hold the varlib lock"
         with guard(mountpoint=VARLIB) as g, lxc_container(unprivileged=unprivileged) as c:
             pid = c.pid()
             with open(f"/proc/{pid}/uid_map") as f:

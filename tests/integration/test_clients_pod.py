@@ -21,9 +21,7 @@ import time
 from collections.abc import Iterator
 
 from lxcfs_guard import config
-from lxcfs_guard.kernel.procfs import read_mountinfo
-from tests.support.guards import guard
-from tests.support.procs import force_unmount
+from tests.support.guards import force_unmount, guard, read_mountinfo
 from tests.support.runc import container
 
 PROBE = r"""

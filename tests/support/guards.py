@@ -18,10 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lxcfs_guard.config import FSTYPE
-from lxcfs_guard.kernel.procfs import read_mountinfo
-from tests.support.procs import force_unmount, stop, wait_for
+from lxcfs_guard.kernel.procfs import MountInfo, parse_mountinfo
+from tests.support.procs import stop, wait_for
 
 BINARY = str(Path(sys.executable).with_name("lxcfs-guard"))
+
+
+def read_mountinfo(pid: int | str = "self") -> list[MountInfo]:
+    """The mount table, whatever bytes other tests' mounts have in their paths (a clean-up that raised on
+    a non-UTF-8 mountpoint elsewhere on the host would leave our mounts behind)."""
+    with open(f"/proc/{pid}/mountinfo", "rb") as f:
+        return parse_mountinfo(f.read().decode(errors="surrogateescape"))
 
 
 @dataclass
@@ -46,6 +53,14 @@ class RunningGuard:
     def log(self) -> str:
         with open(self.log_path, errors="replace") as f:
             return f.read()[-4000:]
+
+
+def force_unmount(path: str) -> None:
+    """Detach every mount stacked on `path` (lazily: a dead FUSE connection must not block it)."""
+    for _ in range(10):
+        if not any(m.mount_point == path for m in read_mountinfo()):
+            return
+        subprocess.run(["umount", "-l", path], check=False, capture_output=True)
 
 
 def descendants(pid: int) -> list[int]:
