@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 
 import pytest
 
 from lxcfs_guard import config
 from tests.support.docker import docker_available, dockerd
-from tests.support.guards import guard, read_mountinfo
+from tests.support.guards import check_remount_all, guard, mntns_of, read_mountinfo
 
 pytestmark = pytest.mark.skipif(not docker_available(), reason="docker.io and busybox-static come from make setup")
 
@@ -58,6 +59,7 @@ def test_docker_container_reads_its_own_memtotal_after_each_kill() -> None:
                 time.sleep(0.05)
             assert got == want, f"round {round_}: {got!r}\n{g.log()[-3000:]}"
             assert _mounts(pid) == before, "a mount was stacked or lost"
-            r = g.cli("remount", "--all")
-            assert r.returncode == 0, r.stdout + r.stderr
+            check_remount_all(g, {mntns_of(pid)})
             assert _mounts(pid) == before
+            r = subprocess.run(["df", g.mountpoint], capture_output=True, text=True, timeout=10)
+            assert r.returncode == 0 and r.stderr == "", r.stderr  # the host's df of the recovered mount

@@ -129,3 +129,25 @@ def guard(mountpoint: str | None = None, prepare: str | None = None, ready_at: s
         _unmount_under(top)
         if not any(m.mount_point.startswith(top) for m in read_mountinfo()):
             shutil.rmtree(top, ignore_errors=True)
+
+
+OK_ACTIONS = ("repaired", "already_live", "gone")
+
+
+def mntns_of(pid: int) -> int:
+    return os.stat(f"/proc/{pid}/ns/mnt").st_ino
+
+
+def check_remount_all(g: RunningGuard, ours: set[int], in_guard_ns: bool = False) -> dict:
+    """`remount --all --json` as an operator runs it. Every namespace of ours (mount-namespace inodes) must
+    be repaired or already live. The exit code must be 0 unless what is reported broken lies entirely in
+    namespaces that are not ours: other tests on this shared machine leave dead mounts of our type behind,
+    and `--all` means the whole host."""
+    r = g.cli("remount", "--all", "--json", in_guard_ns=in_guard_ns)
+    doc = json.loads(r.stdout)
+    mine = [n for n in doc["namespaces"] if n["mntns"] in ours]
+    assert all(n["action"] in OK_ACTIONS for n in mine), json.dumps(mine, indent=1)
+    foreign_broken = [n for n in doc["namespaces"] if n["mntns"] not in ours and n["action"] not in OK_ACTIONS]
+    if not foreign_broken:
+        assert r.returncode == 0, r.stdout + r.stderr
+    return doc
