@@ -119,9 +119,7 @@ class Operations(pyfuse3.Operations):
     # -- directories ----------------------------------------------------------------------------------
     async def opendir(self, inode, ctx):
         if self.cpu.handles(inode):
-            fh = LISTING_FH | next(self._fh)
-            self._open[fh] = self.cpu.opendir(inode, ctx)
-            return fh
+            return self._keep(self.cpu.opendir(inode, ctx), LISTING_FH)
         node = self.tree.get(inode)
         if node is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
@@ -151,18 +149,25 @@ class Operations(pyfuse3.Operations):
     # -- files ----------------------------------------------------------------------------------------
     async def open(self, inode, flags, ctx):
         if self.cpu.dir.owns(inode):
-            data = self.cpu.open(inode, flags, ctx)
-        else:
-            node = self.tree.get(inode)
-            if node is None:
-                raise pyfuse3.FUSEError(errno.ENOENT)
-            if node.is_dir:
-                raise pyfuse3.FUSEError(errno.EISDIR)
-            if flags & _WRITE_FLAGS:
-                raise pyfuse3.FUSEError(errno.EROFS)
-            data = self.content.render(node.name, self.resolver.resolve(ctx.pid))
-        fh = next(self._fh)
+            return self._file_info(self._keep(self.cpu.open(inode, flags, ctx)))
+        node = self.tree.get(inode)
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        if node.is_dir:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        if flags & _WRITE_FLAGS:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        data = self.content.render(node.name, self.resolver.resolve(ctx.pid))
+        return self._file_info(self._keep(data))
+
+    def _keep(self, data: bytes, flag: int = 0) -> int:
+        """Per-open bytes (a file's content, a directory listing) under a fresh fh: the one place they are kept."""
+        fh = flag | next(self._fh)
         self._open[fh] = data
+        return fh
+
+    @staticmethod
+    def _file_info(fh: int) -> pyfuse3.FileInfo:
         return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False, nonseekable=False)
 
     async def read(self, fh, off, size):
