@@ -14,7 +14,7 @@ import pytest
 
 from lxcfs_guard import config
 from tests.support.docker import docker_available, dockerd
-from tests.support.guards import check_remount_all, guard, mntns_of, read_mountinfo
+from tests.support.guards import check_remount_all, diagnose, guard, mntns_of, read_mountinfo
 
 pytestmark = pytest.mark.skipif(not docker_available(), reason="docker.io and busybox-static come from make setup")
 
@@ -57,7 +57,7 @@ def test_docker_container_reads_its_own_memtotal_after_each_kill() -> None:
                 if got == want and g.daemon_pid() not in (None, old):
                     break
                 time.sleep(0.05)
-            assert got == want, f"round {round_}: {got!r}\n{g.log()[-3000:]}"
+            assert got == want, f"round {round_}: {got!r}\n{g.log()[-3000:]}" + diagnose(g, probe)
             assert _mounts(pid) == before, "a mount was stacked or lost"
             check_remount_all(g, {mntns_of(pid)})
             assert _mounts(pid) == before

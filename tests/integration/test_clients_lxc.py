@@ -16,7 +16,7 @@ import time
 import pytest
 
 from lxcfs_guard.config import FSTYPE
-from tests.support.guards import check_remount_all, guard, mntns_of, read_mountinfo
+from tests.support.guards import check_remount_all, diagnose, guard, mntns_of, read_mountinfo
 from tests.support.lxc import VARLIB, lxc_available, lxc_container, varlib_lock
 
 pytestmark = pytest.mark.skipif(not lxc_available(), reason="lxc, busybox-static and lxcfs's hook are installed by make setup")
@@ -97,7 +97,8 @@ def test_lxc_container_recovers_every_lxcfs_mount(unprivileged: bool) -> None:
                 got, took = _wait_probe(c, want)
                 # NEEDS-DIR-REPAIR: the cpu directory bind (online, uevent, cpu0/...) and the nesting bind
                 # (/var/lib/lxcfs/proc/meminfo) come back only with the remount helper's directory repair.
-                assert got == want, f"round {round_}: {got!r} after {took:.1f} s\n{g.log()[-3000:]}"
+                assert got == want, f"round {round_}: {got!r} after {took:.1f} s\n{g.log()[-3000:]}" + diagnose(
+                    g, lambda: _probe(c))
                 assert _our_mounts(pid) == before, "a mount was stacked or lost"
                 # NEEDS-DIR-REPAIR (exit codes, issue 10 item 2): 0 when nothing is left broken
                 check_remount_all(g, {mntns_of(pid)})

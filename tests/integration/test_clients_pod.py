@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator
 
 from lxcfs_guard import config
-from tests.support.guards import check_remount_all, force_unmount, guard, mntns_of, read_mountinfo
+from tests.support.guards import check_remount_all, diagnose, force_unmount, guard, mntns_of, read_mountinfo
 from tests.support.runc import container
 
 PROBE = r"""
@@ -105,7 +105,8 @@ def _run(g, node: str, apps) -> None:
                     break
                 time.sleep(0.05)
             # NEEDS-DIR-REPAIR: the third field reads through the directory hostPath (/var/lib/lxcfs)
-            assert got == want, f"round {round_} {app.id}: {got!r}\n{g.log()}"
+            assert got == want, f"round {round_} {app.id}: {got!r}\n{g.log()}" + diagnose(
+                g, lambda: app.exec("sh", "-c", PROBE, check=False).stdout.strip(), in_guard_ns=True)
             assert _ours(app.pid) == before[app.id], "a mount was stacked or lost"
         assert _fuse_at(node), "the node's directory lost the live mount"
         # kubectl exec into the guard's pod; NEEDS-DIR-REPAIR (exit codes): 0 when all of ours is repaired

@@ -151,3 +151,10 @@ def check_remount_all(g: RunningGuard, ours: set[int], in_guard_ns: bool = False
     if not foreign_broken:
         assert r.returncode == 0, r.stdout + r.stderr
     return doc
+
+
+def diagnose(g: RunningGuard, probe, in_guard_ns: bool = False) -> str:
+    """For a failure message: what a manual `remount --all` says and what the reader sees after it (tells
+    a repair the supervisor missed from one that cannot be done)."""
+    r = g.cli("remount", "--all", in_guard_ns=in_guard_ns)
+    return f"\n--- remount --all (exit {r.returncode}):\n{r.stdout[-2500:]}{r.stderr[-1000:]}\n--- then: {probe()!r}"
