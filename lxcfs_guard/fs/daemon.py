@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 
-from lxcfs_guard import config
+from lxcfs_guard import config, devices
 from lxcfs_guard.fs.views.cpus import CPU_VIEWS
 from lxcfs_guard.kernel.files import DEAD_ERRNOS, write_atomic
 
@@ -119,11 +119,13 @@ def run_serve(args: argparse.Namespace) -> int:
     async def announce_ready() -> None:
         probe = os.path.join(mountpoint, "proc", "meminfo")
 
-        def check() -> None:
+        def check() -> int:
             with open(probe, "rb") as f:
                 f.read()
+                return os.fstat(f.fileno()).st_dev
 
-        await trio.to_thread.run_sync(check)
+        dev = await trio.to_thread.run_sync(check)
+        devices.record(args.state_dir, dev, mountpoint)  # remount acts only on devices recorded as ours
         state_path.append(write_state(args.state_dir, mountpoint))
         notify("READY=1")
         notify(f"STATUS=serving {mountpoint}")

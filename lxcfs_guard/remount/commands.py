@@ -54,8 +54,13 @@ def configure_remount(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="say what would be done, touch nothing")
     parser.add_argument("--stale-dev", action="append", type=_dev, metavar="MAJ:MIN",
                         help="repair binds of this device even if its daemon still answers (a reload); "
-                             "default: binds of dead connections only")
-    parser.add_argument("--timeout", type=float, default=5.0, help="seconds allowed per container (default 5)")
+                             "default: binds of dead connections of devices recorded as ours")
+    parser.add_argument("--any-device", action="store_true",
+                        help="also repair dead connections not recorded as ours in STATE_DIR/devices (a stock "
+                             "LXCFS never records its devices; the fstype alone is chosen by whoever mounts)")
+    parser.add_argument("--timeout", type=float, default=5.0,
+                        help="seconds allowed per container (default 5); the live mount gets min(this, 2) s "
+                             "to answer, else nothing is done")
     parser.add_argument("--jobs", type=int, default=None, help="worker processes (default: by CPUs and work)")
     parser.add_argument("--threads", type=int, default=4, help="threads per worker (default 4)")
     parser.add_argument("--no-beneath", action="store_true",
@@ -70,8 +75,10 @@ def run_remount(args: argparse.Namespace) -> int:
     report = engine.remount(mountpoint, state_dir, fstype=args.fstype, ids=args.ids,
                             stale_devs=set(args.stale_dev) if args.stale_dev else None, dry_run=args.dry_run,
                             timeout=args.timeout, jobs=args.jobs, threads=args.threads,
-                            beneath=False if args.no_beneath else None)
-    print(report.to_json() if args.json else report.text())
+                            beneath=False if args.no_beneath else None, any_device=args.any_device)
+    from lxcfs_guard.remount.report import printable
+
+    print(report.to_json() if args.json else printable(report.text(), sys.stdout.encoding))
     return 0 if report.ok else 1
 
 
@@ -204,6 +211,9 @@ def run_unregister(args: argparse.Namespace) -> int:
 def configure_list(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-probe", action="store_true",
                         help="do not ask stale connections whether they are dead (just say 'stale')")
+    parser.add_argument("--timeout", type=float, default=2.0,
+                        help="seconds any daemon is given to answer (default 2): a hung one is reported, "
+                             "not waited for")
     _common(parser)
 
 
@@ -211,7 +221,8 @@ def run_list(args: argparse.Namespace) -> int:
     from lxcfs_guard.remount import inventory
 
     mountpoint, state_dir = _paths(args)
-    rows, warnings = inventory.inventory(mountpoint, state_dir, args.fstype, probe=not args.no_probe)
+    rows, warnings = inventory.inventory(mountpoint, state_dir, args.fstype, probe=not args.no_probe,
+                                         probe_timeout=min(args.timeout, 1.0), answer_timeout=args.timeout)
     if args.json:
         import json
 

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import os
 import select
-import signal
 import time
 from collections.abc import Callable, Iterable
 
 from lxcfs_guard.kernel import procfs, syscalls
 from lxcfs_guard.kernel.files import DEAD_ERRNOS
+from lxcfs_guard.remount import children
 from lxcfs_guard.remount.plan import Mount, NsView, top_mounts
 
 
@@ -32,6 +32,14 @@ def open_proc() -> int:
     """An fd on the host's /proc: every later lookup is relative to it, so it does not matter which root
     or mount namespace the caller is in when it uses it."""
     return os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+def open_mount_root(path: str) -> int:
+    """An O_PATH fd on the mount at `path`, got without a request to its daemon: the parent directory is
+    resolved (not ours), and stepping onto a mount's root dentry asks the filesystem nothing (a mount's
+    root is never revalidated); its cached attributes (syscalls.statx_cached) cost no request either."""
+    parent, name = os.path.split(os.path.abspath(path).rstrip("/") or "/")
+    return os.open(os.path.join(os.path.realpath(parent), name), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
 
 def read_all(name: str, dir_fd: int) -> bytes:
@@ -52,10 +60,17 @@ def parse_ours(data: bytes, fstype: str) -> list[Mount]:
     if marker not in data:
         return []
     out = []
-    for raw in data.split(b"\n"):
+    lines = data.split(b"\n")
+    parents = set()
+    for raw in lines:
+        fields = raw.split(b" ", 2)
+        if len(fields) > 2 and fields[1].isdigit():
+            parents.add(int(fields[1]))
+    for raw in lines:
         if marker in raw:
             mi = procfs.parse_mountinfo_line(raw.decode(errors="surrogateescape"))
-            out.append(Mount(mi.mount_id, mi.parent_id, mi.dev, mi.root, mi.mount_point, mi.mount_options))
+            out.append(Mount(mi.mount_id, mi.parent_id, mi.dev, mi.root, mi.mount_point, mi.mount_options,
+                             mi.mount_id in parents))
     return out
 
 
@@ -105,15 +120,17 @@ def scan(fstype: str, proc_fd: int, *, pids: Iterable[int] | None = None, skip: 
     child = os.fork()
     if child == 0:  # pragma: no cover - runs in the child
         try:
+            children.quiet()
             os.close(r)
             part = _read_part(fstype, proc_fd, firsts[1::2], None)
-            data = marshal.dumps([(v.mntns, v.pid, [(m.mount_id, m.parent_id, m.dev, m.root, m.target, m.options)
-                                                     for m in v.mounts]) for v in part.values()])
+            data = marshal.dumps([(v.mntns, v.pid, [(m.mount_id, m.parent_id, m.dev, m.root, m.target, m.options,
+                                                      m.submounts) for m in v.mounts]) for v in part.values()])
             while data:
                 data = data[os.write(w, data):]
         finally:
             os._exit(0)
     os.close(w)
+    pidfd = children.pidfd(child)
     try:
         found = _read_part(fstype, proc_fd, firsts[0::2], on_found)
         chunks = []
@@ -121,7 +138,8 @@ def scan(fstype: str, proc_fd: int, *, pids: Iterable[int] | None = None, skip: 
             chunks.append(chunk)
     finally:
         os.close(r)
-        os.waitpid(child, 0)
+        children.wait(child, pidfd, time.monotonic() + 5.0) or children.kill_and_reap(child, os.dup(pidfd))
+        os.close(pidfd)
     for ino, pid, mounts in marshal.loads(b"".join(chunks)) if chunks else []:
         found[ino] = view = NsView(ino, pid, [Mount(*m) for m in mounts])
         if on_found is not None:
@@ -175,13 +193,17 @@ class Prober:
     (`add`, or `watch` as scan's callback), so probing overlaps the scan; `results()` collects, kills and
     reaps them."""
 
-    def __init__(self, proc_fd: int, skip: Iterable[int] = (), timeout: float = 1.0, grace: float = 0.02) -> None:
+    def __init__(self, proc_fd: int, skip: Iterable[int] = (), timeout: float = 1.0, grace: float = 0.02,
+                 only: set[int] | None = None) -> None:
         self.proc_fd = proc_fd
         self.skip = set(skip)
+        self.only = only  # probe only these devices (None: any)
         self.timeout = timeout
         self.grace = grace
         self.samples: dict[int, tuple[int, str]] = {}
         self._children: dict[int, tuple[int, int]] = {}  # read fd -> (dev, child pid)
+        self._pidfds: dict[int, int] = {}  # read fd -> the child's pidfd
+        self.left_behind: dict[int, int] = {}  # device -> its probe child, stuck in the kernel
         self._began: dict[int, float] = {}  # read fd -> when the child began (or reached statfs)
         self._at_statfs: set[int] = set()
         self._out: dict[int, str] = {}
@@ -191,18 +213,20 @@ class Prober:
             self.add(m.dev, view.pid, m.target)
 
     def add(self, dev: int, pid: int, target: str) -> None:
-        if dev in self.skip or dev in self.samples:
+        if dev in self.skip or dev in self.samples or (self.only is not None and dev not in self.only):
             return
         self.samples[dev] = (pid, target)
         r, w = os.pipe2(os.O_CLOEXEC)
         child = os.fork()
         if child == 0:  # pragma: no cover - runs in the child
             try:
+                children.quiet()
                 os.close(r)
                 _probe_child(self.proc_fd, pid, target, w)
             finally:
                 os._exit(0)
         os.close(w)
+        self._pidfds[r] = children.pidfd(child)
         self._children[r] = (dev, child)
         self._began[r] = time.monotonic()
 
@@ -241,11 +265,16 @@ class Prober:
             now = time.monotonic()
             pending -= {r for r in pending if self._held_by_daemon(r, now) or now > self._began[r] + self.timeout}
         for r, (dev, child) in self._children.items():
+            os.close(r)
+            pidfd = self._pidfds.pop(r)
             if dev not in self._out:
                 self._out[dev] = HUNG
-                os.kill(child, signal.SIGKILL)
-            os.close(r)
-            os.waitpid(child, 0)
+            elif children.wait(child, pidfd, time.monotonic() + 1.0):
+                os.close(pidfd)
+                continue
+            # A child that read a daemon's never-answered request sleeps uninterruptibly: left behind.
+            if not children.kill_and_reap(child, pidfd, grace=0.2):
+                self.left_behind[dev] = child
         self._children.clear()
         return self._out
 
@@ -256,3 +285,38 @@ def probe(samples: dict[int, tuple[int, str]], proc_fd: int, timeout: float = 1.
     for dev, (pid, target) in samples.items():
         prober.add(dev, pid, target)
     return prober.results()
+
+
+def answers(path_fd: int, timeout: float) -> str:
+    """Does the daemon behind the mount `path_fd` (an O_PATH fd on it) answer a statfs within `timeout`
+    seconds? LIVE, DEAD, HUNG or "error:<errno>". Asked from a forked child: a SIGSTOPped or wedged daemon
+    never answers, and a child stuck on it is killed or, if it cannot die, left behind (see children)."""
+    r, w = os.pipe2(os.O_CLOEXEC)
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        try:
+            children.quiet()
+            os.close(r)
+            try:
+                os.fstatvfs(path_fd)
+                code = 0
+            except OSError as e:
+                code = e.errno or 255
+            os.write(w, bytes((min(code, 255),)))
+        finally:
+            os._exit(0)
+    os.close(w)
+    pidfd = children.pidfd(child)
+    try:
+        ready = select.select([r], [], [], timeout)[0]
+        data = os.read(r, 1) if ready else b""
+    finally:
+        os.close(r)
+    if not data:
+        children.kill_and_reap(child, pidfd, grace=0.2)
+        return HUNG
+    if not children.wait(child, pidfd, time.monotonic() + 1.0):
+        children.kill_and_reap(child, os.dup(pidfd), grace=0.2)
+    os.close(pidfd)
+    code = data[0]
+    return LIVE if code == 0 else DEAD if code in DEAD_ERRNOS else f"error:{code}"

@@ -11,15 +11,38 @@ from __future__ import annotations
 
 import os
 
+from lxcfs_guard.kernel.syscalls import statx_cached
 from lxcfs_guard.remount import discovery
 from lxcfs_guard.remount.plan import identity_problem, ns_id, top_mounts
 from lxcfs_guard.remount.registry import Registry
 from lxcfs_guard.remount.report import fmt_dev
 
 
-def inventory(mountpoint: str, state_dir: str, fstype: str, probe: bool = True,
-              probe_timeout: float = 1.0) -> tuple[list[dict[str, object]], list[str]]:
-    """(rows, warnings): one row per container, registered ones first."""
+def _live(mountpoint: str, timeout: float) -> tuple[int | None, str, str]:
+    """(device, state, message) of the mount at `mountpoint`, never waiting more than `timeout` s
+    for it: the device from cached attributes, the answer from a statfs in a child (discovery.answers)."""
+    try:
+        fd = discovery.open_mount_root(mountpoint)
+    except OSError as e:
+        return None, "error", str(e.strerror)
+    try:
+        dev = statx_cached(fd)[1]
+        state = discovery.answers(fd, timeout)
+    except OSError as e:
+        return None, "error", str(e.strerror)
+    finally:
+        os.close(fd)
+    if state == discovery.HUNG:
+        return dev, state, f"device {fmt_dev(dev)} does not answer within {timeout:g} s (its daemon is hung or stopped)"
+    if state == discovery.DEAD:
+        return dev, state, f"device {fmt_dev(dev)} is dead (its daemon is gone)"
+    return dev, state, state
+
+
+def inventory(mountpoint: str, state_dir: str, fstype: str, probe: bool = True, probe_timeout: float = 1.0,
+              answer_timeout: float = 2.0) -> tuple[list[dict[str, object]], list[str]]:
+    """(rows, warnings): one row per container, registered ones first. No step waits for a FUSE daemon
+    longer than `answer_timeout` (the live mount) or `probe_timeout` (the others)."""
     warnings: list[str] = []
     registry = Registry(state_dir)
     entries = registry.load()
@@ -27,11 +50,9 @@ def inventory(mountpoint: str, state_dir: str, fstype: str, probe: bool = True,
         warnings.append(registry.problem)
     proc_fd = discovery.open_proc()
     try:
-        try:
-            live_dev: int | None = os.stat(mountpoint).st_dev
-        except OSError as e:
-            warnings.append(f"live mount {mountpoint}: {e.strerror}")
-            live_dev = None
+        live_dev, live_state, message = _live(mountpoint, answer_timeout)
+        if live_state != discovery.LIVE:
+            warnings.append(f"live mount {mountpoint}: {message}")
         host_ns = os.stat("self/ns/mnt", dir_fd=proc_fd).st_ino
         idents = {cid: discovery.identity(e.pid, proc_fd) for cid, e in entries.items()}
         prober = discovery.Prober(proc_fd, skip=(live_dev,), timeout=probe_timeout) if probe else None
@@ -45,7 +66,7 @@ def inventory(mountpoint: str, state_dir: str, fstype: str, probe: bool = True,
 
     def label(dev: int) -> str:
         if dev == live_dev:
-            return "live"
+            return "live" if live_state == discovery.LIVE else live_state
         state = states.get(dev, "stale")
         return "other" if state == discovery.LIVE else state
 

@@ -14,6 +14,7 @@ standby, another test run) and is never touched; a namespace that has only such 
 from __future__ import annotations
 
 import errno
+import os
 from collections.abc import Iterable, Mapping
 
 from lxcfs_guard.kernel.syscalls import attrs_from_options
@@ -24,19 +25,24 @@ from lxcfs_guard.remount.report import ALREADY_LIVE, GONE, REFUSED, NamespaceRep
 BENEATH = "beneath"  # a stale mount is at the target: put the live one under it, then detach it
 ATTACH = "attach"  # a registered target has no mount of ours: bind the live file on top of it
 UNCOVER = "uncover"  # a stale mount sits right on a live one (an interrupted run, an old stacking script): detach it
+DETACH = "detach"  # a stale copy of a supervisor's private instance mount: nothing belongs there, detach it
+
+INSTANCES = "instances"  # {state_dir}/instances/<token>/mnt: where supervise mounts its daemons (watchdog.instance)
 
 class Mount:
     """One mountinfo line of our fstype in a namespace, reduced to what the plan needs."""
 
-    __slots__ = ("mount_id", "parent_id", "dev", "root", "target", "options")
+    __slots__ = ("mount_id", "parent_id", "dev", "root", "target", "options", "submounts")
 
-    def __init__(self, mount_id: int, parent_id: int, dev: int, root: str, target: str, options: str) -> None:
+    def __init__(self, mount_id: int, parent_id: int, dev: int, root: str, target: str, options: str,
+                 submounts: bool = False) -> None:
         self.mount_id = mount_id
         self.parent_id = parent_id
         self.dev = dev
         self.root = root
         self.target = target
         self.options = options
+        self.submounts = submounts  # some mount (of any type) has this one as its parent
 
     def __repr__(self) -> str:
         return f"Mount({self.mount_id}, {self.parent_id}, {fmt_dev(self.dev)}, {self.root!r}, {self.target!r})"
@@ -119,12 +125,56 @@ def top_mounts(mounts: Iterable[Mount]) -> dict[str, Mount]:
     return tops
 
 
-def stale_fix(m: Mount, mounts_by_id: Mapping[int, Mount], live_dev: int) -> Fix:
-    """The fix for stale top mount `m`: detach it if the mount right under it is already live, else put
-    a live one beneath it."""
+def stale_fix(m: Mount, mounts_by_id: Mapping[int, Mount], live_dev: int, detach_under: str | None = None) -> Fix:
+    """The fix for stale top mount `m`: detach it if the mount right under it is already live, or if it
+    is a copy of a supervisor's private instance mount (its target is under `detach_under`); else put a
+    live one beneath it. The same for a file bind and a directory bind (the whole filesystem, `proc`,
+    `sys/devices/system/cpu`): the clone is of the same path of the live filesystem."""
     under = mounts_by_id.get(m.parent_id)
-    how = UNCOVER if under is not None and under.target == m.target and under.dev == live_dev else BENEATH
+    if under is not None and under.target == m.target and under.dev == live_dev:
+        how = UNCOVER
+    elif detach_under and m.target.startswith(detach_under):
+        how = DETACH
+    else:
+        how = BENEATH
     return Fix(m.root, m.target, how, m.dev, attrs_from_options(m.options))
+
+
+def instance_prefix(state_dir: str) -> str:
+    """Targets under this prefix are copies of a supervisor's private instance mounts (see DETACH).
+
+    Why detach rather than repair: `supervise` mounts each daemon on `{state_dir}/instances/<token>/mnt`
+    inside a private mount of its own, so those mounts never propagate; a namespace holds a copy only
+    because it was copied from the host's while that daemon ran (`unshare -m`, a sandbox, a systemd
+    service with PrivateMounts). Nothing in it reads them (the host mountpoint is what is published), the
+    directory is removed on the host when that instance is cleaned up, and a live clone put there would
+    pin a daemon the supervisor knows nothing of. So the dead copy is detached and nothing takes its
+    place. The copy of the host mountpoint in such a namespace is repaired like any directory bind."""
+    return os.path.join(os.path.realpath(state_dir), INSTANCES) + "/"
+
+
+def _stale_fixes(tops: Iterable[Mount], by_id: Mapping[int, Mount], live_dev: int, stale_devs: set[int],
+                 detach_under: str | None) -> tuple[list[Fix], list[TargetError]]:
+    """Fixes for the stale top mounts among `tops`; a stale directory bind with mounts inside it is
+    refused (detaching it would take those mounts with it; its clone would not have them). A live top
+    mount right on another live one at the same target (a worker left stuck by an earlier run finished
+    its move after all) is detached: UNCOVER with the live device expected."""
+    fixes: list[Fix] = []
+    refusals: list[TargetError] = []
+    for m in tops:
+        if m.dev == live_dev:
+            under = by_id.get(m.parent_id)
+            if under is not None and under.target == m.target and under.dev == live_dev:
+                fixes.append(Fix(m.root, m.target, UNCOVER, live_dev, attrs_from_options(m.options)))
+            continue
+        if m.dev not in stale_devs:
+            continue
+        if m.submounts:
+            refusals.append(TargetError(m.target, errno.EBUSY, "other mounts sit inside this stale directory "
+                                        "bind; detaching it would take them: left alone"))
+        else:
+            fixes.append(stale_fix(m, by_id, live_dev, detach_under))
+    return fixes, refusals
 
 
 def identity_problem(entry: Entry, start_time: int | None, mntns: int | None) -> str | None:
@@ -145,12 +195,14 @@ def plan(
     live_dev: int,
     stale_devs: set[int],
     host_ns: int,
+    detach_under: str | None = None,
 ) -> tuple[list[Job], list[NamespaceReport]]:
     """Jobs for the engine and the outcomes known already.
 
     `identities[id]` is (start time, mount-namespace inode) read now for the entry's pid (None, None if it
     is gone). `namespaces` must include the namespace of every registered container that is still itself
-    (with its pid); the namespace of the caller (`host_ns`) is never planned for.
+    (with its pid); the namespace of the caller (`host_ns`) is never planned for. Stale mounts whose
+    target is under `detach_under` (see instance_prefix) are detached, not repaired.
     """
     jobs: list[Job] = []
     done: list[NamespaceReport] = []
@@ -173,6 +225,7 @@ def plan(
         by_id = {m.mount_id: m for m in view.mounts} if view else {}
         fixes: list[Fix] = []
         refusals: list[TargetError] = []
+        stale: list[Mount] = []
         wanted = set()
         for bind in entry.binds:
             wanted.add(bind.target)
@@ -181,11 +234,14 @@ def plan(
                 attrs = attrs_from_options(bind.flags) if bind.flags else None
                 fixes.append(Fix(bind.source, bind.target, ATTACH, None, attrs))
             elif m.dev in stale_devs:
-                fixes.append(stale_fix(m, by_id, live_dev))
+                stale.append(m)
             elif m.dev != live_dev:
                 refusals.append(TargetError(bind.target, errno.EBUSY,
                                             f"bound to another live connection ({fmt_dev(m.dev)}), not ours to replace"))
-        fixes += [stale_fix(m, by_id, live_dev) for m in tops.values() if m.target not in wanted and m.dev in stale_devs]
+        stale += [m for m in tops.values() if m.target not in wanted or m.dev == live_dev]
+        more, refused = _stale_fixes(stale, by_id, live_dev, stale_devs, detach_under)
+        fixes += more
+        refusals += refused
         if fixes:
             jobs.append(Job(entry.id, entry.pid, entry.mntns, fixes, entry.start_time, refusals))
         elif refusals:
@@ -198,9 +254,11 @@ def plan(
             continue
         tops = top_mounts(view.mounts)
         by_id = {m.mount_id: m for m in view.mounts}
-        fixes = [stale_fix(m, by_id, live_dev) for m in tops.values() if m.dev in stale_devs]
+        fixes, refusals = _stale_fixes(tops.values(), by_id, live_dev, stale_devs, detach_under)
         if fixes:
-            jobs.append(Job(ns_id(mntns), view.pid, mntns, fixes))
+            jobs.append(Job(ns_id(mntns), view.pid, mntns, fixes, refusals=refusals))
+        elif refusals:
+            done.append(NamespaceReport(ns_id(mntns), view.pid, mntns, REFUSED, errors=refusals))
         elif any(m.dev == live_dev for m in tops.values()):
             done.append(NamespaceReport(ns_id(mntns), view.pid, mntns, ALREADY_LIVE))
     return jobs, done

@@ -23,6 +23,32 @@ ACTIONS = (REPAIRED, ALREADY_LIVE, REFUSED, GONE, FAILED)
 OK_ACTIONS = frozenset((REPAIRED, ALREADY_LIVE, GONE))
 
 
+def escape(text: str) -> str:
+    """`text` (an id, a path, a message naming them) made safe to print on any terminal and through any
+    stdout encoding: bytes that were not UTF-8 (decoded with surrogateescape, as mountinfo is) and control
+    characters become \\xNN, a backslash becomes \\\\; everything else is kept. The one escaping function
+    of the remount reports (`hostile` has one for logs and `list`; to be unified)."""
+    out = []
+    for ch in text:
+        o = ord(ch)
+        if 0xDC80 <= o <= 0xDCFF:
+            out.append(f"\\x{o - 0xDC00:02x}")
+        elif ch == "\\":
+            out.append("\\\\")
+        elif o < 0x20 or 0x7F <= o < 0xA0 or 0xD800 <= o < 0xE000:
+            out.append(f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def printable(text: str, encoding: str | None) -> str:
+    """`text` as it can be written to a stream of `encoding`: what the encoding cannot carry (non-ASCII on
+    an ASCII stdout) becomes a backslash escape instead of a UnicodeEncodeError."""
+    enc = encoding or "utf-8"
+    return text.encode(enc, "backslashreplace").decode(enc, "replace")
+
+
 def fmt_dev(dev: int) -> str:
     """A device number as mountinfo and stat(1) show it: "0:52"."""
     return f"{os.major(dev)}:{os.minor(dev)}"
@@ -43,7 +69,7 @@ class TargetError:
                 "errname": _errno.errorcode.get(self.errno, str(self.errno)), "message": self.message}
 
     def __str__(self) -> str:
-        return f"{self.target}: {_errno.errorcode.get(self.errno, self.errno)} ({self.message})"
+        return f"{escape(self.target)}: {_errno.errorcode.get(self.errno, self.errno)} ({escape(self.message)})"
 
     def __repr__(self) -> str:
         return f"TargetError({self.target!r}, {self.errno}, {self.message!r})"
@@ -53,10 +79,11 @@ class NamespaceReport:
     """The outcome for one container: `id` is the registry id or "mntns:<inode>" for a discovered one;
     `repaired` lists the targets that now serve the live connection (or would, in a dry run)."""
 
-    __slots__ = ("id", "pid", "mntns", "action", "repaired", "errors", "duration_ms")
+    __slots__ = ("id", "pid", "mntns", "action", "repaired", "errors", "duration_ms", "detached")
 
     def __init__(self, id: str, pid: int, mntns: int, action: str, repaired: list[str] | None = None,
-                 errors: list[TargetError] | None = None, duration_ms: float = 0.0) -> None:
+                 errors: list[TargetError] | None = None, duration_ms: float = 0.0,
+                 detached: list[str] | None = None) -> None:
         self.id = id
         self.pid = pid
         self.mntns = mntns
@@ -64,6 +91,7 @@ class NamespaceReport:
         self.repaired = repaired or []
         self.errors = errors or []
         self.duration_ms = duration_ms
+        self.detached = detached or []  # stale copies of a supervisor's instance mounts, detached
 
     @property
     def ok(self) -> bool:
@@ -71,16 +99,19 @@ class NamespaceReport:
 
     def to_dict(self) -> dict[str, object]:
         return {"id": self.id, "pid": self.pid, "mntns": self.mntns, "action": self.action,
-                "repaired": list(self.repaired), "errors": [e.to_dict() for e in self.errors],
+                "repaired": list(self.repaired), "detached": list(self.detached),
+                "errors": [e.to_dict() for e in self.errors],
                 "duration_ms": round(self.duration_ms, 3)}
 
     def line(self, dry_run: bool = False) -> str:
         what = self.action.replace("_", " ")
         if dry_run and self.action == REPAIRED:
             what = "would repair"
-        parts = [f"{self.id:<28} pid {self.pid:<8} {what:<13}"]
+        parts = [f"{escape(self.id):<28} pid {self.pid:<8} {what:<13}"]
         if self.repaired:
-            parts.append(f"{len(self.repaired)} file(s)")
+            parts.append(f"{len(self.repaired)} bind(s)")
+        if self.detached:
+            parts.append(f"{len(self.detached)} stale instance cop{'y' if len(self.detached) == 1 else 'ies'} detached")
         parts.append(f"{self.duration_ms:.1f} ms")
         out = "  ".join(parts)
         for e in self.errors:
@@ -96,7 +127,7 @@ class RemountReport:
     could not start (`error`)."""
 
     __slots__ = ("live_root", "live_dev", "fstype", "mode", "dry_run", "namespaces", "warnings", "error",
-                 "duration_ms", "phases_ms")
+                 "duration_ms", "phases_ms", "left_behind")
 
     def __init__(self, live_root: str, fstype: str, dry_run: bool = False) -> None:
         self.live_root = live_root
@@ -109,10 +140,21 @@ class RemountReport:
         self.error: str | None = None
         self.duration_ms = 0.0
         self.phases_ms: dict[str, float] = {}  # where the time went: discover, probe, repair
+        self.left_behind: list[int] = []  # our children stuck in the kernel (D state), not waited for
 
     @property
     def ok(self) -> bool:
         return self.error is None and all(ns.ok for ns in self.namespaces)
+
+    def broken(self) -> list[dict[str, object]]:
+        """What is left broken, and why: one entry per target of a failed or refused namespace (the exit
+        code is non-zero exactly when this is non-empty or the run could not start)."""
+        out: list[dict[str, object]] = []
+        for ns in self.namespaces:
+            if not ns.ok:
+                for e in ns.errors or [TargetError("-", _errno.EIO, ns.action)]:
+                    out.append({"id": ns.id, "pid": ns.pid, "action": ns.action, **e.to_dict()})
+        return out
 
     def count(self, action: str) -> int:
         return sum(1 for ns in self.namespaces if ns.action == action)
@@ -123,6 +165,7 @@ class RemountReport:
                 "live_dev": None if dev is None else fmt_dev(dev),
                 "mode": self.mode, "dry_run": self.dry_run, "error": self.error, "warnings": list(self.warnings),
                 "counts": {a: self.count(a) for a in ACTIONS},
+                "broken": self.broken(), "left_behind": list(self.left_behind),
                 "namespaces": [ns.to_dict() for ns in self.namespaces], "duration_ms": round(self.duration_ms, 3),
                 "phases_ms": {k: round(v, 3) for k, v in self.phases_ms.items()}}
 
@@ -132,9 +175,9 @@ class RemountReport:
         return json.dumps(self.to_dict(), indent=1)
 
     def text(self) -> str:
-        lines = [f"warning: {w}" for w in self.warnings]
+        lines = [f"warning: {escape(w)}" for w in self.warnings]
         if self.error:
-            lines.append(f"error: {self.error}")
+            lines.append(f"error: {escape(self.error)}")
         lines += [ns.line(self.dry_run) for ns in self.namespaces]
         counts = ", ".join(f"{self.count(a)} {a.replace('_', ' ')}" for a in ACTIONS if self.count(a))
         lines.append(f"{len(self.namespaces)} container(s){': ' + counts if counts else ''}"

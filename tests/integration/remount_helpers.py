@@ -5,12 +5,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
+import signal
 import subprocess
 import tempfile
 from collections.abc import Iterator
 
+from tests.support.cgroups import TestCgroup
 from tests.support.containers import LightContainer
+from tests.support.procs import wait_for
 from tests.support.daemon import LXCFS_GUARD
 from tests.support.restartable import Restartable
 
@@ -69,3 +73,66 @@ def assert_exit_code(rc: int, report: dict, pids: set[int]) -> None:
                     if ns["pid"] not in pids) and report["error"] is None
     assert ours_ok, report
     assert rc == (0 if others_ok else 1) and report["ok"] == others_ok, report
+
+
+@contextlib.contextmanager
+def pivot_container(cgroup: TestCgroup, limit: int, binds: list[tuple[str, str]]) -> Iterator[LightContainer]:
+    """A container made as runtimes make them: `unshare -m`, its root a temp dir bound onto itself, then
+    pivot_root into it (the host's tree is gone from its namespace). `binds` are (host source, target
+    inside) made before the pivot: directories or files of a FUSE mount. Its init is busybox sleep; ended
+    by pid, root removed."""
+    root = tempfile.mkdtemp(prefix="lgp-")
+    for d in ("proc", "sys", "bin", "oldroot", "tmp"):
+        os.mkdir(f"{root}/{d}")
+    open(f"{root}/bin/busybox", "w").close()
+    lines = ["set -e", "mount --make-rprivate /", f"mount --bind {root} {root}",
+             f"mount --bind /proc {root}/proc", f"mount --bind /sys {root}/sys",
+             f"mount --bind /bin/busybox {root}/bin/busybox"]
+    for source, target in binds:
+        path = root + target
+        if os.path.isdir(source):
+            os.makedirs(path, exist_ok=True)
+        elif not target.startswith("/proc/") and not target.startswith("/sys/"):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            open(path, "w").close()
+        lines.append(f"mount --bind {shlex.quote(source)} {shlex.quote(path)}")
+    lines += [f"cd {root}", "pivot_root . oldroot", "/bin/busybox umount -l /oldroot",
+              "exec /bin/busybox sleep 1000000"]
+    proc = subprocess.Popen(["unshare", "-m", "sh", "-c", "\n".join(lines)], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL)
+    c = LightContainer(proc.pid, root, cgroup, limit)
+
+    def ready() -> bool:
+        assert proc.poll() is None, f"the pivot container's init exited with {proc.returncode}"
+        with open(f"/proc/{proc.pid}/cmdline", "rb") as f:
+            return f.read().split(b"\0")[:2] == [b"/bin/busybox", b"sleep"]
+
+    try:
+        wait_for(ready, timeout=10, what="pivot container")
+        yield c
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def plain_namespaces(n: int, cgroup: TestCgroup, limit: int) -> Iterator[list[LightContainer]]:
+    """`n` processes in namespaces copied from ours by a plain `unshare -m` (no pivot_root, no chroot:
+    as sandboxes and systemd services with PrivateMounts are): each holds a copy of every mount the host
+    had then, ours included. Ended by pid."""
+    procs = [subprocess.Popen(["unshare", "-m", "--propagation", "private", "/bin/busybox", "sleep", "1000000"])
+             for _ in range(n)]
+    try:
+        host = os.stat("/proc/self/ns/mnt").st_ino
+        wait_for(lambda: all(os.readlink(f"/proc/{p.pid}/exe").endswith("busybox")
+                             and os.stat(f"/proc/{p.pid}/ns/mnt").st_ino != host for p in procs),
+                 timeout=10, what="plain namespaces")
+        yield [LightContainer(p.pid, "/", cgroup, limit) for p in procs]
+    finally:
+        for p in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signal.SIGKILL)
+        for p in procs:
+            p.wait()

@@ -75,10 +75,13 @@ def _dead(path: str) -> bool:
 
 
 def test_stock_lxcfs_is_guarded_through_fstype() -> None:
-    """Debian's LXCFS 5.0.3: SIGKILL, restart, `remount --all --fstype fuse.lxcfs`."""
+    """Debian's LXCFS 5.0.3: SIGKILL, restart, `remount --all --fstype fuse.lxcfs`. LXCFS records no
+    device of its own: the run after its start (ExecStartPost) records it, as the live device it clones
+    from, so the run after the next crash knows the dead one is ours."""
     with daemon(lxcfs=True) as d, light_containers(3, bind_from=d.mountpoint) as cs:
         pids = {c.pid for c in cs}
         assert all(c.memtotal_kb() == c.limit // 1024 for c in cs)
+        assert remount_json(d, "--all")[0] == 0
         d.kill()
         assert all(c.read("/proc/meminfo")[0] == errno.ENOTCONN for c in cs)
         d.start()

@@ -55,7 +55,7 @@ class LightContainer:
         return self.root + "/" + target.lstrip("/")
 
     def mountinfo(self) -> list[str]:
-        with open(f"/proc/{self.pid}/mountinfo") as f:
+        with open(f"/proc/{self.pid}/mountinfo", errors="surrogateescape") as f:  # names may be any bytes
             return f.read().splitlines()
 
     def mounts_of(self, fstype: str) -> list[str]:

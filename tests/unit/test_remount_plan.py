@@ -7,7 +7,9 @@ import os
 from pathlib import Path
 
 from lxcfs_guard.remount.discovery import parse_ours
-from lxcfs_guard.remount.plan import ATTACH, BENEATH, Mount, NsView, identity_problem, plan, top_mounts
+from lxcfs_guard.remount.plan import (
+    ATTACH, BENEATH, DETACH, UNCOVER, Mount, NsView, identity_problem, instance_prefix, plan, top_mounts,
+)
 from lxcfs_guard.remount.registry import Bind, Entry
 from lxcfs_guard.remount.report import ALREADY_LIVE, GONE, REFUSED
 
@@ -126,3 +128,42 @@ def test_a_stale_mount_right_on_a_live_one_is_just_detached() -> None:
               m(20, 1, OTHER, "/proc/stat"), m(21, 20, DEAD, "/proc/stat"))
     jobs, _ = plan({5001: ns}, [], {}, LIVE, {DEAD}, HOST_NS)
     assert {f.target: f.how for f in jobs[0].fixes} == {"/proc/meminfo": UNCOVER, "/proc/stat": BENEATH}
+
+
+def test_directory_binds_get_the_same_fix_as_file_binds_with_their_own_root_as_source() -> None:
+    whole = Mount(10, 1, DEAD, "/", "/var/lib/lxcfs", "rw,nosuid")
+    proc = Mount(11, 1, DEAD, "/proc", "/lxcfs-proc", "ro,nosuid")
+    jobs, _ = plan({7: view(7, 70, whole, proc)}, [], {}, LIVE, {DEAD}, HOST_NS)
+    assert [(f.source, f.target, f.how) for f in jobs[0].fixes] == [("", "/var/lib/lxcfs", BENEATH),
+                                                                   ("proc", "/lxcfs-proc", BENEATH)]
+
+
+def test_copies_of_instance_mounts_are_detached_and_of_the_mountpoint_repaired() -> None:
+    prefix = instance_prefix("/run/lxcfs-guard")
+    inst = Mount(10, 1, DEAD, "/", "/run/lxcfs-guard/instances/18c-ab/mnt", "rw")
+    host = Mount(11, 1, DEAD, "/", "/var/lib/lxcfs", "rw")
+    jobs, _ = plan({7: view(7, 70, inst, host)}, [], {}, LIVE, {DEAD}, HOST_NS, prefix)
+    assert {f.target: f.how for f in jobs[0].fixes} == {inst.target: DETACH, host.target: BENEATH}
+    assert prefix == os.path.realpath("/run/lxcfs-guard") + "/instances/"
+
+
+def test_a_stale_directory_bind_with_mounts_inside_is_refused_not_detached() -> None:
+    inside = Mount(10, 1, DEAD, "/", "/var/lib/lxcfs", "rw", submounts=True)
+    jobs, done = plan({7: view(7, 70, inside)}, [], {}, LIVE, {DEAD}, HOST_NS)
+    assert jobs == [] and done[0].action == REFUSED and done[0].errors[0].errno == errno.EBUSY
+
+
+def test_a_live_mount_right_on_a_live_one_is_uncovered() -> None:
+    under, top = m(1, 9, LIVE, "/proc/meminfo"), m(2, 1, LIVE, "/proc/meminfo")
+    jobs, _ = plan({7: view(7, 70, under, top)}, [], {}, LIVE, set(), HOST_NS)
+    assert [(f.target, f.how, f.expect_dev) for f in jobs[0].fixes] == [("/proc/meminfo", UNCOVER, LIVE)]
+    jobs, done = plan({7: view(7, 70, under)}, [], {}, LIVE, set(), HOST_NS)
+    assert jobs == [] and done[0].action == ALREADY_LIVE
+
+
+def test_parse_ours_sees_submounts_of_any_type() -> None:
+    data = (b"30 1 0:40 / /var/lib/lxcfs rw - fuse.lxcfs-guard lxcfs-guard rw\n"
+            b"31 30 0:50 / /var/lib/lxcfs/proc rw - tmpfs tmpfs rw\n"
+            b"32 1 0:40 /proc/meminfo /proc/meminfo rw - fuse.lxcfs-guard lxcfs-guard rw\n")
+    got = {mnt.target: mnt.submounts for mnt in parse_ours(data, "fuse.lxcfs-guard")}
+    assert got == {"/var/lib/lxcfs": True, "/proc/meminfo": False}

@@ -40,5 +40,24 @@ def test_text_has_a_line_per_container_and_a_summary() -> None:
     r = RemountReport("/mnt", "fuse.lxcfs-guard", dry_run=True)
     r.namespaces = [NamespaceReport("c1", 5, 6, REPAIRED, ["/a", "/b"])]
     text = r.text()
-    assert "c1" in text and "would repair" in text and "2 file(s)" in text
+    assert "c1" in text and "would repair" in text and "2 bind(s)" in text
     assert text.splitlines()[-1].startswith("1 container(s): 1 repaired (dry run)")
+
+
+def test_escape_makes_any_name_printable_through_a_strict_ascii_stdout() -> None:
+    from lxcfs_guard.remount.report import escape, printable
+
+    name = b"/tmp/\xff\x1b[31m\\x".decode(errors="surrogateescape")
+    assert escape(name) == "/tmp/\\xff\\x1b[31m\\\\x"
+    assert escape("/tmp/é") == "/tmp/é"
+    assert printable("/tmp/é", "ascii") == "/tmp/\\xe9"
+
+
+def test_broken_lists_each_target_left_broken_and_why() -> None:
+    from lxcfs_guard.remount.report import FAILED, REPAIRED, NamespaceReport, RemountReport, TargetError
+
+    r = RemountReport("/var/lib/lxcfs", "fuse.lxcfs-guard")
+    r.namespaces = [NamespaceReport("a", 1, 2, REPAIRED, ["/proc/meminfo"]),
+                    NamespaceReport("b", 3, 4, FAILED, errors=[TargetError("/x", 110, "timed out")])]
+    assert [(b["id"], b["target"], b["errname"]) for b in r.broken()] == [("b", "/x", "ETIMEDOUT")]
+    assert r.to_dict()["broken"] == r.broken() and not r.ok
