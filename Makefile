@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := fuse3 libfuse3-dev pkg-config libsystemd-dev runc podman busybox-static lxcfs util-linux
+APT_PACKAGES := fuse3 libfuse3-dev pkg-config libsystemd-dev runc podman busybox-static lxcfs util-linux lxc docker.io
 V2_APT_PACKAGES := qemu-system-x86 linux-image-amd64 busybox-static
 PYTEST_ARGS ?=
 PREFIX ?= /usr/local

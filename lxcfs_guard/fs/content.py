@@ -128,6 +128,12 @@ class Content:
         facts = self.reader.cpu(view.ref)
         return cpus.visible_cpus(online, facts, self.cpu_view)
 
+    def visible_cpus(self, view: View) -> tuple[int, ...]:  # for sysfs_cpu: the cpu directory agrees with online
+        return self._visible_cpus(view)
+
+    def online_bytes(self, view: View) -> bytes:
+        return self.render(config.CPU_ONLINE, view)
+
     def _cpuinfo(self, view: View) -> str | None:
         return cpuinfo.render_cpuinfo(self.host_text(self.host_paths["proc/cpuinfo"]), self._visible_cpus(view))
 

@@ -30,6 +30,9 @@ def configure_serve(parser: argparse.ArgumentParser) -> None:
                         help="runtime state directory (default %(default)s, env LXCFS_GUARD_STATE_DIR)")
     parser.add_argument("--cpu-view", choices=CPU_VIEWS, default="cpuset",
                         help="CPUs a container sees: its cpuset, or also cut to ceil(quota/period) (LXCFS --enable-cfs)")
+    parser.add_argument("--cpu-dir-view", choices=("host", "container"), default="host",
+                        help="sys/devices/system/cpu beyond online: the host's present/possible/cpuN (LXCFS) or "
+                             "the caller's, matching online (see fs/sysfs_cpu.py for why host is the default)")
     parser.add_argument("--cgroup-root", default="/sys/fs/cgroup", help="where the cgroup hierarchies are mounted")
     parser.add_argument("--cache-ttl", type=float, default=0.1,
                         help="seconds a rendered file is reused for the same cgroup (0: render every open)")
@@ -92,6 +95,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from lxcfs_guard.fs.content import Content
     from lxcfs_guard.fs.loadavg import LoadSampler
     from lxcfs_guard.fs.operations import Operations
+    from lxcfs_guard.fs.sysfs_cpu import CpuDir
     from lxcfs_guard.fs.tree import Tree
     from lxcfs_guard.kernel.notify import notify
 
@@ -104,7 +108,9 @@ def run_serve(args: argparse.Namespace) -> int:
 
     reader = open_reader(args.cgroup_root)
     sampler = LoadSampler(reader)
-    ops = Operations(Tree(), Resolver(reader), Content(reader, args.cpu_view, args.cache_ttl, sampler))
+    content = Content(reader, args.cpu_view, args.cache_ttl, sampler)
+    cpudir = CpuDir(content.visible_cpus, content.online_bytes, args.cpu_dir_view, renumber=args.cpu_view == "quota")
+    ops = Operations(Tree(), Resolver(reader), content, cpudir)
     pyfuse3.init(ops, mountpoint, fuse_options())
     log.info("mounted %s (cgroup v%d at %s, cpu view %s)", mountpoint, reader.version, args.cgroup_root, args.cpu_view)
 

@@ -19,6 +19,9 @@ import pyfuse3
 
 from lxcfs_guard.fs.caller import Resolver
 from lxcfs_guard.fs.content import Content
+from lxcfs_guard.fs.statfs import statfs_numbers
+from lxcfs_guard.fs.sysfs_cpu import CPU_DIR, CpuDir
+from lxcfs_guard.fs.sysfs_cpu_ops import CpuDirOps
 from lxcfs_guard.fs.tree import ROOT_INODE, Tree
 
 log = logging.getLogger(__name__)
@@ -30,6 +33,7 @@ ENTRY_TIMEOUT = 300.0  # the tree never changes while we run: names are cached l
 # short read, so a generous bound costs nothing.
 FILE_ATTR_TIMEOUT = 1.0  # like LXCFS: stdio's fstat after open is served by the kernel, yet a stat() of a
 # file on a dead connection turns into ENOTCONN within a second
+LISTING_FH = 1 << 62  # fhs of directory listings (the cpu directory's) apart from files' and fixed dirs'
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
 
 
@@ -38,7 +42,7 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, tree: Tree, resolver: Resolver, content: Content) -> None:
+    def __init__(self, tree: Tree, resolver: Resolver, content: Content, cpudir: CpuDir | None = None) -> None:
         super().__init__()
         self.tree = tree
         self.resolver = resolver
@@ -64,6 +68,12 @@ class Operations(pyfuse3.Operations):
             # do not ask for them (no default_permissions), so reads pay nothing for it.
             a.attr_timeout = 0 if node.is_dir else FILE_ATTR_TIMEOUT
             self._attrs[inode] = a
+        self._statfs = statfs_numbers([a.st_size for a in self._attrs.values()], len(self._attrs))
+        # sys/devices/system/cpu beyond `online`: the host's directory (sysfs_cpu); thin dispatch below
+        top = tree.by_path[CPU_DIR]
+        fixed = {name: self._attrs[i] for name, i in tree.nodes[top].children.items()}
+        cpudir = cpudir or CpuDir(content.visible_cpus, content.online_bytes, renumber=content.cpu_view == "quota")
+        self.cpu = CpuDirOps(cpudir, resolver, top, fixed)
 
     # -- names and attributes -------------------------------------------------------------------------
     async def lookup(self, parent_inode, name, ctx=None):
@@ -75,10 +85,14 @@ class Operations(pyfuse3.Operations):
             return self._attrs[parent]
         node = self.tree.lookup(parent_inode, name)
         if node is None:
+            if self.cpu.handles(parent_inode):
+                return self.cpu.lookup(parent_inode, name, ctx)
             raise pyfuse3.FUSEError(errno.ENOENT)
         return self._attrs[node.inode]
 
     async def getattr(self, inode, ctx=None):
+        if self.cpu.dir.owns(inode):
+            return self.cpu.getattr(inode)
         try:
             return self._attrs[inode]
         except KeyError:
@@ -89,11 +103,13 @@ class Operations(pyfuse3.Operations):
 
     async def statfs(self, ctx):
         s = pyfuse3.StatvfsData()
-        s.f_bsize = s.f_frsize = 4096
-        s.f_namemax = 255
+        for field, value in self._statfs.items():
+            setattr(s, field, value)
         return s
 
     async def access(self, inode, mode, ctx):
+        if self.cpu.dir.owns(inode):
+            return self.cpu.access(inode, mode, ctx)
         if inode not in self._attrs:
             raise pyfuse3.FUSEError(errno.ENOENT)
         if mode & os.W_OK:
@@ -102,6 +118,8 @@ class Operations(pyfuse3.Operations):
 
     # -- directories ----------------------------------------------------------------------------------
     async def opendir(self, inode, ctx):
+        if self.cpu.handles(inode):
+            return self._keep(self.cpu.opendir(inode, ctx), LISTING_FH)
         node = self.tree.get(inode)
         if node is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
@@ -110,6 +128,8 @@ class Operations(pyfuse3.Operations):
         return inode
 
     async def readdir(self, fh, start_id, token):
+        if fh & LISTING_FH:
+            return self.cpu.readdir(self._open.get(fh, b""), start_id, token)
         node = self.tree.get(fh)
         if node is None:
             return
@@ -119,10 +139,17 @@ class Operations(pyfuse3.Operations):
                 break
 
     async def releasedir(self, fh):
-        return None
+        self._open.pop(fh, None)
+
+    async def readlink(self, inode, ctx):
+        if self.cpu.dir.owns(inode):
+            return self.cpu.readlink(inode)
+        raise pyfuse3.FUSEError(errno.EINVAL)
 
     # -- files ----------------------------------------------------------------------------------------
     async def open(self, inode, flags, ctx):
+        if self.cpu.dir.owns(inode):
+            return self._file_info(self._keep(self.cpu.open(inode, flags, ctx)))
         node = self.tree.get(inode)
         if node is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
@@ -131,8 +158,16 @@ class Operations(pyfuse3.Operations):
         if flags & _WRITE_FLAGS:
             raise pyfuse3.FUSEError(errno.EROFS)
         data = self.content.render(node.name, self.resolver.resolve(ctx.pid))
-        fh = next(self._fh)
+        return self._file_info(self._keep(data))
+
+    def _keep(self, data: bytes, flag: int = 0) -> int:
+        """Per-open bytes (a file's content, a directory listing) under a fresh fh: the one place they are kept."""
+        fh = flag | next(self._fh)
         self._open[fh] = data
+        return fh
+
+    @staticmethod
+    def _file_info(fh: int) -> pyfuse3.FileInfo:
         return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False, nonseekable=False)
 
     async def read(self, fh, off, size):

@@ -38,7 +38,9 @@ def test_mount_shape_tree_and_state_file() -> None:
         assert sorted(os.listdir(d.mountpoint)) == ["proc", "sys"]
         assert sorted(os.listdir(d.path("proc"))) == sorted(
             ["cpuinfo", "diskstats", "loadavg", "meminfo", "stat", "swaps", "uptime", "slabinfo"])
-        assert os.listdir(d.path("sys/devices/system/cpu")) == ["online"]
+        # the whole cpu directory, like LXCFS 5.x-7.0: LXC's hook binds it whole when `uevent` is a file in it
+        assert sorted(os.listdir(d.path("sys/devices/system/cpu"))) == sorted(os.listdir("/sys/devices/system/cpu"))
+        assert os.path.isfile(d.path("sys/devices/system/cpu/uevent"))
         for name in ("proc/meminfo", "proc/cpuinfo", "proc/stat", "proc/uptime", "proc/loadavg", "proc/swaps",
                      "proc/diskstats", "proc/slabinfo", "sys/devices/system/cpu/online"):
             with open(d.path(name)) as f:
@@ -61,7 +63,8 @@ def test_writes_are_refused_and_unknown_names_are_enoent() -> None:
             with pytest.raises(OSError) as e:
                 call()
             assert e.value.errno in (errno.EROFS, errno.EACCES, errno.EPERM)
-        for name in ("proc/nope", "nope", "sys/devices/system/cpu/cpu0", "proc/meminfo/x"):
+        for name in ("proc/nope", "nope", "sys/devices/system/cpu/nope", "sys/devices/system/cpu/cpu0/nope",
+                     "proc/meminfo/x"):
             with pytest.raises(OSError) as e:
                 os.stat(d.path(name))
             assert e.value.errno in (errno.ENOENT, errno.ENOTDIR)

@@ -46,6 +46,13 @@ CGROUP_ROOT = "/sys/fs/cgroup"
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MASKED_UNITS = (
     "lxcfs.service",
+    # the real-client tests install docker.io and lxc: their daemons must not boot in every box
+    "docker.service",
+    "docker.socket",
+    "containerd.service",
+    "lxc.service",
+    "lxc-net.service",
+    "lxc-monitord.service",
     "postgresql.service",
     "postgresql@.service",
     "systemd-timesyncd.service",
