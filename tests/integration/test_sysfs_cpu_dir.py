@@ -10,8 +10,8 @@ import textwrap
 
 import pytest
 
-from tests.support.cgroups import make_cgroup
-from tests.support.daemon import serve
+from lxcfs_guard.testing.cgroups import make_cgroup
+from lxcfs_guard.testing.daemon import serve
 
 CPU = "/sys/devices/system/cpu"
 ROUNDS = 60

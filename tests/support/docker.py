@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from tests.support.guards import force_unmount, read_mountinfo
-from tests.support.procs import wait_for
+from lxcfs_guard.testing.procs import wait_for
 
 BUSYBOX = "/bin/busybox"
 APPLETS = ("sh", "cat", "sed", "head", "sleep", "df", "grep", "wc", "ls", "true", "echo")

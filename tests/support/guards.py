@@ -19,7 +19,7 @@ from pathlib import Path
 
 from lxcfs_guard.config import FSTYPE
 from lxcfs_guard.kernel.procfs import MountInfo, parse_mountinfo
-from tests.support.procs import stop, wait_for
+from lxcfs_guard.testing.procs import stop, wait_for
 
 BINARY = str(Path(sys.executable).with_name("lxcfs-guard"))
 

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from tests.support.procs import wait_for
+from lxcfs_guard.testing.procs import wait_for
 
 VARLIB = "/var/lib/lxcfs"
 VARLIB_LOCK = "/run/lxcfs-guard-varlib.lock"
