@@ -33,8 +33,11 @@ class CgroupReader(Protocol):
     def procs(self, ref: CgroupRef) -> list[int] | None: ...
 
 
-def read_text(path: str) -> str | None:
-    """A whole cgroup/proc file, or None if it does not exist (a missing controller file)."""
+def read_text(path: str, errors: str = "replace") -> str | None:
+    """A whole cgroup/proc file, or None if it does not exist (a missing controller file).
+
+    `errors="surrogateescape"` keeps bytes that are not UTF-8 (a cgroup named with one in /proc/PID/cgroup):
+    such a str turns back into the same bytes wherever it is used as a path (os.fsencode)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except (FileNotFoundError, NotADirectoryError):
@@ -48,7 +51,7 @@ def read_text(path: str) -> str | None:
             chunks.append(b)
     finally:
         os.close(fd)
-    return b"".join(chunks).decode("utf-8", "replace")
+    return b"".join(chunks).decode("utf-8", errors)
 
 
 def read_int(path: str) -> int | None:

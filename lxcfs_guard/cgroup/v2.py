@@ -58,7 +58,8 @@ class V2Reader:
         return CgroupRef(())
 
     def ref_for_pid(self, pid: int | str, proc: str = "/proc") -> CgroupRef:
-        text = read_text(f"{proc}/{pid}/cgroup")
+        # a cgroup's name is bytes: keep any that are not UTF-8, so its files are found (not the host view)
+        text = read_text(f"{proc}/{pid}/cgroup", "surrogateescape")
         if text is None:
             raise CgroupGone(pid)
         return self.parse_proc_cgroup(text)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+import uuid
 
 import pytest
 
@@ -57,6 +58,23 @@ def test_a_new_container_with_a_dead_ones_pid_namespace_number_reads_its_own_lim
             if kb_a != 100 * 1024 or kb_b != 300 * 1024:
                 wrong.append((kb_a, kb_b))
         assert not wrong, f"{len(wrong)} of 20 pairs read another container's MemTotal: {wrong}"
+
+
+def test_a_cgroup_whose_name_is_not_utf8_gets_its_own_view() -> None:
+    """A cgroup directory name is bytes; one with \\xff in it must not silently get the host's view."""
+    name = "lxcfs-guard-test-\udcff-" + uuid.uuid4().hex[:8]  # os.fsencode: b"...\xff..."
+    assert b"\xff" in os.fsencode(name)
+    with serve() as d, make_cgroup(name=name, memory=123 * MiB) as cg:
+        procs = [f"{p}/cgroup.procs" for p in cg.paths.values()]
+        for container in (False, True):
+            body = f"grep MemTotal: {d.path('proc/meminfo')}"
+            if container:
+                body = f'exec unshare --pid --fork sh -c "{body}"'
+            r = subprocess.run(["sh", "-c", 'for p in "$@"; do echo $$ > "$p"; done; ' + body, "sh", *procs],
+                               capture_output=True, timeout=20)
+            assert r.returncode == 0, r.stderr
+            assert int(r.stdout.split()[1]) == 123 * 1024, (container, r.stdout)
+        assert "Traceback" not in d.log()
 
 
 if __name__ == "__main__":  # pragma: no cover
