@@ -3,7 +3,7 @@ Debian's LXCFS 5.0.3 in the same run, rounds alternated.
 
 A hot loop on one cgroup mostly measures the render cache. A node is different: hundreds of containers whose
 agents read /proc/meminfo, stat, cpuinfo ... now and then, so every read is a cold one for its cgroup. Here each
-of N cgroups (v1: memory, cpuacct and blkio, each with its own memory limit; v2: one cgroup) holds one reader
+of N cgroups (v1: memory, cpu, cpuacct and blkio, each with its own memory limit; v2: one cgroup) holds one reader
 that joins its cgroup BEFORE it reads anything, waits for a common start, then at a random phase in
 [0, period) opens, reads to EOF and closes each file once a period, timing each with CLOCK_MONOTONIC.
 
@@ -42,7 +42,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LXCFS_GUARD = os.path.join(REPO, ".venv", "bin", "lxcfs-guard")
 LXCFS = "/usr/bin/lxcfs"
 CGROUP_ROOT = "/sys/fs/cgroup"
-V1_READER_CONTROLLERS = ("memory", "cpuacct", "blkio")
+# A runtime puts a container in every hierarchy; these are the ones the views read (cpu: loadavg counts the
+# tasks of the cpu cgroup, as LXCFS does; left in the root, every reader's loadavg would count the whole host).
+V1_READER_CONTROLLERS = ("memory", "cpu", "cpuacct", "blkio")
 DEFAULT_FILES = "proc/meminfo,proc/stat,proc/cpuinfo,proc/loadavg,proc/uptime,proc/diskstats"
 RECORD = struct.Struct("<iiq")  # file index, error code, latency in ns
 
