@@ -14,6 +14,7 @@ from typing import Protocol
 from lxcfs_guard.cgroup.facts import CgroupRef, CpuFacts, CpuUsage, IoStat, MemoryFacts
 
 DEFAULT_ROOT = "/sys/fs/cgroup"
+_CHUNK = 65536
 
 
 class CgroupGone(Exception):
@@ -43,15 +44,20 @@ def read_text(path: str, errors: str = "replace") -> str | None:
     except (FileNotFoundError, NotADirectoryError):
         return None
     try:
-        chunks = []
-        while True:
-            b = os.read(fd, 65536)
-            if not b:
-                break
-            chunks.append(b)
+        # A seq_file (every cgroup and /proc file) hands over all it has in one read when the buffer is big
+        # enough, so a short first read is the whole file: no second read just to see EOF.
+        data = os.read(fd, _CHUNK)
+        if len(data) == _CHUNK:
+            chunks = [data]
+            while True:
+                b = os.read(fd, _CHUNK)
+                if not b:
+                    break
+                chunks.append(b)
+            data = b"".join(chunks)
     finally:
         os.close(fd)
-    return b"".join(chunks).decode("utf-8", errors)
+    return data.decode("utf-8", errors)
 
 
 def read_int(path: str) -> int | None:

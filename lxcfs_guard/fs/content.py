@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 
 # Each file's host original sits at the same path from / (proc/meminfo -> /proc/meminfo).
 HOST_PATHS = {name: config.target_for(name) for name in config.ALL_FILES}
+# Host files are the same for every cgroup: each is read once per tick and shared by every render in it
+# (on a busy node thousands of renders a second would otherwise each read /proc/meminfo, /proc/stat ...).
+HOST_TICK = 0.1
 # Host files that do not change while we run (or whose changes do not matter for a few seconds).
 SLOW_HOST_TTL = {"/proc/cpuinfo": 10.0, "/sys/devices/system/cpu/online": 1.0}
 CACHE_MAX = 8192
@@ -39,12 +42,14 @@ class Content:
         ttl: float = 0.1,
         sampler: LoadSampler | None = None,
         host_paths: dict[str, str] | None = None,
+        host_tick: float = HOST_TICK,
     ) -> None:
         self.reader = reader
         self.cpu_view = cpu_view
         self.ttl = ttl
         self.sampler = sampler
         self.host_paths = host_paths or HOST_PATHS
+        self.host_tick = host_tick
         self._cache: dict[tuple[str, object], tuple[float, bytes]] = {}
         self._host_cache: dict[str, tuple[float, str]] = {}
         self._ticks = clock_ticks()
@@ -87,16 +92,13 @@ class Content:
         return data
 
     def host_text(self, path: str) -> str:
-        ttl = SLOW_HOST_TTL.get(path)
-        if ttl is not None:
-            now = time.monotonic()
-            hit = self._host_cache.get(path)
-            if hit is not None and hit[0] > now:
-                return hit[1]
-            text = read_text(path) or ""
-            self._host_cache[path] = (now + ttl, text)
-            return text
-        return read_text(path) or ""
+        now = time.monotonic()
+        hit = self._host_cache.get(path)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        text = read_text(path) or ""
+        self._host_cache[path] = (now + SLOW_HOST_TTL.get(path, self.host_tick), text)
+        return text
 
     def size_bound(self, name: str) -> int:
         """An st_size no caller's rendering of `name` exceeds: a view never has more lines than the host
