@@ -30,6 +30,7 @@ class CgroupReader(Protocol):
     def memory(self, ref: CgroupRef) -> MemoryFacts | None: ...
     def cpu(self, ref: CgroupRef) -> CpuFacts | None: ...
     def cpu_usage(self, ref: CgroupRef) -> CpuUsage | None: ...
+    def cpu_time(self, ref: CgroupRef) -> int | None: ...
     def io(self, ref: CgroupRef) -> dict[tuple[int, int], IoStat] | None: ...
     def procs(self, ref: CgroupRef) -> list[int] | None: ...
 
@@ -79,7 +80,14 @@ def parse_flat_keyed(text: str) -> dict[str, int]:
     """`key value` lines (memory.stat, cpu.stat, cpuacct.stat) -> dict; lines that are not two fields skipped."""
     out: dict[str, int] = {}
     for line in text.splitlines():
-        parts = line.split()
+        key, _, value = line.partition(" ")
+        if key:
+            try:
+                out[key] = int(value)  # the kernel's shape: "key value"; int() takes no inner whitespace
+                continue
+            except ValueError:
+                pass
+        parts = line.split()  # anything else: exactly two whitespace-separated fields, or skipped
         if len(parts) == 2:
             try:
                 out[parts[0]] = int(parts[1])

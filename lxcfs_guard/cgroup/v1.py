@@ -171,7 +171,18 @@ class V1Reader:
                 per_cpu[int(parts[0])] = (int(parts[1]), int(parts[2]))
         user = sum(u for u, _ in per_cpu.values())
         system = sum(s for _, s in per_cpu.values())
-        return CpuUsage(user=user, system=system, per_cpu=per_cpu, total=read_int(f"{path}/cpuacct.usage"))
+        return CpuUsage(user=user, system=system, per_cpu=per_cpu)  # total: cpu_time(), its own file
+
+    def cpu_time(self, ref: CgroupRef) -> int | None:
+        """All CPU time of the cgroup in ns (cpuacct.usage: the precise counter; usage_all's columns are
+        tick-sampled and may differ from it). Only uptime needs it, so /proc/stat does not pay for it."""
+        path = self._path(ref, "cpuacct")
+        if path is None:
+            return None
+        value = read_int(f"{path}/cpuacct.usage")
+        if value is None and not os.path.isdir(path):
+            raise CgroupGone(path)
+        return value
 
     def io(self, ref: CgroupRef) -> dict[tuple[int, int], IoStat] | None:
         path = self._path(ref, "blkio")

@@ -143,6 +143,10 @@ class V2Reader:
             total=raw["usage_usec"] * 1000 if "usage_usec" in raw else None,
         )
 
+    def cpu_time(self, ref: CgroupRef) -> int | None:
+        usage = self.cpu_usage(ref)
+        return None if usage is None else usage.total
+
     def io(self, ref: CgroupRef) -> dict[tuple[int, int], IoStat] | None:
         path = self._path(ref)
         if path is None:

@@ -50,6 +50,7 @@ class Content:
         self.sampler = sampler
         self.host_paths = host_paths or HOST_PATHS
         self.host_tick = host_tick
+        self._reaper: tuple[float, int, object] | None = None
         self._cache: dict[tuple[str, object], tuple[float, bytes]] = {}
         self._host_cache: dict[str, tuple[float, str]] = {}
         self._ticks = clock_ticks()
@@ -153,13 +154,24 @@ class Content:
         busy = 0.0
         try:
             # the reaper's cgroup (for the host pid namespace that is pid 1's, i.e. the whole machine)
-            ref = view.ref if not view.host else self.reader.ref_for_pid(view.init_pid)
-            usage = self.reader.cpu_usage(ref)
-            if usage is not None:
-                busy = (usage.total if usage.total is not None else usage.user + usage.system) / 1e9
+            ref = view.ref if not view.host else self._host_reaper_ref(view.init_pid)
+            total = self.reader.cpu_time(ref)
+            if total is None:
+                usage = self.reader.cpu_usage(ref)
+                total = None if usage is None else usage.user + usage.system
+            if total is not None:
+                busy = total / 1e9
         except (CgroupGone, OSError):
             pass
         return uptime.render_uptime(age, busy)
+
+    def _host_reaper_ref(self, pid: int):
+        """The cgroup of the host's init, re-read once per host tick (every host caller's uptime asks)."""
+        now = time.monotonic()
+        hit = self._reaper
+        if hit is None or hit[0] <= now or hit[1] != pid:
+            hit = self._reaper = (now + self.host_tick, pid, self.reader.ref_for_pid(pid))
+        return hit[2]
 
     def _loadavg(self, view: View) -> str | None:
         if self.sampler is None:
