@@ -292,18 +292,23 @@ class Daemon:
     workdir: str
 
 
-def start_daemon(kind: str, fleet: Fleet, tag: str, extra: list[str], timeout: float = 30.0) -> Daemon:
+def start_daemon(kind: str, fleet: Fleet, tag: str, extra: list[str], timeout: float = 30.0,
+                 base_tree: str = "") -> Daemon:
     """Start the daemon inside its own cgroup (it joins before exec, so every thread and child is counted)."""
     work = tempfile.mkdtemp(prefix=f"lxcfs-fleet-{kind}-")
     mnt = os.path.join(work, "mnt")
     os.mkdir(mnt)
     cg = fleet.daemon_cgroup(tag)
-    if kind == "ours":
-        cmd = [LXCFS_GUARD, "serve", "--mountpoint", mnt, "--state-dir", os.path.join(work, "state"), *extra]
-    else:
-        cmd = [LXCFS, "--pidfile", os.path.join(work, "lxcfs.pid"), *extra, mnt]
     env = dict(os.environ)
     env.pop("NOTIFY_SOCKET", None)
+    if kind in ("ours", "base"):
+        prog = [LXCFS_GUARD]
+        if kind == "base":  # another tree of lxcfs_guard (e.g. `git archive OLD lxcfs_guard | tar -x -C DIR`)
+            prog = [sys.executable, "-m", "lxcfs_guard.cli"]
+            env["PYTHONPATH"] = base_tree
+        cmd = [*prog, "serve", "--mountpoint", mnt, "--state-dir", os.path.join(work, "state"), *extra]
+    else:
+        cmd = [LXCFS, "--pidfile", os.path.join(work, "lxcfs.pid"), *extra, mnt]
     log = open(os.path.join(work, "log"), "wb")
     proc = subprocess.Popen(["sh", "-c", 'echo $$ > "$0" && exec "$@"', f"{cg}/cgroup.procs", *cmd],
                             stdout=log, stderr=log, env=env, start_new_session=True)
@@ -455,7 +460,7 @@ def verify_dump(path: str, limit: int) -> str:
 
 
 # -- report -------------------------------------------------------------------------------------------
-NAMES = {"ours": "lxcfs-guard", "lxcfs": "LXCFS 5.0.3"}
+NAMES = {"ours": "lxcfs-guard", "base": "base tree", "lxcfs": "LXCFS 5.0.3"}
 
 
 def print_round(r: RoundResult) -> None:
@@ -471,7 +476,7 @@ def print_summary(results: list[RoundResult], n: int) -> None:
     print(f"\nsummary, N={n} ({'; '.join(dict.fromkeys(r.verified for r in results))})")
     print(f"{'daemon':<12} {'round':>5} {'reads':>7} {'errors':>6} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>8} "
           f"{'CPU ms/1000':>11} {'PSS MB':>7}")
-    for kind in ("ours", "lxcfs"):
+    for kind in NAMES:
         for r in (x for x in results if x.kind == kind):
             print(f"{NAMES[kind]:<12} {r.round:>5} {r.reads:>7} {r.errors:>6} {r.pct(0.5):>7.2f} {r.pct(0.99):>7.2f} "
                   f"{r.lat_ns[-1] / 1e6 if r.lat_ns else 0:>8.2f} {r.cpu_per_1000:>11.1f} {r.pss_kb / 1024:>7.1f}")
@@ -489,7 +494,10 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=8.0, help="length of a round")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--files", default=DEFAULT_FILES, help="comma-separated, relative to the mountpoint")
-    ap.add_argument("--daemons", default="ours,lxcfs", help="which to run, in the first round's order")
+    ap.add_argument("--daemons", default="ours,lxcfs",
+                    help="which to run (ours, lxcfs, base), in the first round's order")
+    ap.add_argument("--base-tree", default="",
+                    help="for 'base': a directory holding another lxcfs_guard package, to compare two versions")
     ap.add_argument("--serve-args", default="", help="extra arguments for lxcfs-guard serve")
     ap.add_argument("--lxcfs-args", default="", help="extra arguments for lxcfs (e.g. -l: virtualized loadavg)")
     ap.add_argument("--base-limit-mib", type=int, default=256, help="reader i's cgroup gets this + i MiB")
@@ -520,10 +528,10 @@ def main() -> int:
         for rnd in range(1, args.rounds + 1):
             order = kinds if rnd % 2 else list(reversed(kinds))
             for kind in order:
-                extra = shlex.split(args.serve_args if kind == "ours" else args.lxcfs_args)
-                daemon = start_daemon(kind, fleet, f"{kind}-{rnd}", extra)
+                extra = shlex.split(args.lxcfs_args if kind == "lxcfs" else args.serve_args)
+                daemon = start_daemon(kind, fleet, f"{kind}-{rnd}", extra, base_tree=args.base_tree)
                 prof = None
-                if args.profile and kind == "ours":
+                if args.profile and kind != "lxcfs":
                     prof = subprocess.Popen(shlex.split(args.profile.format(pid=daemon.proc.pid,
                                                                             seconds=int(args.seconds) + 2)))
                 try:
