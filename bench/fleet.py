@@ -499,6 +499,7 @@ def main() -> int:
     ap.add_argument("--base-tree", default="",
                     help="for 'base': a directory holding another lxcfs_guard package, to compare two versions")
     ap.add_argument("--serve-args", default="", help="extra arguments for lxcfs-guard serve")
+    ap.add_argument("--base-args", default=None, help="serve arguments for 'base' (default: --serve-args)")
     ap.add_argument("--lxcfs-args", default="", help="extra arguments for lxcfs (e.g. -l: virtualized loadavg)")
     ap.add_argument("--base-limit-mib", type=int, default=256, help="reader i's cgroup gets this + i MiB")
     ap.add_argument("--seed", type=int, default=1)
@@ -507,6 +508,8 @@ def main() -> int:
                          "-f raw -o /tmp/x.txt') during each round of ours")
     args = ap.parse_args()
     files = [f.strip() for f in args.files.split(",") if f.strip()]
+    if args.base_args is None:
+        args.base_args = args.serve_args
     kinds = [k.strip() for k in args.daemons.split(",") if k.strip()]
     rng = random.Random(args.seed)
 
@@ -528,7 +531,7 @@ def main() -> int:
         for rnd in range(1, args.rounds + 1):
             order = kinds if rnd % 2 else list(reversed(kinds))
             for kind in order:
-                extra = shlex.split(args.lxcfs_args if kind == "lxcfs" else args.serve_args)
+                extra = shlex.split({"lxcfs": args.lxcfs_args, "ours": args.serve_args}.get(kind, args.base_args))
                 daemon = start_daemon(kind, fleet, f"{kind}-{rnd}", extra, base_tree=args.base_tree)
                 prof = None
                 if args.profile and kind != "lxcfs":

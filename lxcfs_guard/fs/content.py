@@ -51,6 +51,9 @@ class Content:
         self.host_paths = host_paths or HOST_PATHS
         self.host_tick = host_tick
         self._reaper: tuple[float, int, object] | None = None
+        self._cpus_cache: dict[object, tuple[float, tuple[int, ...]]] = {}
+        self._online: tuple[str | None, tuple[int, ...]] = (None, ())
+        self._cpuinfo_memo: tuple[str | None, dict[tuple[int, ...], str]] = (None, {})
         self._cache: dict[tuple[str, object], tuple[float, bytes]] = {}
         self._host_cache: dict[str, tuple[float, str]] = {}
         self._ticks = clock_ticks()
@@ -127,12 +130,36 @@ class Content:
         return swaps.render_swaps(total, used)
 
     def _visible_cpus(self, view: View) -> tuple[int, ...]:
-        online = parse_cpu_list(self.host_text(self.host_paths["sys/devices/system/cpu/online"]))
-        facts = self.reader.cpu(view.ref)
-        return cpus.visible_cpus(online, facts, self.cpu_view)
+        """The cgroup's CPUs, kept for a host tick: an agent reading stat, cpuinfo and cpu/online in a row
+        reads the cpuset and quota files once (keyed by the cgroup: never shared between two)."""
+        now = time.monotonic()
+        hit = self._cpus_cache.get(view.ref)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        text = self.host_text(self.host_paths["sys/devices/system/cpu/online"])
+        if self._online[0] is not text:
+            self._online = (text, parse_cpu_list(text))
+        shown = cpus.visible_cpus(self._online[1], self.reader.cpu(view.ref), self.cpu_view)
+        if len(self._cpus_cache) >= CACHE_MAX:
+            self._cpus_cache = {k: v for k, v in self._cpus_cache.items() if v[0] > now}
+            if len(self._cpus_cache) >= CACHE_MAX:
+                self._cpus_cache.clear()
+        self._cpus_cache[view.ref] = (now + self.host_tick, shown)
+        return shown
 
     def _cpuinfo(self, view: View) -> str | None:
-        return cpuinfo.render_cpuinfo(self.host_text(self.host_paths["proc/cpuinfo"]), self._visible_cpus(view))
+        # a pure function of (host cpuinfo, visible CPUs): cgroups with the same cpuset share the text
+        host = self.host_text(self.host_paths["proc/cpuinfo"])
+        shown = self._visible_cpus(view)
+        if self._cpuinfo_memo[0] is not host:
+            self._cpuinfo_memo = (host, {})
+        memo = self._cpuinfo_memo[1]
+        text = memo.get(shown)
+        if text is None:
+            if len(memo) >= 64:
+                memo.clear()
+            text = memo[shown] = cpuinfo.render_cpuinfo(host, shown)
+        return text
 
     def _cpu_online(self, view: View) -> str | None:
         shown = self._visible_cpus(view)
