@@ -413,9 +413,13 @@ def run_round(exe: str, fleet: Fleet, d: Daemon, files: list[str], args: argpars
         wall = time.monotonic() - t0
         cpu = cpu_usage_ns(d.cgroup) - cpu0
         pss = pss_kb(cgroup_pids(d.cgroup))
-        failed = [p for p in procs if p.returncode != 0]
+        failed = [p for p in procs if p.returncode > 0]
         if failed:
             raise RuntimeError(f"{len(failed)} readers failed (exit {failed[0].returncode})")
+        killed = {i for i, p in enumerate(procs) if p.returncode < 0}
+        if killed:  # a signal from outside (the machine is shared); the round goes on without their records
+            print(f"  warning: {len(killed)} readers were killed by a signal; their reads are left out",
+                  file=sys.stderr)
     finally:
         for p in procs:
             if p.poll() is None:
@@ -429,6 +433,8 @@ def run_round(exe: str, fleet: Fleet, d: Daemon, files: list[str], args: argpars
     errors = 0
     per_file = {f: [0, 0] for f in files}
     for i in range(fleet.n):
+        if i in killed:
+            continue
         with open(os.path.join(rdir, f"{i}.bin"), "rb") as f:
             data = f.read()
         for fi, err, ns in RECORD.iter_unpack(data):
