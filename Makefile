@@ -44,6 +44,8 @@ demo: setup
 
 bench: setup
 	$(PY) bench/read_rate.py
+	$(PY) bench/fleet.py --n 200
+	$(PY) bench/fleet.py --n 1000
 	$(PY) bench/remount.py
 	$(PY) bench/recovery.py
 
