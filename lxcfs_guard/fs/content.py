@@ -28,6 +28,7 @@ HOST_TICK = 0.1
 # Host files that do not change while we run (or whose changes do not matter for a few seconds).
 SLOW_HOST_TTL = {"/proc/cpuinfo": 10.0, "/sys/devices/system/cpu/online": 1.0}
 CACHE_MAX = 8192
+PRUNE_EVERY = 0.25  # seconds between sweeps of expired cache entries
 
 
 def clock_ticks() -> int:
@@ -52,6 +53,7 @@ class Content:
         self.host_tick = host_tick
         self._reaper: tuple[float, int, object] | None = None
         self._cpus_cache: dict[object, tuple[float, tuple[int, ...]]] = {}
+        self._next_prune = 0.0
         self._online: tuple[str | None, tuple[int, ...]] = (None, ())
         self._cpuinfo_memo: tuple[str | None, dict[tuple[int, ...], str]] = (None, {})
         self._cache: dict[tuple[str, object], tuple[float, bytes]] = {}
@@ -88,6 +90,12 @@ class Content:
             text = None
         data = self.host_bytes(name) if text is None else text.encode()
         if self.ttl > 0:
+            if now >= self._next_prune:
+                # On a busy node almost every render is a miss whose entry is never read again: drop the
+                # expired ones a few times a second, or thousands of dead renders stay resident.
+                self._next_prune = now + PRUNE_EVERY
+                self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
+                self._cpus_cache = {k: v for k, v in self._cpus_cache.items() if v[0] > now}
             if len(self._cache) >= CACHE_MAX:
                 self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
                 if len(self._cache) >= CACHE_MAX:
