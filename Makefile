@@ -76,6 +76,8 @@ demo: setup  ## a real runc container, the daemon killed, the container repaired
 
 bench: setup  ## the three benchmarks, each beside its reference
 	$(PY) bench/read_rate.py
+	$(PY) bench/fleet.py --n 200
+	$(PY) bench/fleet.py --n 1000
 	$(PY) bench/remount.py
 	$(PY) bench/recovery.py
 

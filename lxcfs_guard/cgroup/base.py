@@ -14,6 +14,7 @@ from typing import Protocol
 from lxcfs_guard.cgroup.facts import CgroupRef, CpuFacts, CpuUsage, IoStat, MemoryFacts
 
 DEFAULT_ROOT = "/sys/fs/cgroup"
+_CHUNK = 65536
 
 
 class CgroupGone(Exception):
@@ -29,26 +30,35 @@ class CgroupReader(Protocol):
     def memory(self, ref: CgroupRef) -> MemoryFacts | None: ...
     def cpu(self, ref: CgroupRef) -> CpuFacts | None: ...
     def cpu_usage(self, ref: CgroupRef) -> CpuUsage | None: ...
+    def cpu_time(self, ref: CgroupRef) -> int | None: ...
     def io(self, ref: CgroupRef) -> dict[tuple[int, int], IoStat] | None: ...
     def procs(self, ref: CgroupRef) -> list[int] | None: ...
 
 
-def read_text(path: str) -> str | None:
-    """A whole cgroup/proc file, or None if it does not exist (a missing controller file)."""
+def read_text(path: str, errors: str = "replace") -> str | None:
+    """A whole cgroup/proc file, or None if it does not exist (a missing controller file).
+
+    `errors="surrogateescape"` keeps bytes that are not UTF-8 (a cgroup named with one in /proc/PID/cgroup):
+    such a str turns back into the same bytes wherever it is used as a path (os.fsencode)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except (FileNotFoundError, NotADirectoryError):
         return None
     try:
-        chunks = []
-        while True:
-            b = os.read(fd, 65536)
-            if not b:
-                break
-            chunks.append(b)
+        # A seq_file (every cgroup and /proc file) hands over all it has in one read when the buffer is big
+        # enough, so a short first read is the whole file: no second read just to see EOF.
+        data = os.read(fd, _CHUNK)
+        if len(data) == _CHUNK:
+            chunks = [data]
+            while True:
+                b = os.read(fd, _CHUNK)
+                if not b:
+                    break
+                chunks.append(b)
+            data = b"".join(chunks)
     finally:
         os.close(fd)
-    return b"".join(chunks).decode("utf-8", "replace")
+    return data.decode("utf-8", errors)
 
 
 def read_int(path: str) -> int | None:
@@ -70,7 +80,14 @@ def parse_flat_keyed(text: str) -> dict[str, int]:
     """`key value` lines (memory.stat, cpu.stat, cpuacct.stat) -> dict; lines that are not two fields skipped."""
     out: dict[str, int] = {}
     for line in text.splitlines():
-        parts = line.split()
+        key, _, value = line.partition(" ")
+        if key:
+            try:
+                out[key] = int(value)  # the kernel's shape: "key value"; int() takes no inner whitespace
+                continue
+            except ValueError:
+                pass
+        parts = line.split()  # anything else: exactly two whitespace-separated fields, or skipped
         if len(parts) == 2:
             try:
                 out[parts[0]] = int(parts[1])

@@ -42,6 +42,7 @@ class V1Reader:
     def __init__(self, root: str = DEFAULT_ROOT) -> None:
         self.root = root.rstrip("/") or "/"
         self._dirs: dict[str, str] = {}
+        self._absent: set[str] = set()  # blkio file names this kernel does not have
         try:
             entries = sorted(os.listdir(self.root))
         except FileNotFoundError:
@@ -70,7 +71,8 @@ class V1Reader:
         return CgroupRef(tuple(sorted(paths)))
 
     def ref_for_pid(self, pid: int | str, proc: str = "/proc") -> CgroupRef:
-        text = read_text(f"{proc}/{pid}/cgroup")
+        # a cgroup's name is bytes: keep any that are not UTF-8, so its files are found (not the host view)
+        text = read_text(f"{proc}/{pid}/cgroup", "surrogateescape")
         if text is None:
             raise CgroupGone(pid)
         return self.parse_proc_cgroup(text)
@@ -107,12 +109,17 @@ class V1Reader:
             return None
         raw = parse_flat_keyed(stat_text)
         stat = {k: raw.get("total_" + k, raw.get(k, 0)) for k in _MEMSTAT_KEYS}
-        limit = self._min_up(ref, "memory", "memory.limit_in_bytes")
+        # memory.stat already carries the smallest limit up the tree (the kernel walks the ancestors for
+        # hierarchical_*_limit): one file instead of one per level and kind
+        hier = raw.get("hierarchical_memory_limit")
+        limit = _limit(hier) if hier is not None else self._min_up(ref, "memory", "memory.limit_in_bytes")
         memsw_usage = read_int(f"{path}/memory.memsw.usage_in_bytes")
         swap_limit = swap_usage = None
         accounting = memsw_usage is not None
         if accounting:
-            memsw_limit = self._min_up(ref, "memory", "memory.memsw.limit_in_bytes")
+            hier = raw.get("hierarchical_memsw_limit")
+            memsw_limit = (_limit(hier) if hier is not None
+                           else self._min_up(ref, "memory", "memory.memsw.limit_in_bytes"))
             if memsw_limit is not None and limit is not None:
                 swap_limit = max(memsw_limit - limit, 0)
             swap_usage = max(memsw_usage - usage, 0)
@@ -164,7 +171,18 @@ class V1Reader:
                 per_cpu[int(parts[0])] = (int(parts[1]), int(parts[2]))
         user = sum(u for u, _ in per_cpu.values())
         system = sum(s for _, s in per_cpu.values())
-        return CpuUsage(user=user, system=system, per_cpu=per_cpu, total=read_int(f"{path}/cpuacct.usage"))
+        return CpuUsage(user=user, system=system, per_cpu=per_cpu)  # total: cpu_time(), its own file
+
+    def cpu_time(self, ref: CgroupRef) -> int | None:
+        """All CPU time of the cgroup in ns (cpuacct.usage: the precise counter; usage_all's columns are
+        tick-sampled and may differ from it). Only uptime needs it, so /proc/stat does not pay for it."""
+        path = self._path(ref, "cpuacct")
+        if path is None:
+            return None
+        value = read_int(f"{path}/cpuacct.usage")
+        if value is None and not os.path.isdir(path):
+            raise CgroupGone(path)
+        return value
 
     def io(self, ref: CgroupRef) -> dict[tuple[int, int], IoStat] | None:
         path = self._path(ref, "blkio")
@@ -179,12 +197,12 @@ class V1Reader:
             "blkio.io_service_time_recursive",
             "blkio.io_wait_time_recursive",
         ):
-            text = read_text(f"{path}/{name}")
+            text = self._read_known(path, name)
             if text is None:
                 # cfq files are gone on blk-mq kernels: fall back to the throttle layer's counters
                 alt = {"blkio.io_service_bytes_recursive": "blkio.throttle.io_service_bytes_recursive",
                        "blkio.io_serviced_recursive": "blkio.throttle.io_serviced_recursive"}.get(name)
-                text = read_text(f"{path}/{alt}") if alt else None
+                text = self._read_known(path, alt) if alt else None
             if text is None:
                 continue
             found = True
@@ -211,6 +229,16 @@ class V1Reader:
                 rwait_ns=wt.get("Read", 0), wwait_ns=wt.get("Write", 0),
             )
         return out
+
+    def _read_known(self, path: str, name: str) -> str | None:
+        """read_text, but a file name found missing in an existing cgroup of this kernel (the cfq blkio
+        files on blk-mq kernels) is not looked for again: a failed open per render is not free."""
+        if name in self._absent:
+            return None
+        text = read_text(f"{path}/{name}")
+        if text is None and os.path.isdir(path):
+            self._absent.add(name)
+        return text
 
     def procs(self, ref: CgroupRef) -> list[int] | None:
         for ctrl in ("cpu", "cpuacct", "pids", "memory", "cpuset"):

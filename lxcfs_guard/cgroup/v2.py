@@ -58,7 +58,8 @@ class V2Reader:
         return CgroupRef(())
 
     def ref_for_pid(self, pid: int | str, proc: str = "/proc") -> CgroupRef:
-        text = read_text(f"{proc}/{pid}/cgroup")
+        # a cgroup's name is bytes: keep any that are not UTF-8, so its files are found (not the host view)
+        text = read_text(f"{proc}/{pid}/cgroup", "surrogateescape")
         if text is None:
             raise CgroupGone(pid)
         return self.parse_proc_cgroup(text)
@@ -141,6 +142,10 @@ class V2Reader:
             system=raw.get("system_usec", 0) * 1000,
             total=raw["usage_usec"] * 1000 if "usage_usec" in raw else None,
         )
+
+    def cpu_time(self, ref: CgroupRef) -> int | None:
+        usage = self.cpu_usage(ref)
+        return None if usage is None else usage.total
 
     def io(self, ref: CgroupRef) -> dict[tuple[int, int], IoStat] | None:
         path = self._path(ref)

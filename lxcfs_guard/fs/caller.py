@@ -3,15 +3,22 @@ namespace (minus a trailing /init.scope); the caller's own cgroup when it shares
 
 Every open asks this. Each call costs one stat of /proc/PID/ns/pid (never skipped: a reused pid must not
 inherit another container's view), and then:
-- callers in a container: cached by pid-namespace inode, so any process of a known container costs that
-  one stat. A live namespace's inode names exactly one namespace; every `ttl` the cached init
-  is re-checked (its own ns inode must still match) and its cgroup re-read.
+- callers in a container: cached by pid-namespace inode. An inode number names one namespace only while
+  that namespace lives: the kernel hands a dead namespace's number to the next new one at once. So every hit
+  first checks that the namespace the entry was made for is still alive, i.e. that its init is still the
+  same process: through a pidfd of the init (one poll, no /proc walk) or, without one, by the init's
+  pid-namespace inode and start time. A living init pins its namespace, so its number cannot have been
+  reused (and a held pidfd pins the namespace's number too: struct pid holds its namespace). Every `ttl`
+  the init's cgroup is re-read; about once a second entries whose init exited are dropped, so pidfds
+  never keep dead namespaces around for long.
 - callers in the host pid namespace: their own cgroup, cached by pid for `ttl`.
 """
 
 from __future__ import annotations
 
 import os
+import resource
+import select
 import time
 from dataclasses import dataclass
 
@@ -20,6 +27,7 @@ from lxcfs_guard.kernel import syscalls
 from lxcfs_guard.kernel.procfs import ProcessGone, ns_inode, pid_start_time
 
 MAX_ENTRIES = 4096
+PIDFD_BUDGET = 2048  # pidfds held at most (one per cached container); beyond it the /proc check is used
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +40,31 @@ class View:
     host: bool  # caller shares our pid namespace
 
 
+class _NsEntry:
+    """A cached container view and what proves it is still that container's: the init's pidfd (-1: none)."""
+
+    __slots__ = ("expires", "view", "pidfd")
+
+    def __init__(self, expires: float, view: View, pidfd: int) -> None:
+        self.expires = expires
+        self.view = view
+        self.pidfd = pidfd
+
+
+def _pidfd_budget() -> int:
+    """pidfds may use at most a quarter of the fd limit (raised to the hard limit if we may)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        want = 1 << 16 if hard == resource.RLIM_INFINITY else min(hard, 1 << 16)
+        if want > soft:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+                soft = want
+            except (OSError, ValueError):
+                pass
+    return min(PIDFD_BUDGET, max(0, soft // 4 - 64))
+
+
 class Resolver:
     def __init__(self, reader: CgroupReader, proc: str = "/proc", ttl: float = 1.0) -> None:
         self.reader = reader
@@ -39,14 +72,22 @@ class Resolver:
         self.ttl = ttl
         self.host_ns = ns_inode("self", "pid", proc)
         self._host_init_start: int | None = None  # pid 1's start time, read once
-        self._by_ns: dict[int, tuple[float, View]] = {}
+        self._by_ns: dict[int, _NsEntry] = {}
         self._by_pid: dict[int, tuple[float, View]] = {}
+        # pidfds name processes of the real /proc only; a fixture tree (unit tests) uses the /proc check
+        self._pidfds = 0
+        self._poll = select.poll()  # every held pidfd, for the sweep
+        self._ns_by_fd: dict[int, int] = {}
+        self._next_sweep = 0.0
+        self._pidfd_budget = _pidfd_budget() if proc == "/proc" and hasattr(os, "pidfd_open") else 0
 
     def resolve(self, pid: int) -> View | None:
         """The caller's view, or None when it cannot be resolved (pid 0, process gone): serve the host."""
         if pid <= 0:
             return None
         now = time.monotonic()
+        if self._pidfds and now >= self._next_sweep:
+            self._sweep(now)
         # Always one stat of the caller's pid-namespace link: a pid can be reused by a process of another
         # container at any moment, and the namespace is what decides whose view it gets, so it is never
         # taken from a cache keyed by pid alone.
@@ -64,13 +105,20 @@ class Resolver:
                 view = self._host_view(pid)
                 self._store(self._by_pid, pid, now, view)
                 return view
-            nshit = self._by_ns.get(ns)
-            if nshit is not None and nshit[0] > now:
-                return nshit[1]
-            view = self._container_view(pid, ns, nshit[1] if nshit else None)
-            if view is not None:
-                self._store(self._by_ns, ns, now, view)
-            return view
+            entry = self._by_ns.get(ns)
+            if entry is not None:
+                if not self._same_init(entry, ns):
+                    # the namespace this entry was made for died; `ns` is a new one with a reused number
+                    self._drop(ns)
+                    entry = None
+                elif entry.expires > now:
+                    return entry.view
+            if entry is not None:  # same init, ttl over: re-read its cgroup
+                old = entry.view
+                entry.view = View(self.reader.ref_for_pid(old.init_pid, self.proc), old.init_pid, old.init_start, False)
+                entry.expires = now + self.ttl
+                return entry.view
+            return self._new_container_view(pid, ns, now)
         except (CgroupGone, ProcessGone, OSError, ValueError):
             return None
 
@@ -80,6 +128,68 @@ class Resolver:
                 del cache[k]
         cache[key] = (now + self.ttl, view)
 
+    # -- container entries ----------------------------------------------------------------------------
+    def _same_init(self, entry: _NsEntry, ns: int) -> bool:
+        """Is the init this entry was made for still alive (then `ns` is still its namespace)?"""
+        if entry.pidfd >= 0:
+            p = select.poll()
+            p.register(entry.pidfd, select.POLLIN)
+            return not p.poll(0)  # a pidfd turns readable when its process exits
+        init = entry.view.init_pid
+        try:
+            return ns_inode(init, "pid", self.proc) == ns and pid_start_time(init, self.proc) == entry.view.init_start
+        except (ProcessGone, OSError, ValueError, IndexError):
+            return False
+
+    def _drop(self, ns: int) -> None:
+        entry = self._by_ns.pop(ns, None)
+        if entry is not None and entry.pidfd >= 0:
+            self._poll.unregister(entry.pidfd)
+            del self._ns_by_fd[entry.pidfd]
+            os.close(entry.pidfd)
+            self._pidfds -= 1
+
+    def _sweep(self, now: float) -> None:
+        """Drop the entries whose init exited (one poll over all pidfds)."""
+        self._next_sweep = now + 1.0
+        for fd, _ in self._poll.poll(0):
+            ns = self._ns_by_fd.get(fd)
+            if ns is not None:
+                self._drop(ns)
+
+    def _new_container_view(self, pid: int, ns: int, now: float) -> View | None:
+        init = self._find_init(pid, ns)
+        if init is None:
+            return None
+        pidfd = -1
+        if self._pidfds < self._pidfd_budget:
+            try:
+                pidfd = os.pidfd_open(init)
+            except OSError:
+                pidfd = -1
+        try:
+            # read after the pidfd is open, so the identity checked is the pidfd's process
+            start = pid_start_time(init, self.proc)
+            if ns_inode(init, "pid", self.proc) != ns:
+                raise ProcessGone(init)  # the init died and its pid went elsewhere meanwhile
+            ref = self.reader.ref_for_pid(init, self.proc)
+        except BaseException:
+            if pidfd >= 0:
+                os.close(pidfd)
+            raise
+        view = View(ref=ref, init_pid=init, init_start=start, host=False)
+        if len(self._by_ns) >= MAX_ENTRIES:
+            stale = [k for k, e in self._by_ns.items() if e.expires <= now] or list(self._by_ns)
+            for k in stale:
+                self._drop(k)
+        self._drop(ns)
+        self._by_ns[ns] = _NsEntry(now + self.ttl, view, pidfd)
+        if pidfd >= 0:
+            self._pidfds += 1
+            self._poll.register(pidfd, select.POLLIN)
+            self._ns_by_fd[pidfd] = ns
+        return view
+
     def _host_view(self, pid: int) -> View:
         if self._host_init_start is None:
             try:
@@ -88,18 +198,6 @@ class Resolver:
                 self._host_init_start = 0  # an unreadable pid 1 (some sandboxes): its age is the machine's uptime
         ref = self.reader.ref_for_pid(pid, self.proc)
         return View(ref=ref, init_pid=1, init_start=self._host_init_start, host=True)
-
-    def _container_view(self, pid: int, ns: int, old: View | None) -> View | None:
-        init = None
-        if old is not None and self._same_ns(old.init_pid, ns):
-            init = old.init_pid
-        if init is None:
-            init = self._find_init(pid, ns)
-        if init is None:
-            return None
-        start = pid_start_time(init, self.proc)
-        ref = self.reader.ref_for_pid(init, self.proc)
-        return View(ref=ref, init_pid=init, init_start=start, host=False)
 
     def _same_ns(self, pid: int, ns: int) -> bool:
         try:

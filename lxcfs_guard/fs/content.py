@@ -22,9 +22,13 @@ log = logging.getLogger(__name__)
 
 # Each file's host original sits at the same path from / (proc/meminfo -> /proc/meminfo).
 HOST_PATHS = {name: config.target_for(name) for name in config.ALL_FILES}
+# Host files are the same for every cgroup: each is read once per tick and shared by every render in it
+# (on a busy node thousands of renders a second would otherwise each read /proc/meminfo, /proc/stat ...).
+HOST_TICK = 0.1
 # Host files that do not change while we run (or whose changes do not matter for a few seconds).
 SLOW_HOST_TTL = {"/proc/cpuinfo": 10.0, "/sys/devices/system/cpu/online": 1.0}
 CACHE_MAX = 8192
+PRUNE_EVERY = 0.25  # seconds between sweeps of expired cache entries
 
 
 def clock_ticks() -> int:
@@ -39,12 +43,19 @@ class Content:
         ttl: float = 0.1,
         sampler: LoadSampler | None = None,
         host_paths: dict[str, str] | None = None,
+        host_tick: float = HOST_TICK,
     ) -> None:
         self.reader = reader
         self.cpu_view = cpu_view
         self.ttl = ttl
         self.sampler = sampler
         self.host_paths = host_paths or HOST_PATHS
+        self.host_tick = host_tick
+        self._reaper: tuple[float, int, object] | None = None
+        self._cpus_cache: dict[object, tuple[float, tuple[int, ...]]] = {}
+        self._next_prune = 0.0
+        self._online: tuple[str | None, tuple[int, ...]] = (None, ())
+        self._cpuinfo_memo: tuple[str | None, dict[tuple[int, ...], str]] = (None, {})
         self._cache: dict[tuple[str, object], tuple[float, bytes]] = {}
         self._host_cache: dict[str, tuple[float, str]] = {}
         self._ticks = clock_ticks()
@@ -79,6 +90,12 @@ class Content:
             text = None
         data = self.host_bytes(name) if text is None else text.encode()
         if self.ttl > 0:
+            if now >= self._next_prune:
+                # On a busy node almost every render is a miss whose entry is never read again: drop the
+                # expired ones a few times a second, or thousands of dead renders stay resident.
+                self._next_prune = now + PRUNE_EVERY
+                self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
+                self._cpus_cache = {k: v for k, v in self._cpus_cache.items() if v[0] > now}
             if len(self._cache) >= CACHE_MAX:
                 self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
                 if len(self._cache) >= CACHE_MAX:
@@ -87,16 +104,13 @@ class Content:
         return data
 
     def host_text(self, path: str) -> str:
-        ttl = SLOW_HOST_TTL.get(path)
-        if ttl is not None:
-            now = time.monotonic()
-            hit = self._host_cache.get(path)
-            if hit is not None and hit[0] > now:
-                return hit[1]
-            text = read_text(path) or ""
-            self._host_cache[path] = (now + ttl, text)
-            return text
-        return read_text(path) or ""
+        now = time.monotonic()
+        hit = self._host_cache.get(path)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        text = read_text(path) or ""
+        self._host_cache[path] = (now + SLOW_HOST_TTL.get(path, self.host_tick), text)
+        return text
 
     def size_bound(self, name: str) -> int:
         """An st_size no caller's rendering of `name` exceeds: a view never has more lines than the host
@@ -124,9 +138,22 @@ class Content:
         return swaps.render_swaps(total, used)
 
     def _visible_cpus(self, view: View) -> tuple[int, ...]:
-        online = parse_cpu_list(self.host_text(self.host_paths["sys/devices/system/cpu/online"]))
-        facts = self.reader.cpu(view.ref)
-        return cpus.visible_cpus(online, facts, self.cpu_view)
+        """The cgroup's CPUs, kept for a host tick: an agent reading stat, cpuinfo and cpu/online in a row
+        reads the cpuset and quota files once (keyed by the cgroup: never shared between two)."""
+        now = time.monotonic()
+        hit = self._cpus_cache.get(view.ref)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        text = self.host_text(self.host_paths["sys/devices/system/cpu/online"])
+        if self._online[0] is not text:
+            self._online = (text, parse_cpu_list(text))
+        shown = cpus.visible_cpus(self._online[1], self.reader.cpu(view.ref), self.cpu_view)
+        if len(self._cpus_cache) >= CACHE_MAX:
+            self._cpus_cache = {k: v for k, v in self._cpus_cache.items() if v[0] > now}
+            if len(self._cpus_cache) >= CACHE_MAX:
+                self._cpus_cache.clear()
+        self._cpus_cache[view.ref] = (now + self.host_tick, shown)
+        return shown
 
     def visible_cpus(self, view: View) -> tuple[int, ...]:  # for sysfs_cpu: the cpu directory agrees with online
         return self._visible_cpus(view)
@@ -135,7 +162,18 @@ class Content:
         return self.render(config.CPU_ONLINE, view)
 
     def _cpuinfo(self, view: View) -> str | None:
-        return cpuinfo.render_cpuinfo(self.host_text(self.host_paths["proc/cpuinfo"]), self._visible_cpus(view))
+        # a pure function of (host cpuinfo, visible CPUs): cgroups with the same cpuset share the text
+        host = self.host_text(self.host_paths["proc/cpuinfo"])
+        shown = self._visible_cpus(view)
+        if self._cpuinfo_memo[0] is not host:
+            self._cpuinfo_memo = (host, {})
+        memo = self._cpuinfo_memo[1]
+        text = memo.get(shown)
+        if text is None:
+            if len(memo) >= 64:
+                memo.clear()
+            text = memo[shown] = cpuinfo.render_cpuinfo(host, shown)
+        return text
 
     def _cpu_online(self, view: View) -> str | None:
         shown = self._visible_cpus(view)
@@ -157,13 +195,24 @@ class Content:
         busy = 0.0
         try:
             # the reaper's cgroup (for the host pid namespace that is pid 1's, i.e. the whole machine)
-            ref = view.ref if not view.host else self.reader.ref_for_pid(view.init_pid)
-            usage = self.reader.cpu_usage(ref)
-            if usage is not None:
-                busy = (usage.total if usage.total is not None else usage.user + usage.system) / 1e9
+            ref = view.ref if not view.host else self._host_reaper_ref(view.init_pid)
+            total = self.reader.cpu_time(ref)
+            if total is None:
+                usage = self.reader.cpu_usage(ref)
+                total = None if usage is None else usage.user + usage.system
+            if total is not None:
+                busy = total / 1e9
         except (CgroupGone, OSError):
             pass
         return uptime.render_uptime(age, busy)
+
+    def _host_reaper_ref(self, pid: int):
+        """The cgroup of the host's init, re-read once per host tick (every host caller's uptime asks)."""
+        now = time.monotonic()
+        hit = self._reaper
+        if hit is None or hit[0] <= now or hit[1] != pid:
+            hit = self._reaper = (now + self.host_tick, pid, self.reader.ref_for_pid(pid))
+        return hit[2]
 
     def _loadavg(self, view: View) -> str | None:
         if self.sampler is None:

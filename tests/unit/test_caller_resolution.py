@@ -21,7 +21,7 @@ def _proc(root: Path, pid: str, ns: Path, nspid: str, cgroup: str, start: int = 
     (d / "status").write_text(f"Name:\tx\nNSpid:\t{nspid}\n")
     (d / "cgroup").write_text(f"4:memory:{cgroup}\n3:cpuset:{cgroup}\n")
     fields = ["0"] * 50
-    fields[19] = str(start)  # field 22 overall
+    fields[18] = str(start)  # field 22 overall: after "pid (comm) S", fields[0] is field 4
     (d / "stat").write_text(f"{pid} (x) S " + " ".join(fields) + "\n")
 
 
@@ -70,3 +70,33 @@ def test_a_pid_reused_from_a_container_by_a_host_process_gets_a_host_view(tmp_pa
     assert not r.resolve(600).host
     _proc(proc, "600", nsdir / "host", "600", "/")
     assert r.resolve(600).host
+
+
+def test_a_dead_containers_namespace_number_given_to_a_new_container_gets_the_new_view(tmp_path: Path) -> None:
+    """The kernel reuses a dead namespace's inode number at once; the cache is keyed by it (issue 11 M2).
+    Here the namespace file of container a is handed, as is, to a new container c with another init."""
+    nsdir, r = _fixture(tmp_path)
+    proc = tmp_path / "proc"
+    _proc(proc, "600", nsdir / "a", "600 7", "/ct-a")
+    assert r.resolve(600).ref.get("memory") == "/ct-a"
+    # container a dies (init 500 and 600 gone); c starts with the same namespace number, init 800
+    for pid in ("500", "600"):
+        for f in sorted((proc / pid).rglob("*"), reverse=True):
+            f.rmdir() if f.is_dir() else f.unlink()
+        (proc / pid).rmdir()
+    _proc(proc, "800", nsdir / "a", "800 1", "/ct-c", start=900)
+    _proc(proc, "801", nsdir / "a", "801 2", "/ct-c", start=901)
+    v = r.resolve(801)
+    assert v is not None and v.init_pid == 800 and v.init_start == 900 and v.ref.get("memory") == "/ct-c"
+
+
+def test_an_init_pid_reused_inside_the_same_namespace_number_is_not_taken_for_the_old_init(tmp_path: Path) -> None:
+    """Same number, and even the same init pid, but a later start time: a new container, a new view."""
+    nsdir, r = _fixture(tmp_path)
+    proc = tmp_path / "proc"
+    _proc(proc, "600", nsdir / "a", "600 7", "/ct-a")
+    assert r.resolve(600).ref.get("memory") == "/ct-a"
+    _proc(proc, "500", nsdir / "a", "500 1", "/ct-d", start=5000)
+    _proc(proc, "600", nsdir / "a", "600 7", "/ct-d", start=5001)
+    v = r.resolve(600)
+    assert v is not None and v.init_start == 5000 and v.ref.get("memory") == "/ct-d"

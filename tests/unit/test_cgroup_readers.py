@@ -104,6 +104,20 @@ def test_v1_memory_limit_three_levels_up_and_swap(tmp_path: Path) -> None:
     assert mem.swappiness == 60
 
 
+def test_v1_memory_limits_come_from_memory_stat_when_the_kernel_puts_them_there(tmp_path: Path) -> None:
+    """Real v1 kernels print hierarchical_memory_limit / hierarchical_memsw_limit (the smallest up the
+    tree) in memory.stat: then no ancestor's file is read (here the ancestors' files say otherwise)."""
+    root = v1_tree(tmp_path)
+    stat = root / "memory/lxc/c1/app/leaf/memory.stat"
+    stat.write_text(V1_STAT + f"hierarchical_memory_limit {100 * MiB}\nhierarchical_memsw_limit {150 * MiB}\n")
+    r = V1Reader(str(root))
+    mem = r.memory(r.parse_proc_cgroup(PROC_CGROUP_V1))
+    assert mem.limit == 100 * MiB and mem.swap_limit == 50 * MiB
+    stat.write_text(V1_STAT + f"hierarchical_memory_limit {UNLIM}\nhierarchical_memsw_limit {UNLIM}\n")
+    mem = r.memory(r.parse_proc_cgroup(PROC_CGROUP_V1))
+    assert mem.limit is None and mem.swap_limit is None
+
+
 def test_v1_unlimited_memory_is_none(tmp_path: Path) -> None:
     root = v1_tree(tmp_path)
     (root / "memory/lxc/memory.limit_in_bytes").write_text(UNLIM)
@@ -129,7 +143,8 @@ def test_v1_cpu_usage_per_cpu(tmp_path: Path) -> None:
     u = r.cpu_usage(r.parse_proc_cgroup(PROC_CGROUP_V1))
     assert u is not None
     assert u.per_cpu[1] == (1000000000, 500000000) and u.per_cpu[3] == (2000000000, 0)
-    assert (u.user, u.system, u.total) == (3000000000, 500000000, 4000000000)
+    assert (u.user, u.system) == (3000000000, 500000000)
+    assert r.cpu_time(r.parse_proc_cgroup(PROC_CGROUP_V1)) == 4000000000  # cpuacct.usage, its own counter
 
 
 def test_v1_blkio_falls_back_to_throttle_counters(tmp_path: Path) -> None:
