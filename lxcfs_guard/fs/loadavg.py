@@ -2,13 +2,20 @@
 the cgroups someone read /proc/loadavg for recently, and decay the three averages the kernel's way.
 
 Only cgroups read within `idle_after` seconds are sampled (LXCFS samples every container, and holds a
-lock while doing it: #407); forgotten ones are dropped, so memory stays bounded.
+lock while doing it: #407); forgotten ones are dropped, so memory stays bounded. With `serve`'s workers the
+sampler runs in a process of its own (see the second half of this module), never on a serving path.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import mmap
 import os
+import select
+import socket
+import struct
 import time
 
 from lxcfs_guard.cgroup import CgroupGone, CgroupReader, CgroupRef
@@ -100,15 +107,129 @@ class LoadSampler:
         for r in stale:
             del self._entries[r]
 
-    async def run(self, interval: float = INTERVAL) -> None:
-        import trio
-
-        while True:
-            await trio.sleep(interval)
-            try:
-                self.tick()
-            except Exception:  # never let the sampler take the daemon down
-                log.exception("loadavg sampler")
-
     def __len__(self) -> int:
         return len(self._entries)
+
+
+# --- across processes: one sampler process, many serving workers -------------------------------------
+#
+# The sampler must not run on a serving path (a tick over 1,000 cgroups takes tens of ms, which would stall
+# every request behind it), so with workers it runs in a process of its own, started by the holder:
+# - workers send a cgroup they serve loadavg for over a datagram socket (its first read, then at most once
+#   a minute: the sampler's idle clock), and render from a table in shared memory;
+# - the sampler samples registered cgroups every interval and publishes the table: two copies and an index
+#   word, it fills the one not in use and then flips the index, so a reader never sees half a table.
+# A cgroup not in the table yet (its first read) is counted by the worker itself, once: real task counts,
+# averages 0 as after boot, as the in-process sampler does.
+
+TABLE_CAP = 2048  # >= 2 x max_cgroups: open addressing stays short
+_ENTRY = struct.Struct("<QIIIII4x")  # key hash, avg1, avg5, avg15, running, total
+TABLE_BYTES = 8 + 2 * TABLE_CAP * _ENTRY.size
+TOUCH_EVERY = 60.0
+
+
+def key_hash(ref: CgroupRef) -> int:
+    return int.from_bytes(hashlib.blake2b(ref.key.encode(), digest_size=8).digest(), "little") or 1
+
+
+def make_table() -> mmap.mmap:
+    return mmap.mmap(-1, TABLE_BYTES, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
+
+
+def publish(table: mmap.mmap, sampler: LoadSampler) -> None:
+    active = struct.unpack_from("<I", table, 0)[0] & 1
+    base = 8 + (1 - active) * TABLE_CAP * _ENTRY.size
+    table[base : base + TABLE_CAP * _ENTRY.size] = bytes(TABLE_CAP * _ENTRY.size)
+    for ref, entry in list(sampler._entries.items()):
+        h = key_hash(ref)
+        i = h % TABLE_CAP
+        for _ in range(TABLE_CAP):
+            if struct.unpack_from("<Q", table, base + i * _ENTRY.size)[0] == 0:
+                _ENTRY.pack_into(table, base + i * _ENTRY.size, h, *entry.avg, entry.running, entry.total)
+                break
+            i = (i + 1) % TABLE_CAP
+    struct.pack_into("<I", table, 0, 1 - active)
+
+
+class SharedLoad:
+    """A worker's loadavg source: the sampler process's table; same `get` as LoadSampler."""
+
+    def __init__(self, reader: CgroupReader, table: mmap.mmap, sock: socket.socket, proc: str = "/proc") -> None:
+        self.reader = reader
+        self.table = table
+        self.sock = sock
+        self.proc = proc
+        self._sent: dict[CgroupRef, float] = {}
+
+    def _lookup(self, h: int) -> tuple[tuple[int, int, int], int, int] | None:
+        active = struct.unpack_from("<I", self.table, 0)[0] & 1
+        base = 8 + active * TABLE_CAP * _ENTRY.size
+        i = h % TABLE_CAP
+        for _ in range(TABLE_CAP):
+            got = _ENTRY.unpack_from(self.table, base + i * _ENTRY.size)
+            if got[0] == h:
+                return (got[1], got[2], got[3]), got[4], got[5]
+            if got[0] == 0:
+                return None
+            i = (i + 1) % TABLE_CAP
+        return None
+
+    def _register(self, ref: CgroupRef, now: float) -> None:
+        last = self._sent.get(ref)
+        if last is not None and now - last < TOUCH_EVERY:
+            return
+        if len(self._sent) > 4 * TABLE_CAP:
+            self._sent.clear()
+        self._sent[ref] = now
+        try:
+            self.sock.send(json.dumps(ref.paths).encode())
+        except OSError:  # the sampler is behind (full queue) or restarting: the next read registers again
+            self._sent.pop(ref, None)
+
+    def get(self, ref: CgroupRef) -> tuple[tuple[int, int, int], int, int] | None:
+        found = self._lookup(key_hash(ref))
+        self._register(ref, time.monotonic())
+        if found is not None:
+            return found
+        try:
+            pids = self.reader.procs(ref)
+            if pids is None:
+                return None
+            running, total = count_threads(pids, self.proc)
+        except (CgroupGone, OSError):
+            return None
+        return (0, 0, 0), running, total
+
+
+def run_sampler(reader: CgroupReader, table: mmap.mmap, sock: socket.socket, interval: float = INTERVAL) -> None:
+    """The sampler process's loop (never returns): registrations from the socket, a tick every `interval`."""
+    sampler = LoadSampler(reader)
+    next_tick = time.monotonic() + interval
+    sock.setblocking(False)
+    while True:
+        timeout = max(0.0, next_tick - time.monotonic())
+        ready = select.select([sock], [], [], timeout)[0]
+        changed = False
+        while ready:
+            try:
+                data = sock.recv(65536)
+            except BlockingIOError:
+                break
+            try:
+                ref = CgroupRef(paths=tuple((str(c), str(p)) for c, p in json.loads(data)))
+            except (ValueError, TypeError):
+                continue
+            new = ref not in sampler._entries
+            sampler.get(ref)  # registers (sampling it at once) or refreshes its idle clock
+            changed = changed or new
+        if time.monotonic() >= next_tick:
+            try:
+                sampler.tick()
+            except Exception:  # never let one odd cgroup stop the sampler
+                log.exception("loadavg sampler")
+            next_tick += interval
+            if next_tick < time.monotonic():
+                next_tick = time.monotonic() + interval
+            changed = True
+        if changed:
+            publish(table, sampler)

@@ -3,20 +3,25 @@
 Per open+read+close the kernel sends OPEN, READ (until a short read or EOF) and RELEASE; FLUSH is answered
 ENOSYS once and then never sent again. So the work is done once, in open(): resolve the caller, render (or
 take the cached render), keep the bytes under a fresh fh; read() only slices and release() only drops it.
-Handlers never await: each runs to completion on the trio thread, and pyfuse3's max_tasks bounds how many
-requests are in flight.
+Handlers never await: each runs to completion on the trio thread, so a worker has one request in flight.
+
+With several workers on one connection (fs/connection.py) the READs and the RELEASE of a file handle can
+reach any worker, so the snapshot is kept in the shared arena (fs/arena.py), which every worker reads.
+A request the kernel resends after a worker died may be answered twice; the second reply of an OPEN then
+fails (the kernel no longer knows the first request id) and no RELEASE will ever come for that fh:
+`reply_failed` frees its snapshot, as libfuse's high-level API does for an interrupted open.
 """
 
 from __future__ import annotations
 
 import errno
-import itertools
 import logging
 import os
 import time
 
 import pyfuse3
 
+from lxcfs_guard.fs.arena import LocalSnapshots
 from lxcfs_guard.fs.caller import Resolver
 from lxcfs_guard.fs.content import Content
 from lxcfs_guard.fs.tree import ROOT_INODE, Tree
@@ -38,13 +43,13 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, tree: Tree, resolver: Resolver, content: Content) -> None:
+    def __init__(self, tree: Tree, resolver: Resolver, content: Content, snapshots=None) -> None:
         super().__init__()
         self.tree = tree
         self.resolver = resolver
         self.content = content
-        self._fh = itertools.count(1)
-        self._open: dict[int, bytes] = {}
+        self.snapshots = snapshots if snapshots is not None else LocalSnapshots()
+        self.last_open_fh: int | None = None  # the fh the last OPEN answered, until its reply is sent
         self._attrs: dict[int, pyfuse3.EntryAttributes] = {}
         started_ns = time.time_ns()
         for inode, node in tree.nodes.items():
@@ -131,20 +136,29 @@ class Operations(pyfuse3.Operations):
         if flags & _WRITE_FLAGS:
             raise pyfuse3.FUSEError(errno.EROFS)
         data = self.content.render(node.name, self.resolver.resolve(ctx.pid))
-        fh = next(self._fh)
-        self._open[fh] = data
+        try:
+            fh = self.snapshots.put(data)
+        except OSError as e:  # the arena is full of open files (ENFILE)
+            log.warning("open %s: %s", node.name, e)
+            raise pyfuse3.FUSEError(e.errno or errno.ENFILE) from None
+        self.last_open_fh = fh
         return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False, nonseekable=False)
 
     async def read(self, fh, off, size):
-        data = self._open.get(fh)
+        data = self.snapshots.read(fh, off, size)
         if data is None:
             raise pyfuse3.FUSEError(errno.EBADF)
-        if off == 0 and size >= len(data):
-            return data
-        return data[off : off + size]
+        return data
 
     async def release(self, fh):
-        self._open.pop(fh, None)
+        self.snapshots.free(fh)
+
+    def reply_failed(self) -> None:
+        """pyfuse3 could not send the reply of the last OPEN (a duplicate of a resent request): nobody will
+        ever release that fh, so drop its snapshot now."""
+        fh, self.last_open_fh = self.last_open_fh, None
+        if fh is not None:
+            self.snapshots.free(fh)
 
     # -- everything that would change something --------------------------------------------------------
     async def write(self, fh, off, buf):
@@ -175,6 +189,7 @@ class Operations(pyfuse3.Operations):
         raise pyfuse3.FUSEError(errno.EROFS)
 
     async def link(self, inode, new_parent_inode, new_name, ctx):
+        self.last_open_fh = None  # pyfuse3 logs a failed open reply under link's name: not ours to free
         raise pyfuse3.FUSEError(errno.EROFS)
 
     async def setxattr(self, inode, name, value, ctx):
