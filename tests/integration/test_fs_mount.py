@@ -15,6 +15,7 @@ import textwrap
 
 import pytest
 
+from lxcfs_guard.kernel.files import DEAD_ERRNOS
 from lxcfs_guard.kernel.procfs import MountInfo, mounts_at
 from tests.support.cgroups import make_cgroup
 from tests.support.daemon import serve
@@ -85,6 +86,11 @@ def test_dead_mount_on_the_mountpoint_is_detached_first() -> None:
         with serve(mountpoint=mnt) as first:
             os.kill(first.pid, signal.SIGKILL)
             first.proc.wait(10)
+            with pytest.raises(OSError) as e:
+                os.stat(os.path.join(mnt, "proc"))
+            # its workers die a moment after it (PR_SET_PDEATHSIG): a request queued in that moment is
+            # ended with ECONNABORTED, every later one gets ENOTCONN
+            assert e.value.errno in DEAD_ERRNOS
             with pytest.raises(OSError) as e:
                 os.stat(os.path.join(mnt, "proc"))
             assert e.value.errno == errno.ENOTCONN
