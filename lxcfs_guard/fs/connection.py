@@ -3,7 +3,9 @@
 It mounts, answers the kernel's INIT itself (pyfuse3's loop runs only until the init callback, which
 cancels it: leaving with `pyfuse3.terminate()` would mark the session exited for every later loop), and
 then never serves a request. For each worker slot it makes a clone of the device fd (FUSE_DEV_IOC_CLONE),
-keeps it, and forks a worker that serves on it (fs/worker.py). It forks the loadavg sampler too.
+keeps it, and forks a worker that serves on it (fs/worker.py). It also runs the loadavg sampler
+(fs/loadavg.py `SamplerService`) in small steps between events: off every serving path, and without the
+memory of one more Python process.
 
 A worker that dies (crash, OOM kill, SIGKILL) is seen at once on its pidfd. The requests it had taken sit in
 its clone's processing queue, which lives on because the holder still holds that clone. The holder then
@@ -17,9 +19,9 @@ and forks a replacement on a fresh clone, in the same slot (so it continues the 
 More than `max_restarts` worker deaths within `restart_window` seconds is a crash loop: the holder gives
 up and exits, and the supervisor's restart and repair take over, as for any death of the daemon.
 
-Single-threaded, one poll loop on fds (worker and sampler pidfds, a readiness probe's pidfd, the signal
-wake-up pipe): no polling, no request handlers. Its own death closes every fd of the connection (workers
-die with it: PR_SET_PDEATHSIG), which is what the standby and the remount engine handle.
+Single-threaded, one poll loop on fds (worker pidfds, a readiness probe's pidfd, the signal wake-up pipe,
+the sampler's socket): no polling, no request handlers. Its own death closes every fd of the connection
+(workers die with it: PR_SET_PDEATHSIG), which is what the standby and the remount engine handle.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import collections
 import errno
 import fcntl
+import gc
 import logging
 import os
 import select
@@ -80,7 +83,7 @@ def notify_resend(fd: int) -> bool:
 
 @dataclass
 class Child:
-    """A worker (slot >= 0) or the sampler (slot -1)."""
+    """A worker, or (slot -1) the readiness probe."""
 
     slot: int
     pid: int
@@ -105,10 +108,9 @@ class Holder:
         resend: bool = True,
         max_restarts: int = 30,
         restart_window: float = 60.0,
-        sampler: Callable[[], None] | None = None,
+        service: Any = None,
         worker_setup: Callable[[int], None] | None = None,
         private_fds: tuple[int, ...] = (),
-        sampler_fds: tuple[int, ...] = (),
     ) -> None:
         self.ops = ops
         self.mountpoint = mountpoint
@@ -118,13 +120,11 @@ class Holder:
         self.resend = resend
         self.max_restarts = max_restarts
         self.restart_window = restart_window
-        self.sampler_main = sampler
+        self.service = service  # the loadavg sampler: fileno(), on_readable(), due() -> monotonic, step()
         self.worker_setup = worker_setup
-        self.private_fds = set(private_fds) | set(sampler_fds)  # fds workers do not inherit
-        self.sampler_fds = frozenset(sampler_fds)  # ... of which the sampler keeps these
+        self.private_fds = set(private_fds)  # fds workers do not inherit
         self.session_fd = -1
         self.workers: dict[int, Child] = {}
-        self.sampler: Child | None = None
         self.worker_restarts = 0
         self.resends = 0
         self.aborted = 0  # worker deaths handled by ending the in-flight requests (no resend)
@@ -165,13 +165,14 @@ class Holder:
             raise RuntimeError("the kernel ended the session before INIT")
 
     def start(self) -> None:
+        # Everything allocated so far is shared with the children: keep the cyclic GC from touching (and so
+        # copying) those pages in every child.
+        gc.freeze()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.private_fds |= {self._wake_r, self._wake_w}
         signal.set_wakeup_fd(self._wake_w)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(sig, self._on_signal)
-        if self.sampler_main is not None:
-            self._spawn_sampler()
         for slot in range(self.n):
             self._spawn(slot)
 
@@ -209,41 +210,8 @@ class Holder:
         log.debug("worker %d: pid %d", slot, pid)
         return child
 
-    def _spawn_sampler(self) -> None:
-        assert self.sampler_main is not None
-        close = sorted(self._all_fds() | {self.session_fd})
-        restarts = self.sampler.restarts + 1 if self.sampler is not None else 0
-        sampler_main = self.sampler_main
-
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child
-            code = 1
-            try:
-                import ctypes
-
-                ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-                if os.getppid() != self.pid:
-                    os._exit(1)
-                signal.set_wakeup_fd(-1)
-                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
-                    signal.signal(sig, signal.SIG_DFL)
-                signal.signal(signal.SIGHUP, signal.SIG_IGN)
-                for fd in close:
-                    if fd not in self.sampler_fds:
-                        try:
-                            os.close(fd)
-                        except OSError:
-                            pass
-                sampler_main()
-                code = 0
-            except BaseException:  # noqa: BLE001
-                log.exception("loadavg sampler failed")
-            finally:
-                os._exit(code)
-        self.sampler = Child(slot=-1, pid=pid, pidfd=os.pidfd_open(pid), restarts=restarts)
-
     def children(self) -> list[Child]:
-        return list(self.workers.values()) + ([self.sampler] if self.sampler is not None else [])
+        return list(self.workers.values())
 
     # -- run --------------------------------------------------------------------------------------------
     def run(self, on_ready: Callable[[], None], on_change: Callable[[], None], ready_timeout: float = 60.0) -> int:
@@ -264,7 +232,12 @@ class Holder:
             timeout = None
             if not ready:
                 timeout = max(0.0, (probe_deadline if probe is not None else retry_at) - now)
+            if self.service is not None:
+                due = max(0.0, self.service.due() - now)
+                timeout = due if timeout is None else min(timeout, due)
             fds = [self._wake_r] + [c.pidfd for c in self.children()] + ([probe.pidfd] if probe else [])
+            if self.service is not None:
+                fds.append(self.service.fileno())
             try:
                 readable = select.select(fds, [], [], timeout)[0]
             except InterruptedError:
@@ -291,6 +264,14 @@ class Holder:
                         return 1
                     if ready:
                         on_change()
+            if self.service is not None and not self._stop:
+                try:
+                    if self.service.fileno() in readable:
+                        self.service.on_readable()
+                    if self.service.due() <= time.monotonic():
+                        self.service.step()
+                except Exception:  # never let loadavg take the connection down
+                    log.exception("loadavg sampler")
         if probe is not None:
             _pidfd_signal(probe.pidfd, signal.SIGKILL)
             self._reap(probe)
@@ -328,13 +309,6 @@ class Holder:
         self._deaths.append(now)
         while self._deaths and now - self._deaths[0] > self.restart_window:
             self._deaths.popleft()
-        if c.slot < 0:
-            log.warning("loadavg sampler pid %d %s; restarting it", c.pid, how)
-            if len(self._deaths) > self.max_restarts:
-                log.error("%d process deaths in %.0f s: giving up", len(self._deaths), self.restart_window)
-                return False
-            self._spawn_sampler()
-            return True
         recovered = "resent its requests"
         if self.resend and notify_resend(self.session_fd):
             self.resends += 1
@@ -374,7 +348,6 @@ class Holder:
                 os.close(c.clone_fd)
                 c.clone_fd = -1
         self.workers.clear()
-        self.sampler = None
         signal.set_wakeup_fd(-1)
 
     def kill_children(self) -> None:

@@ -132,13 +132,11 @@ def run_serve(args: argparse.Namespace) -> int:
     def worker_setup(slot: int) -> None:
         ops.snapshots = arena.Arena(snapshots, slot)
 
-    def sampler() -> None:
-        loadavg.run_sampler(reader, table, sampler_end, args.loadavg_interval)
-
     holder = Holder(
         ops, mountpoint, fuse_options(), workers,
-        max_tasks=args.max_workers, resend=not args.no_resend, sampler=sampler, worker_setup=worker_setup,
-        sampler_fds=(sampler_end.fileno(),),
+        max_tasks=args.max_workers, resend=not args.no_resend, worker_setup=worker_setup,
+        service=loadavg.SamplerService(reader, table, sampler_end, args.loadavg_interval),
+        private_fds=(sampler_end.fileno(),),
     )
     state_path: list[str] = []
 

@@ -13,7 +13,6 @@ import json
 import logging
 import mmap
 import os
-import select
 import socket
 import struct
 import time
@@ -92,9 +91,18 @@ class LoadSampler:
 
     def tick(self) -> None:
         """One 5-second step for every cgroup read recently."""
-        now = time.monotonic()
-        self._forget(now)
-        for ref, entry in list(self._entries.items()):
+        self.sample(self.begin_tick())
+
+    def begin_tick(self) -> list[CgroupRef]:
+        """Forget cgroups nobody read for long; the ones to sample for this step."""
+        self._forget(time.monotonic())
+        return list(self._entries)
+
+    def sample(self, refs: list[CgroupRef]) -> None:
+        for ref in refs:
+            entry = self._entries.get(ref)
+            if entry is None:
+                continue
             try:
                 self._sample(ref, entry)
             except (CgroupGone, OSError):
@@ -111,17 +119,16 @@ class LoadSampler:
         return len(self._entries)
 
 
-# --- across processes: one sampler process, many serving workers -------------------------------------
+# --- across processes: serving workers and the holder that samples ----------------------------------
 #
-# The sampler must not run on a serving path (a tick over 1,000 cgroups takes tens of ms, which would stall
-# every request behind it), so with workers it runs in a process of its own, started by the holder:
+# The sampler must not run on a serving path (a step over 1,000 cgroups reads thousands of /proc files), so
+# with workers it runs in the holder (fs/connection.py), in chunks between its events:
 # - workers send a cgroup they serve loadavg for over a datagram socket (its first read, then at most once
 #   a minute: the sampler's idle clock), and render from a table in shared memory;
-# - the sampler samples registered cgroups every interval and publishes the table: two copies and an index
-#   word, it fills the one not in use and then flips the index, so a reader never sees half a table.
+# - the sampler samples the registered cgroups every interval and publishes the table: two copies and an
+#   index word, it fills the one not in use and then flips the index, so a reader never sees half a table.
 # A cgroup not in the table yet (its first read) is counted by the worker itself, once: real task counts,
 # averages 0 as after boot, as the in-process sampler does.
-
 TABLE_CAP = 2048  # >= 2 x max_cgroups: open addressing stays short
 _ENTRY = struct.Struct("<QIIIII4x")  # key hash, avg1, avg5, avg15, running, total
 TABLE_BYTES = 8 + 2 * TABLE_CAP * _ENTRY.size
@@ -201,35 +208,53 @@ class SharedLoad:
         return (0, 0, 0), running, total
 
 
-def run_sampler(reader: CgroupReader, table: mmap.mmap, sock: socket.socket, interval: float = INTERVAL) -> None:
-    """The sampler process's loop (never returns): registrations from the socket, a tick every `interval`."""
-    sampler = LoadSampler(reader)
-    next_tick = time.monotonic() + interval
-    sock.setblocking(False)
-    while True:
-        timeout = max(0.0, next_tick - time.monotonic())
-        ready = select.select([sock], [], [], timeout)[0]
-        changed = False
-        while ready:
+class SamplerService:
+    """The sampler as the holder runs it: `on_readable` takes registrations, `step` samples up to `CHUNK`
+    cgroups (so a tick over 1,000 of them never keeps the holder from a dead worker for long) and publishes
+    once a tick, or a registration, is complete."""
+
+    CHUNK = 64
+
+    def __init__(self, reader: CgroupReader, table: mmap.mmap, sock: socket.socket, interval: float = INTERVAL) -> None:
+        self.sampler = LoadSampler(reader)
+        self.table = table
+        self.sock = sock
+        self.sock.setblocking(False)
+        self.interval = interval
+        self.next_tick = time.monotonic() + interval
+        self._pending: list[CgroupRef] = []
+        self._dirty = False
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def due(self) -> float:
+        return 0.0 if self._pending or self._dirty else self.next_tick
+
+    def on_readable(self) -> None:
+        for _ in range(256):
             try:
-                data = sock.recv(65536)
+                data = self.sock.recv(65536)
             except BlockingIOError:
-                break
+                return
             try:
                 ref = CgroupRef(paths=tuple((str(c), str(p)) for c, p in json.loads(data)))
             except (ValueError, TypeError):
                 continue
-            new = ref not in sampler._entries
-            sampler.get(ref)  # registers (sampling it at once) or refreshes its idle clock
-            changed = changed or new
-        if time.monotonic() >= next_tick:
-            try:
-                sampler.tick()
-            except Exception:  # never let one odd cgroup stop the sampler
-                log.exception("loadavg sampler")
-            next_tick += interval
-            if next_tick < time.monotonic():
-                next_tick = time.monotonic() + interval
-            changed = True
-        if changed:
-            publish(table, sampler)
+            self._dirty |= ref not in self.sampler._entries
+            self.sampler.get(ref)  # registers (sampling it at once) or refreshes its idle clock
+
+    def step(self) -> None:
+        now = time.monotonic()
+        if not self._pending and now >= self.next_tick:
+            self._pending = self.sampler.begin_tick()
+            self.next_tick = max(self.next_tick + self.interval, now + self.interval / 2)
+            if not self._pending:
+                self._dirty = True
+        if self._pending:
+            chunk, self._pending = self._pending[: self.CHUNK], self._pending[self.CHUNK :]
+            self.sampler.sample(chunk)
+            if self._pending:
+                return
+        publish(self.table, self.sampler)
+        self._dirty = False

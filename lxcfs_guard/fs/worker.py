@@ -24,8 +24,8 @@ from typing import Any, NoReturn
 log = logging.getLogger("lxcfs_guard.serve")
 
 PR_SET_PDEATHSIG = 1
-# Test-only: "FILE:MARKER" makes the first worker that opens FILE (a path in the mount, e.g. proc/uptime)
-# stop itself (SIGSTOP) with the request in hand, if it can create MARKER; the tests kill it there.
+# Test-only: "FILE:MARKER[,FILE:MARKER...]" makes the first worker that opens FILE (a path in the mount, e.g.
+# proc/uptime) stop itself (SIGSTOP) with the request in hand, if it can create MARKER; tests kill it there.
 STALL_ENV = "LXCFS_GUARD_TEST_STALL"
 
 
@@ -45,19 +45,23 @@ class _ReplyFailures(logging.Filter):
         self.count += 1
         if msg.startswith("fuse_link()"):  # pyfuse3 reports open's reply under link's name
             self.ops.reply_failed()
-        return record.args != ("No such file or directory",) if record.args else True
+        if record.args == ("No such file or directory",):
+            log.debug("a reply was refused, its request was resent and answered again: %s", msg.split("(")[0])
+            return False
+        return True
 
 
 def _stall_hook(ops: Any) -> None:
     spec = os.environ.get(STALL_ENV)
-    if not spec or ":" not in spec:
+    if not spec:
         return
-    name, marker = spec.split(":", 1)
+    stalls = dict(item.split(":", 1) for item in spec.split(",") if ":" in item)  # file -> marker
     real_open = ops.open
 
     async def open_and_stall(inode, flags, ctx):  # noqa: ANN001 - pyfuse3's signature
         node = ops.tree.get(inode)
-        if node is not None and node.name == name:
+        marker = stalls.get(node.name) if node is not None else None
+        if marker:
             try:
                 os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
                 os.kill(os.getpid(), signal.SIGSTOP)

@@ -198,3 +198,34 @@ def test_twenty_worker_kills_under_supervise_no_reader_sees_one(_fusectl_as_foun
         assert fleet.wrong_reads() == {}
         summary = fleet.stop()
         assert len(summary) == 20 and all(w == 0 for _, _, w in summary.values())
+
+
+def test_a_live_workers_request_resent_meanwhile_is_answered_once_and_its_late_reply_is_quiet() -> None:
+    """Both workers stop with an OPEN in hand; one is killed. The resend queues both OPENs again (a live
+    worker's too), the replacement answers both readers; when the stopped live worker goes on, its own
+    reply of the second OPEN fails (ENOENT: the kernel forgot that id) and it serves on, logging nothing."""
+    tmp = tempfile.mkdtemp(prefix="lxcfs-guard-stall-")
+    stall = f"proc/uptime:{tmp}/a,proc/loadavg:{tmp}/b"
+    with serve(args=["--workers", "2", "--debug"], env={"LXCFS_GUARD_TEST_STALL": stall}) as d:
+        workers = worker_pids(d.state_dir, d.pid)
+        readers = [subprocess.Popen([sys.executable, "-c", READ_ONE, d.path(f)], stdout=subprocess.PIPE, text=True)
+                   for f in ("proc/uptime", "proc/loadavg")]
+        try:
+            wait_for(lambda: all(proc_state(p) == "T" for p in workers), 10, 0.01, "both workers to stall")
+            os.kill(workers[0], signal.SIGKILL)
+            outs = [r.communicate(timeout=10)[0] for r in readers]
+        finally:
+            for r in readers:
+                if r.poll() is None:
+                    r.kill()
+                    r.wait()
+            os.kill(workers[1], signal.SIGCONT)
+        assert [o.split()[0] for o in outs] == ["ok", "ok"], outs
+        assert len(outs[0].split()) == 3 and len(outs[1].split()) == 6  # uptime, loadavg lines
+        time.sleep(0.2)
+        for _ in range(50):  # the live worker serves on
+            with open(d.path("proc/meminfo")) as f:
+                assert f.read().startswith("MemTotal:")
+        assert workers[1] in worker_pids(d.state_dir, d.pid)
+        assert "a reply was refused, its request was resent and answered again: fuse_link" in d.log()
+        assert "fuse_reply" not in d.log() and "ERROR" not in d.log()
