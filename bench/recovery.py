@@ -30,6 +30,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from tests.support.procs import signal_daemon  # noqa: E402
 from tests.support.readers import Fleet, reader_fleet  # noqa: E402
 from tests.support.watchdog import Supervised, fusectl_restored, kill_and_time, supervised  # noqa: E402
 
@@ -47,8 +48,8 @@ def one_fault(s: Supervised, fleet: Fleet, fault: str, standby: bool) -> dict:
         rec = fleet.wait_recovered(t, timeout=30)
         s.wait_healthy(standby=standby, not_pid=st["daemon_pid"])
     finally:
-        if fault == "sigstop" and os.path.exists(f"/proc/{st['daemon_pid']}"):
-            os.kill(st["daemon_pid"], signal.SIGCONT)
+        if fault == "sigstop":
+            signal_daemon(st["daemon_pid"], signal.SIGCONT)
     if fault == "reload":  # let the old daemon retire inside the measured window
         time.sleep(1.2)
     after = fleet.counts()

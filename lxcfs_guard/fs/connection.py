@@ -337,6 +337,7 @@ class Holder:
         left after `timeout`; the caller unmounts afterwards."""
         kids = [c for c in self.children() if c.pidfd >= 0]
         for c in kids:
+            _pidfd_signal(c.pidfd, signal.SIGCONT)  # a stopped worker cannot act on SIGTERM
             _pidfd_signal(c.pidfd, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         for c in kids:

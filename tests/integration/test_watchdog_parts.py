@@ -18,6 +18,7 @@ from lxcfs_guard.watchdog.probe import Outcome, probe
 from lxcfs_guard.watchdog.procevents import ProcEvents
 from tests.support.watchdog import fusectl_restored, BINARY, supervised
 from tests.support.daemon import serve
+from tests.support.procs import signal_daemon
 from tests.support.readers import reader_fleet
 
 
@@ -29,12 +30,11 @@ def _fusectl_as_found():
 
 @contextlib.contextmanager
 def stopped(pid: int):
-    os.kill(pid, signal.SIGSTOP)
+    signal_daemon(pid, signal.SIGSTOP)  # the holder and its workers: a hang of the whole daemon
     try:
         yield
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGCONT)
+        signal_daemon(pid, signal.SIGCONT)
 
 
 def test_probe_live_hung_and_aborted(tmp_path):
