@@ -40,6 +40,8 @@ def configure_serve(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-resend", action="store_true",
                         help="when a worker dies, end its in-flight request (ECONNABORTED) instead of asking the "
                         "kernel to resend it; what kernels before 6.9 do anyway (for tests)")
+    parser.add_argument("--max-worker-restarts", type=int, default=30,
+                        help="more worker deaths than this within 60 s is a crash loop: serve exits")
     parser.add_argument("--max-workers", type=int, default=16,
                         help="pyfuse3 tasks per worker (handlers never await: a worker has one request in flight)")
     parser.add_argument("--debug", action="store_true", help="log at debug level")
@@ -135,6 +137,7 @@ def run_serve(args: argparse.Namespace) -> int:
     holder = Holder(
         ops, mountpoint, fuse_options(), workers,
         max_tasks=args.max_workers, resend=not args.no_resend, worker_setup=worker_setup,
+        max_restarts=args.max_worker_restarts,
         service=loadavg.SamplerService(reader, table, sampler_end, args.loadavg_interval),
         private_fds=(sampler_end.fileno(),),
     )

@@ -229,3 +229,17 @@ def test_a_live_workers_request_resent_meanwhile_is_answered_once_and_its_late_r
         assert workers[1] in worker_pids(d.state_dir, d.pid)
         assert "a reply was refused, its request was resent and answered again: fuse_link" in d.log()
         assert "fuse_reply" not in d.log() and "ERROR" not in d.log()
+
+
+def test_a_crash_loop_of_workers_ends_serve_and_unmounts() -> None:
+    """Workers that keep dying are not restarted for ever: past --max-worker-restarts deaths in 60 s the
+    holder gives up (exit 1) and unmounts, so the watchdog's restart and repair take over."""
+    with serve(args=["--workers", "1", "--max-worker-restarts", "3"]) as d:
+        for i in range(4):
+            pid = worker_pids(d.state_dir, d.pid)[0]
+            os.kill(pid, signal.SIGKILL)
+            if i < 3:
+                wait_for(lambda i=i: pid not in worker_pids(d.state_dir, d.pid), 10, 0.01, "a replacement")
+        assert d.proc.wait(10) == 1
+        assert "a crash loop, giving up" in d.log()
+        assert not os.path.ismount(d.mountpoint)
