@@ -6,10 +6,8 @@ queue but keeps the requests it took in a processing queue of its own, which the
 to queue again if this process dies (FUSE_NOTIFY_RESEND). pyfuse3 keeps the session fd in a C global, so
 the clone is dup2'd onto that fd number.
 
-The fd is blocking, as libfuse opens it: when several workers wait, the kernel wakes them all for one
-request (poll), the losers block in read(2) as exclusive waiters and take the next ones. A worker blocked
-there still stops at once on SIGTERM: read(2) returns EINTR, pyfuse3 loops into trio, and trio's signal
-receiver ends the loop after the request in hand.
+The fd is blocking, as libfuse opens it, and an idle worker waits in read(2) on it (see `_WaitInRead`):
+the kernel hands each request to one waiting worker and wakes no other.
 """
 
 from __future__ import annotations
@@ -100,23 +98,60 @@ def run(ops: Any, session_fd: int, clone_fd: int, holder_pid: int, close_fds: It
         os._exit(code)
 
 
+class _WaitInRead:
+    """What pyfuse3 sees as `trio` in a worker (pyfuse3 looks trio up as a module global, which its own
+    asyncio mode replaces the same way). Its loop waits for the fd to be readable (epoll), then reads:
+    with several workers every epoll waiter wakes for every request, and all but one go back to sleep.
+    Here `wait_readable` only checks for a stop and yields to trio once, so an idle worker waits inside
+    read(2) on the device, where the kernel wakes exactly one waiter per request. SIGTERM interrupts that
+    read (EINTR: Python's handlers are installed without SA_RESTART); the worker then exits here, between
+    two requests, never with one in hand."""
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+        self.lowlevel = self
+        self.stop = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def current_task(self) -> Any:
+        return self._real.lowlevel.current_task()
+
+    def current_trio_token(self) -> Any:
+        return self._real.lowlevel.current_trio_token()
+
+    def notify_closing(self, fd: int) -> None:
+        return None
+
+    async def wait_readable(self, fd: int) -> None:
+        if self.stop:
+            _exit_quietly(0)
+        await self._real.lowlevel.checkpoint()
+        if self.stop:
+            _exit_quietly(0)
+
+
+def _exit_quietly(code: int) -> NoReturn:
+    logging.shutdown()
+    os._exit(code)
+
+
 def _serve(max_tasks: int) -> int:
     import pyfuse3
     import trio
 
+    shim = _WaitInRead(trio)
+    pyfuse3.trio = shim
+
+    def on_stop(signum: int, frame: Any) -> None:
+        shim.stop = True
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+
     async def main() -> None:
-        async with trio.open_nursery() as nursery:
+        await pyfuse3.main(min_tasks=1, max_tasks=max(1, max_tasks))
 
-            async def watch_signals() -> None:
-                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                    async for _ in signals:
-                        pyfuse3.terminate()
-                        nursery.cancel_scope.cancel()
-                        return
-
-            nursery.start_soon(watch_signals)
-            await pyfuse3.main(min_tasks=1, max_tasks=max(1, max_tasks))
-            nursery.cancel_scope.cancel()  # the kernel ended the session (umount, abort)
-
-    trio.run(main)
+    trio.run(main)  # returns when the kernel ends the session (umount, abort)
     return 0
