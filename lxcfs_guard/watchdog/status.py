@@ -110,7 +110,7 @@ def format_text(report: dict[str, Any]) -> str:
     workers = report.get("workers")
     if workers:
         pids = " ".join(str(w.get("pid")) for w in workers)
-        lines.append(f"workers:          {len(workers)} workers (pids {pids}), "
+        lines.append(f"workers:          {len(workers)} worker{'s' if len(workers) != 1 else ''} (pids {pids}), "
                      f"{report.get('worker_restarts', 0)} restarted")
     containers = report.get("containers", [])
     lines.append(f"containers:       {len(containers)}")
