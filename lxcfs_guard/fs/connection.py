@@ -69,6 +69,13 @@ def clone_device(session_fd: int) -> int:
     return fd
 
 
+def connection_alive(fd: int) -> bool:
+    """False once the connection is unmounted or aborted: the device then polls POLLERR."""
+    p = select.poll()
+    p.register(fd, 0)
+    return not any(ev & select.POLLERR for _, ev in p.poll(0))
+
+
 def notify_resend(fd: int) -> bool:
     """Ask the kernel to queue again every request in flight on the connection. False where the kernel
     does not know the notification (before 6.9: EINVAL)."""
@@ -130,6 +137,7 @@ class Holder:
         self.aborted = 0  # worker deaths handled by ending the in-flight requests (no resend)
         self._deaths: collections.deque[float] = collections.deque()
         self._stop = False
+        self.ended = False  # the kernel ended the session (umount, abort): a clean end, not a crash loop
         self._wake_r = self._wake_w = -1
         self.pid = os.getpid()
 
@@ -261,7 +269,7 @@ class Holder:
             for c in self.children():
                 if c.pidfd in readable and not self._stop:
                     if not self._on_exit(c):
-                        return 1
+                        return 0 if self.ended else 1
                     if ready:
                         on_change()
             if self.service is not None and not self._stop:
@@ -305,6 +313,10 @@ class Holder:
     def _on_exit(self, c: Child) -> bool:
         status = self._reap(c)
         how = _describe(status)
+        if not connection_alive(self.session_fd):  # unmounted or aborted (fusectl): workers end with it
+            log.info("worker pid %d %s: the kernel ended the session", c.pid, how)
+            self.ended = True
+            return False
         now = time.monotonic()
         self._deaths.append(now)
         while self._deaths and now - self._deaths[0] > self.restart_window:

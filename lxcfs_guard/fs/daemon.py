@@ -168,7 +168,7 @@ def run_serve(args: argparse.Namespace) -> int:
                  args.cpu_view)
         holder.start()
         code = holder.run(on_ready, write)
-        if code == 0:
+        if code == 0 and not holder.ended:
             log.info("signal: unmounting")
             notify("STOPPING=1")
     except BaseException:

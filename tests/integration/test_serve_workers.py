@@ -243,3 +243,19 @@ def test_a_crash_loop_of_workers_ends_serve_and_unmounts() -> None:
         assert d.proc.wait(10) == 1
         assert "a crash loop, giving up" in d.log()
         assert not os.path.ismount(d.mountpoint)
+
+
+@pytest.mark.parametrize("how", ["umount", "fusectl-abort"])
+def test_when_the_kernel_ends_the_session_serve_ends_instead_of_restarting_workers(how, _fusectl_as_found) -> None:
+    """An unmount, or an abort through fusectl (what supervise does to a hung daemon), ends every worker's
+    loop: the holder sees the connection gone and exits 0, as the single-process serve did."""
+    from lxcfs_guard.watchdog import fusectl
+
+    with serve(args=["--workers", "2"]) as d:
+        if how == "umount":
+            subprocess.run(["umount", "-l", d.mountpoint], check=True)
+        else:
+            fusectl.ensure_mounted()
+            assert fusectl.abort(os.stat(d.mountpoint).st_dev)
+        assert d.proc.wait(10) == 0, d.log()
+        assert "the kernel ended the session" in d.log() and "replaced by" not in d.log()
