@@ -182,12 +182,14 @@ def test_twenty_worker_kills_under_supervise_no_reader_sees_one(_fusectl_as_foun
                      and len(serve_record(s.state_dir, holder)["workers"]) == 2, 10, 0.005, "a replacement")
         time.sleep(0.3)
         reads, failed, wrong = fleet.counts()
+        print(f"20 worker kills: {reads} reads, {failed} failed, {wrong} wrong")
         assert reads > 1000 and failed == 0 and wrong == 0, (reads, failed, wrong, fleet.failed_since(0))
         assert fleet.wrong_reads() == {}
         st = s.status()
         assert st["daemon_pid"] == holder and st["restarts"] == 0 and st["last_fault"] is None
         assert st["last_repair"] == s.wait_healthy()["last_repair"]  # no repair since start
         fds1, rss1 = holder_fds_and_rss(holder)
+        print(f"holder fds {fds0} -> {fds1}, RSS {rss0} -> {rss1} kB")
         assert fds1 == fds0, (fds0, fds1)
         assert rss1 - rss0 < 2048, (rss0, rss1)  # kB
         # the holder's own death: as before, the standby takes over and the containers are repaired
