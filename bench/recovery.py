@@ -27,6 +27,7 @@ import statistics
 import sys
 import time
 
+from lxcfs_guard.testing.procs import signal_daemon
 from lxcfs_guard.testing.readers import Fleet, reader_fleet
 from lxcfs_guard.testing.supervise import Supervised, fusectl_restored, kill_and_time, supervised
 
@@ -44,8 +45,8 @@ def one_fault(s: Supervised, fleet: Fleet, fault: str, standby: bool) -> dict:
         rec = fleet.wait_recovered(t, timeout=30)
         s.wait_healthy(standby=standby, not_pid=st["daemon_pid"])
     finally:
-        if fault == "sigstop" and os.path.exists(f"/proc/{st['daemon_pid']}"):
-            os.kill(st["daemon_pid"], signal.SIGCONT)
+        if fault == "sigstop":
+            signal_daemon(st["daemon_pid"], signal.SIGCONT)
     if fault == "reload":  # let the old daemon retire inside the measured window
         time.sleep(1.2)
     after = fleet.counts()

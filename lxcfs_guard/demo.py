@@ -3,9 +3,11 @@
 1. start `lxcfs-guard supervise` (the watchdog, which starts the FUSE daemon) on a private mountpoint;
 2. run a real runc container (busybox, 64 MiB, cpuset 0) whose config adds only the OCI hook;
 3. show what the container sees beside the host;
-4. SIGKILL the FUSE daemon while the container reads /proc/meminfo every 10 ms, and show it recovering by
+4. SIGKILL one of the daemon's serving workers while the container reads /proc/meminfo every 10 ms: the
+   daemon's holder replaces it and the kernel resends what it had in hand, so no read fails;
+5. SIGKILL the FUSE daemon itself (the holder of the connection), and show the container recovering by
    itself (nobody touches the container), with the gap measured from the container's own reads;
-5. clean up everything it made: container, mount, state, processes (by pid).
+6. clean up everything it made: container, mount, state, processes (by pid).
 
 Everything lives under a fresh temporary directory, so it does not disturb an installed lxcfs-guard.
 """
@@ -24,7 +26,8 @@ from dataclasses import dataclass, field
 from lxcfs_guard.kernel.procfs import mounts_at
 from lxcfs_guard.oci import runc
 from lxcfs_guard.testing.procs import wait_for
-from lxcfs_guard.testing.supervise import BINARY, supervised
+from lxcfs_guard.testing.supervise import BINARY, Supervised, supervised
+from lxcfs_guard.watchdog.status import read_status, serve_workers
 
 MEMORY = 64 * runc.MiB
 READER = "while :; do head -1 /proc/meminfo 2>&1; usleep 10000; done"
@@ -36,7 +39,7 @@ def say(text: str = "") -> None:
 
 
 def step(n: int, text: str) -> None:
-    say(f"\n[{n}/5] {text}")
+    say(f"\n[{n}/6] {text}")
 
 
 def mount_fstype(path: str) -> str | None:
@@ -65,6 +68,37 @@ class Reader:
     def since(self, t: float) -> list[tuple[float, str]]:
         with self.lock:
             return [(ts, line) for ts, line in self.lines if ts >= t]
+
+
+def kill_a_worker(sup: Supervised, reader: Reader) -> None:
+    """Kill one worker of the serving daemon and show what the container saw meanwhile: every read right."""
+    state, holder = sup.state_dir, sup.daemon_pid()
+    workers = serve_workers(state, holder).get("workers") or []
+    if not workers:
+        raise RuntimeError("the FUSE daemon reports no workers")
+    say(f"      daemon pid {holder} holds the FUSE connection; {len(workers)} worker"
+        f"{'s' if len(workers) != 1 else ''} serve it (pids {' '.join(str(w['pid']) for w in workers)})")
+    wait_for(lambda: any("MemTotal" in x for _, x in reader.since(0)), 10, what="the container's reads")
+    victim = workers[-1]["pid"]
+    t_kill = time.monotonic()
+    os.kill(victim, signal.SIGKILL)
+    replaced: list[dict] = []
+
+    def replacement() -> bool:
+        replaced[:] = [w for w in serve_workers(state, holder).get("workers") or [] if w["pid"] != victim]
+        return len(replaced) == len(workers)
+
+    wait_for(replacement, 10, what="the daemon to replace its worker")
+    took = (time.monotonic() - t_kill) * 1000
+    time.sleep(0.3)
+    seen = reader.since(t_kill)
+    bad = [x for _, x in seen if "65536 kB" not in x]
+    new = next(w["pid"] for w in replaced if w["pid"] not in {x["pid"] for x in workers})
+    say(f"      killed worker pid {victim} (kill -9); replaced by pid {new} within {took:.0f} ms, same mount")
+    if bad:
+        say(f"      inside, {len(bad)} of {len(seen)} reads failed:  {bad[0]}")
+        raise RuntimeError("a worker's death was seen inside the container")
+    say(f"      inside, {len(seen)} reads since the kill, none failed:  {seen[-1][1] if seen else '-'}")
 
 
 def kib(line: str) -> str:
@@ -166,7 +200,10 @@ def main() -> int:
                 for line in (listing.stdout or listing.stderr).rstrip().splitlines():
                     say(f"      | {line}")
 
-                step(4, "SIGKILL the FUSE daemon; the container keeps reading /proc/meminfo every 10 ms")
+                step(4, "SIGKILL a serving worker of the daemon; the container reads /proc/meminfo every 10 ms")
+                kill_a_worker(sup, reader)
+
+                step(5, "SIGKILL the FUSE daemon; the container keeps reading /proc/meminfo every 10 ms")
                 victim = sup.daemon_pid()
                 if victim is None:
                     raise RuntimeError("could not find the FUSE daemon under supervise")
@@ -216,7 +253,7 @@ def main() -> int:
                 check = c.read("/proc/meminfo").splitlines()[0]
                 say(f"      `runc exec {c.id} head -1 /proc/meminfo`:  {check}")
 
-                step(5, "clean up")
+                step(6, "clean up")
                 deleted = c.delete()
                 if deleted.returncode != 0:
                     raise RuntimeError(f"runc delete failed: {deleted.stderr}")

@@ -11,7 +11,6 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
 import time
 
@@ -20,7 +19,7 @@ from lxcfs_guard.fs.views.cpus import CPU_VIEWS
 from lxcfs_guard.kernel.files import DEAD_ERRNOS, write_atomic
 
 log = logging.getLogger("lxcfs_guard.serve")
-
+MAX_DEFAULT_WORKERS = 8
 
 
 def configure_serve(parser: argparse.ArgumentParser) -> None:
@@ -38,8 +37,21 @@ def configure_serve(parser: argparse.ArgumentParser) -> None:
                         help="seconds a rendered file is reused for the same cgroup (0: render every open)")
     parser.add_argument("--loadavg-interval", type=float, default=5.0,
                         help="seconds between loadavg samples (the kernel's decay constants assume 5)")
-    parser.add_argument("--max-workers", type=int, default=16, help="FUSE requests in flight at most")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="serving processes on the one mount (default: one per CPU, at most "
+                        f"{MAX_DEFAULT_WORKERS}); a worker that dies is replaced and its requests resent")
+    parser.add_argument("--no-resend", action="store_true",
+                        help="when a worker dies, end its in-flight request (ECONNABORTED) instead of asking the "
+                        "kernel to resend it; what kernels before 6.9 do anyway (for tests)")
+    parser.add_argument("--max-worker-restarts", type=int, default=30,
+                        help="more worker deaths than this within 60 s is a crash loop: serve exits")
+    parser.add_argument("--max-workers", type=int, default=16,
+                        help="pyfuse3 tasks per worker (handlers never await: a worker has one request in flight)")
     parser.add_argument("--debug", action="store_true", help="log at debug level")
+
+
+def default_workers() -> int:
+    return max(1, min(os.cpu_count() or 1, MAX_DEFAULT_WORKERS))
 
 
 def detach_dead_mount(mountpoint: str) -> bool:
@@ -57,15 +69,29 @@ def detach_dead_mount(mountpoint: str) -> bool:
     return True
 
 
+def record_device(state_dir: str, mountpoint: str) -> None:
+    """Record our mount's device as ours (the remount engine acts only on recorded devices). statx with
+    AT_STATX_DONT_SYNC on an O_PATH fd of the mountpoint: no FUSE request, so the holder cannot block on a
+    worker that does not answer."""
+    from lxcfs_guard.kernel import syscalls
+
+    fd = os.open(mountpoint, os.O_PATH | os.O_CLOEXEC)
+    try:
+        dev = syscalls.statx_cached(fd)[1]
+    finally:
+        os.close(fd)
+    devices.record(state_dir, dev, mountpoint)
+
+
 def state_file(state_dir: str, pid: int | None = None) -> str:
     return os.path.join(state_dir, "serve", f"{pid or os.getpid()}.json")
 
 
-def write_state(state_dir: str, mountpoint: str) -> str:
-    """Atomically write {state_dir}/serve/<pid>.json; `status` reads these."""
+def write_state(state_dir: str, mountpoint: str, extra: dict | None = None, started: float | None = None) -> str:
+    """Atomically write {state_dir}/serve/<pid>.json; `status` reads these. `extra`: the workers."""
     path = state_file(state_dir)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    state = {"pid": os.getpid(), "mountpoint": mountpoint, "started": time.time()}
+    state = {"pid": os.getpid(), "mountpoint": mountpoint, "started": started or time.time(), **(extra or {})}
     write_atomic(path, json.dumps(state).encode())
     return path
 
@@ -87,13 +113,18 @@ def run_serve(args: argparse.Namespace) -> int:
         format="lxcfs-guard serve[%(process)d]: %(levelname)s %(message)s",
         stream=sys.stderr,
     )
-    import pyfuse3
-    import trio
+    # Everything a worker needs is imported here, in the holder, before it forks: the workers share
+    # these pages with it instead of each importing its own copy.
+    import socket
+
+    import pyfuse3  # noqa: F401
+    import trio  # noqa: F401
 
     from lxcfs_guard.cgroup import open_reader
+    from lxcfs_guard.fs import arena, loadavg
     from lxcfs_guard.fs.caller import Resolver
+    from lxcfs_guard.fs.connection import Holder
     from lxcfs_guard.fs.content import Content
-    from lxcfs_guard.fs.loadavg import LoadSampler
     from lxcfs_guard.fs.operations import Operations
     from lxcfs_guard.fs.sysfs_cpu import CpuDir
     from lxcfs_guard.fs.tree import Tree
@@ -105,62 +136,71 @@ def run_serve(args: argparse.Namespace) -> int:
     except FileNotFoundError:
         pass
     os.makedirs(mountpoint, exist_ok=True)
+    workers = args.workers if args.workers else default_workers()
+    if not 1 <= workers <= arena.MAX_SLOTS:
+        log.error("--workers must be 1..%d", arena.MAX_SLOTS)
+        return 2
 
     reader = open_reader(args.cgroup_root)
-    sampler = LoadSampler(reader)
-    content = Content(reader, args.cpu_view, args.cache_ttl, sampler)
+    table = loadavg.make_table()
+    to_sampler, sampler_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    to_sampler.setblocking(False)
+    snapshots = arena.make_mapping(workers)
+    content = Content(reader, args.cpu_view, args.cache_ttl, loadavg.SharedLoad(reader, table, to_sampler))
     cpudir = CpuDir(content.visible_cpus, content.online_bytes, args.cpu_dir_view, renumber=args.cpu_view == "quota")
     ops = Operations(Tree(), Resolver(reader), content, cpudir)
-    pyfuse3.init(ops, mountpoint, fuse_options())
-    log.info("mounted %s (cgroup v%d at %s, cpu view %s)", mountpoint, reader.version, args.cgroup_root, args.cpu_view)
 
+    def worker_setup(slot: int) -> None:
+        ops.snapshots = arena.Arena(snapshots, slot)
+
+    holder = Holder(
+        ops, mountpoint, fuse_options(), workers,
+        max_tasks=args.max_workers, resend=not args.no_resend, worker_setup=worker_setup,
+        max_restarts=args.max_worker_restarts,
+        service=loadavg.SamplerService(reader, table, sampler_end, args.loadavg_interval),
+        private_fds=(sampler_end.fileno(),),
+    )
     state_path: list[str] = []
 
-    async def announce_ready() -> None:
-        probe = os.path.join(mountpoint, "proc", "meminfo")
+    def write() -> None:
+        extra = {
+            "workers": [w.to_json() for w in sorted(holder.workers.values(), key=lambda w: w.slot)],
+            "worker_restarts": holder.worker_restarts,
+            "resends": holder.resends,
+        }
+        state_path[:] = [write_state(args.state_dir, mountpoint, extra, started)]
 
-        def check() -> int:
-            with open(probe, "rb") as f:
-                f.read()
-                return os.fstat(f.fileno()).st_dev
-
-        dev = await trio.to_thread.run_sync(check)
-        devices.record(args.state_dir, dev, mountpoint)  # remount acts only on devices recorded as ours
-        state_path.append(write_state(args.state_dir, mountpoint))
+    def on_ready() -> None:
+        record_device(args.state_dir, mountpoint)
+        write()
         notify("READY=1")
-        notify(f"STATUS=serving {mountpoint}")
-        log.info("ready")
+        notify(f"STATUS=serving {mountpoint} with {workers} worker{'s' if workers != 1 else ''}")
+        log.info("ready: %d worker%s (pids %s)", workers, "s" if workers != 1 else "",
+                 " ".join(str(w.pid) for w in holder.workers.values()))
 
-    async def watch_signals(cancel: trio.CancelScope) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-            async for signum in signals:
-                if signum == signal.SIGHUP:
-                    continue
-                log.info("signal %d: unmounting", signum)
-                notify("STOPPING=1")
-                pyfuse3.terminate()
-                cancel.cancel()
-                return
-
-    async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(watch_signals, nursery.cancel_scope)
-            nursery.start_soon(sampler.run, args.loadavg_interval)
-            nursery.start_soon(announce_ready)
-            await pyfuse3.main(min_tasks=1, max_tasks=max(1, args.max_workers))
-            nursery.cancel_scope.cancel()  # the kernel ended the session (umount, abort)
-
-    code = 0
+    started = time.time()
+    code = 1
+    mounted = False
     try:
-        trio.run(main)
+        holder.mount()
+        mounted = True
+        log.info("mounted %s (cgroup v%d at %s, cpu view %s)", mountpoint, reader.version, args.cgroup_root,
+                 args.cpu_view)
+        holder.start()
+        code = holder.run(on_ready, write)
+        if code == 0 and not holder.ended:
+            log.info("signal: unmounting")
+            notify("STOPPING=1")
     except BaseException:
         log.exception("serve failed")
         code = 1
     finally:
-        try:
-            pyfuse3.close(unmount=True)
-        except Exception:
-            log.exception("unmount failed")
+        holder.stop()
+        if mounted:
+            try:
+                pyfuse3.close(unmount=True)
+            except Exception:
+                log.exception("unmount failed")
         for path in state_path:
             try:
                 os.unlink(path)

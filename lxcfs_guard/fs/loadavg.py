@@ -2,13 +2,19 @@
 the cgroups someone read /proc/loadavg for recently, and decay the three averages the kernel's way.
 
 Only cgroups read within `idle_after` seconds are sampled (LXCFS samples every container, and holds a
-lock while doing it: #407); forgotten ones are dropped, so memory stays bounded.
+lock while doing it: #407); forgotten ones are dropped, so memory stays bounded. With `serve`'s workers the
+sampler runs in a process of its own (see the second half of this module), never on a serving path.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import mmap
 import os
+import socket
+import struct
 import time
 
 from lxcfs_guard.cgroup import CgroupGone, CgroupReader, CgroupRef
@@ -85,9 +91,18 @@ class LoadSampler:
 
     def tick(self) -> None:
         """One 5-second step for every cgroup read recently."""
-        now = time.monotonic()
-        self._forget(now)
-        for ref, entry in list(self._entries.items()):
+        self.sample(self.begin_tick())
+
+    def begin_tick(self) -> list[CgroupRef]:
+        """Forget cgroups nobody read for long; the ones to sample for this step."""
+        self._forget(time.monotonic())
+        return list(self._entries)
+
+    def sample(self, refs: list[CgroupRef]) -> None:
+        for ref in refs:
+            entry = self._entries.get(ref)
+            if entry is None:
+                continue
             try:
                 self._sample(ref, entry)
             except (CgroupGone, OSError):
@@ -100,15 +115,146 @@ class LoadSampler:
         for r in stale:
             del self._entries[r]
 
-    async def run(self, interval: float = INTERVAL) -> None:
-        import trio
-
-        while True:
-            await trio.sleep(interval)
-            try:
-                self.tick()
-            except Exception:  # never let the sampler take the daemon down
-                log.exception("loadavg sampler")
-
     def __len__(self) -> int:
         return len(self._entries)
+
+
+# --- across processes: serving workers and the holder that samples ----------------------------------
+#
+# The sampler must not run on a serving path (a step over 1,000 cgroups reads thousands of /proc files), so
+# with workers it runs in the holder (fs/connection.py), in chunks between its events:
+# - workers send a cgroup they serve loadavg for over a datagram socket (its first read, then at most once
+#   a minute: the sampler's idle clock), and render from a table in shared memory;
+# - the sampler samples the registered cgroups every interval and publishes the table: two copies and an
+#   index word, it fills the one not in use and then flips the index, so a reader never sees half a table.
+# A cgroup not in the table yet (its first read) is counted by the worker itself, once: real task counts,
+# averages 0 as after boot, as the in-process sampler does.
+TABLE_CAP = 2048  # >= 2 x max_cgroups: open addressing stays short
+_ENTRY = struct.Struct("<QIIIII4x")  # key hash, avg1, avg5, avg15, running, total
+TABLE_BYTES = 8 + 2 * TABLE_CAP * _ENTRY.size
+TOUCH_EVERY = 60.0
+
+
+def key_hash(ref: CgroupRef) -> int:
+    return int.from_bytes(hashlib.blake2b(ref.key.encode(), digest_size=8).digest(), "little") or 1
+
+
+def make_table() -> mmap.mmap:
+    return mmap.mmap(-1, TABLE_BYTES, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
+
+
+def publish(table: mmap.mmap, sampler: LoadSampler) -> None:
+    active = struct.unpack_from("<I", table, 0)[0] & 1
+    base = 8 + (1 - active) * TABLE_CAP * _ENTRY.size
+    table[base : base + TABLE_CAP * _ENTRY.size] = bytes(TABLE_CAP * _ENTRY.size)
+    for ref, entry in list(sampler._entries.items()):
+        h = key_hash(ref)
+        i = h % TABLE_CAP
+        for _ in range(TABLE_CAP):
+            if struct.unpack_from("<Q", table, base + i * _ENTRY.size)[0] == 0:
+                _ENTRY.pack_into(table, base + i * _ENTRY.size, h, *entry.avg, entry.running, entry.total)
+                break
+            i = (i + 1) % TABLE_CAP
+    struct.pack_into("<I", table, 0, 1 - active)
+
+
+class SharedLoad:
+    """A worker's loadavg source: the sampler process's table; same `get` as LoadSampler."""
+
+    def __init__(self, reader: CgroupReader, table: mmap.mmap, sock: socket.socket, proc: str = "/proc") -> None:
+        self.reader = reader
+        self.table = table
+        self.sock = sock
+        self.proc = proc
+        self._sent: dict[CgroupRef, float] = {}
+
+    def _lookup(self, h: int) -> tuple[tuple[int, int, int], int, int] | None:
+        active = struct.unpack_from("<I", self.table, 0)[0] & 1
+        base = 8 + active * TABLE_CAP * _ENTRY.size
+        i = h % TABLE_CAP
+        for _ in range(TABLE_CAP):
+            got = _ENTRY.unpack_from(self.table, base + i * _ENTRY.size)
+            if got[0] == h:
+                return (got[1], got[2], got[3]), got[4], got[5]
+            if got[0] == 0:
+                return None
+            i = (i + 1) % TABLE_CAP
+        return None
+
+    def _register(self, ref: CgroupRef, now: float) -> None:
+        last = self._sent.get(ref)
+        if last is not None and now - last < TOUCH_EVERY:
+            return
+        if len(self._sent) > 4 * TABLE_CAP:
+            self._sent.clear()
+        self._sent[ref] = now
+        try:
+            self.sock.send(json.dumps(ref.paths).encode())
+        except OSError:  # the sampler is behind (full queue) or restarting: the next read registers again
+            self._sent.pop(ref, None)
+
+    def get(self, ref: CgroupRef) -> tuple[tuple[int, int, int], int, int] | None:
+        found = self._lookup(key_hash(ref))
+        self._register(ref, time.monotonic())
+        if found is not None:
+            return found
+        try:
+            pids = self.reader.procs(ref)
+            if pids is None:
+                return None
+            running, total = count_threads(pids, self.proc)
+        except (CgroupGone, OSError):
+            return None
+        return (0, 0, 0), running, total
+
+
+class SamplerService:
+    """The sampler as the holder runs it: `on_readable` takes registrations, `step` samples up to `CHUNK`
+    cgroups (so a tick over 1,000 of them never keeps the holder from a dead worker for long) and publishes
+    once a tick, or a registration, is complete."""
+
+    CHUNK = 64
+
+    def __init__(self, reader: CgroupReader, table: mmap.mmap, sock: socket.socket, interval: float = INTERVAL) -> None:
+        self.sampler = LoadSampler(reader)
+        self.table = table
+        self.sock = sock
+        self.sock.setblocking(False)
+        self.interval = interval
+        self.next_tick = time.monotonic() + interval
+        self._pending: list[CgroupRef] = []
+        self._dirty = False
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def due(self) -> float:
+        return 0.0 if self._pending or self._dirty else self.next_tick
+
+    def on_readable(self) -> None:
+        for _ in range(256):
+            try:
+                data = self.sock.recv(65536)
+            except BlockingIOError:
+                return
+            try:
+                ref = CgroupRef(paths=tuple((str(c), str(p)) for c, p in json.loads(data)))
+            except (ValueError, TypeError):
+                continue
+            self._dirty |= ref not in self.sampler._entries
+            self.sampler.get(ref)  # registers (sampling it at once) or refreshes its idle clock
+
+    def step(self) -> None:
+        now = time.monotonic()
+        if not self._pending and now >= self.next_tick:
+            self._pending = self.sampler.begin_tick()
+            self.next_tick = max(self.next_tick + self.interval, now + self.interval / 2)
+            if not self._pending:
+                self._dirty = True
+        if self._pending:
+            chunk, self._pending = self._pending[: self.CHUNK], self._pending[self.CHUNK :]
+            self.sampler.sample(chunk)
+            if self._pending:
+                return
+        publish(self.table, self.sampler)
+        self._dirty = False

@@ -3,20 +3,25 @@
 Per open+read+close the kernel sends OPEN, READ (until a short read or EOF) and RELEASE; FLUSH is answered
 ENOSYS once and then never sent again. So the work is done once, in open(): resolve the caller, render (or
 take the cached render), keep the bytes under a fresh fh; read() only slices and release() only drops it.
-Handlers never await: each runs to completion on the trio thread, and pyfuse3's max_tasks bounds how many
-requests are in flight.
+Handlers never await: each runs to completion on the trio thread, so a worker has one request in flight.
+
+With several workers on one connection (fs/connection.py) the READs and the RELEASE of a file handle can
+reach any worker, so the snapshot is kept in the shared arena (fs/arena.py), which every worker reads.
+A request the kernel resends after a worker died may be answered twice; the second reply of an OPEN then
+fails (the kernel no longer knows the first request id) and no RELEASE will ever come for that fh:
+`reply_failed` frees its snapshot, as libfuse's high-level API does for an interrupted open.
 """
 
 from __future__ import annotations
 
 import errno
-import itertools
 import logging
 import os
 import time
 
 import pyfuse3
 
+from lxcfs_guard.fs.arena import LocalSnapshots
 from lxcfs_guard.fs.caller import Resolver
 from lxcfs_guard.fs.content import Content
 from lxcfs_guard.fs.statfs import statfs_numbers
@@ -33,7 +38,8 @@ ENTRY_TIMEOUT = 300.0  # the tree never changes while we run: names are cached l
 # short read, so a generous bound costs nothing.
 FILE_ATTR_TIMEOUT = 1.0  # like LXCFS: stdio's fstat after open is served by the kernel, yet a stat() of a
 # file on a dead connection turns into ENOTCONN within a second
-LISTING_FH = 1 << 62  # fhs of directory listings (the cpu directory's) apart from files' and fixed dirs'
+LISTING_FH = 1 << 63  # fhs of directory listings (the cpu directory's) apart from files' and fixed dirs'
+# (the arena's fhs use bits 0-62, fixed directories' fh is their inode)
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
 
 
@@ -42,13 +48,14 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, tree: Tree, resolver: Resolver, content: Content, cpudir: CpuDir | None = None) -> None:
+    def __init__(self, tree: Tree, resolver: Resolver, content: Content, cpudir: CpuDir | None = None,
+                 snapshots=None) -> None:
         super().__init__()
         self.tree = tree
         self.resolver = resolver
         self.content = content
-        self._fh = itertools.count(1)
-        self._open: dict[int, bytes] = {}
+        self.snapshots = snapshots if snapshots is not None else LocalSnapshots()
+        self.last_open_fh: int | None = None  # the fh the last OPEN answered, until its reply is sent
         self._attrs: dict[int, pyfuse3.EntryAttributes] = {}
         started_ns = time.time_ns()
         for inode, node in tree.nodes.items():
@@ -129,7 +136,7 @@ class Operations(pyfuse3.Operations):
 
     async def readdir(self, fh, start_id, token):
         if fh & LISTING_FH:
-            return self.cpu.readdir(self._open.get(fh, b""), start_id, token)
+            return self.cpu.readdir(self.snapshots.get(fh & ~LISTING_FH) or b"", start_id, token)
         node = self.tree.get(fh)
         if node is None:
             return
@@ -139,7 +146,8 @@ class Operations(pyfuse3.Operations):
                 break
 
     async def releasedir(self, fh):
-        self._open.pop(fh, None)
+        if fh & LISTING_FH:
+            self.snapshots.free(fh & ~LISTING_FH)
 
     async def readlink(self, inode, ctx):
         if self.cpu.dir.owns(inode):
@@ -149,37 +157,48 @@ class Operations(pyfuse3.Operations):
     # -- files ----------------------------------------------------------------------------------------
     async def open(self, inode, flags, ctx):
         if self.cpu.dir.owns(inode):
-            return self._file_info(self._keep(self.cpu.open(inode, flags, ctx)))
-        node = self.tree.get(inode)
-        if node is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
-        if node.is_dir:
-            raise pyfuse3.FUSEError(errno.EISDIR)
-        if flags & _WRITE_FLAGS:
-            raise pyfuse3.FUSEError(errno.EROFS)
-        data = self.content.render(node.name, self.resolver.resolve(ctx.pid))
-        return self._file_info(self._keep(data))
+            data = self.cpu.open(inode, flags, ctx)
+        else:
+            node = self.tree.get(inode)
+            if node is None:
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            if node.is_dir:
+                raise pyfuse3.FUSEError(errno.EISDIR)
+            if flags & _WRITE_FLAGS:
+                raise pyfuse3.FUSEError(errno.EROFS)
+            data = self.content.render(node.name, self.resolver.resolve(ctx.pid))
+        fh = self._keep(data)
+        self.last_open_fh = fh
+        return self._file_info(fh)
 
     def _keep(self, data: bytes, flag: int = 0) -> int:
-        """Per-open bytes (a file's content, a directory listing) under a fresh fh: the one place they are kept."""
-        fh = flag | next(self._fh)
-        self._open[fh] = data
-        return fh
+        """Per-open bytes (a file's content, a directory listing) under a fresh fh, in the snapshot store any
+        worker reads (fs/arena.py): the one place they are kept."""
+        try:
+            return flag | self.snapshots.put(data)
+        except OSError as e:  # the arena is full of open files (ENFILE)
+            log.warning("open: %s", e)
+            raise pyfuse3.FUSEError(e.errno or errno.ENFILE) from None
 
     @staticmethod
     def _file_info(fh: int) -> pyfuse3.FileInfo:
         return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False, nonseekable=False)
 
     async def read(self, fh, off, size):
-        data = self._open.get(fh)
+        data = self.snapshots.read(fh, off, size)
         if data is None:
             raise pyfuse3.FUSEError(errno.EBADF)
-        if off == 0 and size >= len(data):
-            return data
-        return data[off : off + size]
+        return data
 
     async def release(self, fh):
-        self._open.pop(fh, None)
+        self.snapshots.free(fh)
+
+    def reply_failed(self) -> None:
+        """pyfuse3 could not send the reply of the last OPEN (a duplicate of a resent request): nobody will
+        ever release that fh, so drop its snapshot now."""
+        fh, self.last_open_fh = self.last_open_fh, None
+        if fh is not None:
+            self.snapshots.free(fh)
 
     # -- everything that would change something --------------------------------------------------------
     async def write(self, fh, off, buf):
@@ -210,6 +229,7 @@ class Operations(pyfuse3.Operations):
         raise pyfuse3.FUSEError(errno.EROFS)
 
     async def link(self, inode, new_parent_inode, new_name, ctx):
+        self.last_open_fh = None  # pyfuse3 logs a failed open reply under link's name: not ours to free
         raise pyfuse3.FUSEError(errno.EROFS)
 
     async def setxattr(self, inode, name, value, ctx):

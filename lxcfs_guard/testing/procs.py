@@ -45,3 +45,21 @@ def force_unmount(path: str) -> None:
         if not is_mounted(path):
             return
         subprocess.run(["umount", "-l", path], check=False, capture_output=True)
+
+
+def daemon_processes(pid: int) -> list[int]:
+    """A FUSE daemon's pid and its children's: `serve`'s workers are children of the pid that holds the
+    connection, so stopping only that pid no longer stops the serving (it is not what a hang looks like)."""
+    out = [pid]
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out += [int(x) for x in f.read().split()]
+    return out
+
+
+def signal_daemon(pid: int, sig: int) -> None:
+    """`sig` to the daemon and every process of it (workers first, so a SIGSTOP leaves none serving)."""
+    for p in reversed(daemon_processes(pid)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, sig)

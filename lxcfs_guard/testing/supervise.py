@@ -24,7 +24,7 @@ from typing import Any
 from lxcfs_guard.kernel import syscalls
 from lxcfs_guard.kernel.procfs import read_mountinfo
 from lxcfs_guard.oci.runc import guard_hooks
-from lxcfs_guard.testing.procs import force_unmount, stop, wait_for
+from lxcfs_guard.testing.procs import force_unmount, signal_daemon, stop, wait_for
 from lxcfs_guard.watchdog import fusectl
 
 REPO = Path(__file__).resolve().parents[2]
@@ -207,7 +207,11 @@ def fusectl_restored() -> Iterator[None]:
 
 
 def kill_and_time(pid: int, sig: int = signal.SIGKILL) -> int:
-    """Send `sig` and return the CLOCK_MONOTONIC time it was sent (the readers' clock)."""
+    """Send `sig` and return the CLOCK_MONOTONIC time it was sent (the readers' clock). A SIGSTOP (a hang)
+    goes to every process of the daemon: its workers serve on while only the holder is stopped."""
     t = time.monotonic_ns()
-    os.kill(pid, sig)
+    if sig == signal.SIGSTOP:
+        signal_daemon(pid, sig)
+    else:
+        os.kill(pid, sig)
     return t

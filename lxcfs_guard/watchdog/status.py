@@ -109,6 +109,11 @@ def format_text(report: dict[str, Any]) -> str:
         lines.insert(1, f"supervisor_pid:   {report['supervisor_pid']}")
     if report.get("standby_pid"):
         lines.append(f"standby_pid:      {report['standby_pid']}")
+    workers = report.get("workers")
+    if workers:
+        pids = " ".join(str(w.get("pid")) for w in workers)
+        lines.append(f"workers:          {len(workers)} worker{'s' if len(workers) != 1 else ''} (pids {pids}), "
+                     f"{report.get('worker_restarts', 0)} restarted")
     containers = report.get("containers", [])
     lines.append(f"containers:       {len(containers)}")
     if containers:
@@ -172,6 +177,22 @@ def _serve_records(state_dir: str) -> list[dict[str, Any]]:
     return out
 
 
+def serve_workers(state_dir: str, daemon_pid: Any) -> dict[str, Any]:
+    """The serving daemon's workers from its own state file ({state_dir}/serve/<pid>.json): pids, start
+    times and restarts of each, and how many were replaced in all. Empty for a daemon without workers."""
+    if not daemon_pid:
+        return {}
+    try:
+        with open(os.path.join(state_dir, "serve", f"{int(daemon_pid)}.json")) as f:
+            rec = json.load(f)
+    except (OSError, ValueError, TypeError):
+        return {}
+    if not isinstance(rec, dict) or not isinstance(rec.get("workers"), list):
+        return {}
+    workers = [w for w in rec["workers"] if isinstance(w, dict) and alive(w.get("pid"))]
+    return {"workers": workers, "worker_restarts": int(rec.get("worker_restarts", 0))}
+
+
 def gather(state_dir: str, mountpoint: str, fstype: str, probe_timeout: float = 1.0) -> dict[str, Any]:
     """The status report (see module doc); `healthy` is measured here unless a live supervisor's fresh
     record says it."""
@@ -205,6 +226,7 @@ def gather(state_dir: str, mountpoint: str, fstype: str, probe_timeout: float = 
             "restarts": int(rec.get("restarts", 0)) if rec else 0,
             "last_recovery_ms": rec.get("last_recovery_ms") if rec else None,
         }
+    report.update(serve_workers(state_dir, report.get("daemon_pid")))
     mounts = procfs.read_mountinfo("self")
     live_dev = top_mount_dev(mounts, mountpoint, fstype)
     if report["mode"] == "serve":

@@ -156,6 +156,7 @@ def configure_supervise(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--fstype", default=Options.fstype, help="FUSE type of the guarded mount (default: %(default)s)")
     parser.add_argument("--serve-args", default="", help="extra arguments for `serve` (one string)")
+    parser.add_argument("--workers", type=int, default=0, help="serving processes per `serve` (default: serve's)")
     parser.add_argument(
         "--standby", action=argparse.BooleanOptionalAction, default=Options.standby,
         help="keep a second daemon mounted privately to take over at once after a crash (default: on)",
@@ -179,7 +180,8 @@ def run_supervise(args: argparse.Namespace) -> int:
     faulthandler.enable()  # systemd's watchdog sends SIGABRT first: leave the stuck stack in the journal
     command = args.command
     if not command:
-        command = instance.default_command(args.state_dir, args.serve_args)
+        serve_args = args.serve_args + (f" --workers {args.workers}" if args.workers else "")
+        command = instance.default_command(args.state_dir, serve_args.strip())
     elif "{mountpoint}" not in command:
         print("lxcfs-guard supervise: --exec needs {mountpoint} in the command", file=sys.stderr)
         return 2

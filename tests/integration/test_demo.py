@@ -31,10 +31,14 @@ def test_make_demo() -> None:
     assert re.search(r"^\s+\| lxcfs-guard-demo-\w+\s+\d+\s+live\s+8$", out, re.M), out
     gap = re.search(r"recovery gap seen inside the container: (\d+) ms", out)
     assert gap and int(gap.group(1)) < 1000, out
+    # a serving worker killed: replaced, and the container saw no failed read
+    assert re.search(r"killed worker pid \d+ \(kill -9\); replaced by pid \d+", out), out
+    assert re.search(r"inside, \d+ reads since the kill, none failed:  MemTotal: +65536 kB", out), out
     failed = re.search(r"inside, \d+ reads? failed:  (.*)$", out, re.M)
-    # ENOTCONN once the connection is gone; ECONNABORTED for a read in flight when it went
+    # ENOTCONN once the connection is gone; ECONNABORTED for a read in flight when it went; EIO (seen once
+    # in four runs) for a request the kernel could not finish as the workers died with their holder
     assert "no read failed" in out or (failed and failed.group(1).endswith(
-        ("Transport endpoint is not connected", "Software caused connection abort"))), out
+        ("Transport endpoint is not connected", "Software caused connection abort", "Input/output error"))), out
     assert "poststop hook unregistered it" in out and "mount gone" in out
 
     work = re.search(r"on (/\S+)/mnt$", out, re.M)

@@ -12,9 +12,11 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 
 import pytest
 
+from lxcfs_guard.kernel.files import DEAD_ERRNOS
 from lxcfs_guard.kernel.procfs import MountInfo, mounts_at
 from lxcfs_guard.testing.cgroups import make_cgroup
 from lxcfs_guard.testing.daemon import serve
@@ -88,9 +90,15 @@ def test_dead_mount_on_the_mountpoint_is_detached_first() -> None:
         with serve(mountpoint=mnt) as first:
             os.kill(first.pid, signal.SIGKILL)
             first.proc.wait(10)
-            with pytest.raises(OSError) as e:
-                os.stat(os.path.join(mnt, "proc"))
-            assert e.value.errno == errno.ENOTCONN
+            # its workers die a moment after it (PR_SET_PDEATHSIG): a request queued until the last of
+            # them is gone is ended with ECONNABORTED, every later one gets ENOTCONN
+            seen = []
+            deadline = time.monotonic() + 10
+            while not seen or (seen[-1] != errno.ENOTCONN and time.monotonic() < deadline):
+                with pytest.raises(OSError) as e:
+                    os.stat(os.path.join(mnt, "proc"))
+                seen.append(e.value.errno)
+            assert set(seen) <= DEAD_ERRNOS and seen[-1] == errno.ENOTCONN, seen
             with serve(mountpoint=mnt) as second:
                 assert second.pid != first.pid
                 with open(second.path("proc/meminfo")) as f:
@@ -224,7 +232,10 @@ def test_sendfile_readers_get_whole_files_like_read() -> None:
             with open(d.path(rel), "rb") as f:
                 by_read = f.read()
             by_sendfile = _sendfile_all(d.path(rel))
-            assert by_sendfile.splitlines()[0] == by_read.splitlines()[0], rel
+            # two opens, two renders (on any worker, each with its own cache): /proc/stat's counters may
+            # move on between them, so the shape is compared, not the numbers
+            first_sf, first_rd = by_sendfile.splitlines()[0].split(), by_read.splitlines()[0].split()
+            assert first_sf[0] == first_rd[0] and len(first_sf) == len(first_rd), rel
             assert len(by_sendfile.splitlines()) == len(by_read.splitlines()), rel
         code = (
             "import os,sys,tempfile\n"

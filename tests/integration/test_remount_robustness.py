@@ -13,6 +13,7 @@ from lxcfs_guard.kernel import syscalls as sc
 from lxcfs_guard.testing.containers import light_containers, stop
 from lxcfs_guard.testing.daemon import LXCFS_GUARD
 from tests.integration.remount_helpers import actions, assert_exit_code, cli, daemon, our_mounts
+from lxcfs_guard.testing.procs import signal_daemon
 
 
 def test_two_concurrent_runs_are_serialised_and_never_stack() -> None:
@@ -56,7 +57,7 @@ def test_wedged_namespace_times_out_and_a_container_dying_mid_run_is_reported() 
         old = d.dev
         d.kill()
         d.start()
-        os.kill(hung.pid, signal.SIGSTOP)
+        signal_daemon(hung.pid, signal.SIGSTOP)
         try:
             time.sleep(1.2)  # let the hung daemon's cached entries expire
             cmd = [LXCFS_GUARD, "remount", "--all", "--json", "--jobs", "1", "--threads", "1", "--timeout", "2",
@@ -69,7 +70,7 @@ def test_wedged_namespace_times_out_and_a_container_dying_mid_run_is_reported() 
             out = proc.communicate(timeout=30)[0]
             took = time.monotonic() - t0
         finally:
-            os.kill(hung.pid, signal.SIGCONT)
+            signal_daemon(hung.pid, signal.SIGCONT)
         report = json.loads(out)
         got = {ns["pid"]: ns for ns in report["namespaces"] if ns["pid"] in (w.pid, x.pid, y.pid)}
         assert proc.returncode == 1 and not report["ok"], got
@@ -90,7 +91,7 @@ def test_with_threads_a_wedged_namespace_holds_up_no_other() -> None:
         old = d.dev
         d.kill()
         d.start()
-        os.kill(hung.pid, signal.SIGSTOP)
+        signal_daemon(hung.pid, signal.SIGSTOP)
         try:
             time.sleep(1.2)
             t0 = time.monotonic()
@@ -98,7 +99,7 @@ def test_with_threads_a_wedged_namespace_holds_up_no_other() -> None:
                        "--stale-dev", f"{os.major(old)}:{os.minor(old)}")
             took = time.monotonic() - t0
         finally:
-            os.kill(hung.pid, signal.SIGCONT)
+            signal_daemon(hung.pid, signal.SIGCONT)
         report = json.loads(proc.stdout)
         got = actions(report, {c.pid for c in (w, *others)})
         assert got == {w.pid: "failed", **{c.pid: "repaired" for c in others}}, report
@@ -121,13 +122,13 @@ def test_probe_tells_dead_from_hung_from_live() -> None:
         devs = [live.dev, dead.dev, hung.dev]
         dead.kill()
         proc_fd = discovery.open_proc()
-        os.kill(hung.pid, signal.SIGSTOP)
+        signal_daemon(hung.pid, signal.SIGSTOP)
         try:
             t0 = time.monotonic()
             states = discovery.probe({dev: (c.pid, f"/tmp/{i}") for i, dev in enumerate(devs)}, proc_fd, timeout=0.5)
             took = time.monotonic() - t0
         finally:
-            os.kill(hung.pid, signal.SIGCONT)
+            signal_daemon(hung.pid, signal.SIGCONT)
             os.close(proc_fd)
         assert states == {devs[0]: discovery.LIVE, devs[1]: discovery.DEAD, devs[2]: discovery.HUNG}
         assert took < 0.5  # the hung one is seen waiting in its daemon, not waited for

@@ -20,6 +20,7 @@ from lxcfs_guard.testing.supervise import BINARY, fusectl_restored, supervised
 from lxcfs_guard.watchdog import fusectl
 from lxcfs_guard.watchdog.probe import Outcome, probe
 from lxcfs_guard.watchdog.procevents import ProcEvents
+from lxcfs_guard.testing.procs import signal_daemon
 
 
 @pytest.fixture(autouse=True)
@@ -30,12 +31,11 @@ def _fusectl_as_found():
 
 @contextlib.contextmanager
 def stopped(pid: int):
-    os.kill(pid, signal.SIGSTOP)
+    signal_daemon(pid, signal.SIGSTOP)  # the holder and its workers: a hang of the whole daemon
     try:
         yield
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGCONT)
+        signal_daemon(pid, signal.SIGCONT)
 
 
 def test_probe_live_hung_and_aborted(tmp_path):

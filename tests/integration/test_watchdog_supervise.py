@@ -15,7 +15,7 @@ import pytest
 
 from lxcfs_guard.kernel.procfs import read_mountinfo
 from lxcfs_guard.remount.registry import Registry
-from lxcfs_guard.testing.procs import wait_for
+from lxcfs_guard.testing.procs import signal_daemon, wait_for
 from lxcfs_guard.testing.readers import reader_fleet
 from lxcfs_guard.testing.supervise import fusectl_restored, kill_and_time, supervised
 
@@ -101,12 +101,11 @@ def test_sd_notify_protocol():
             assert f"serve pid {st['daemon_pid']}" in status_lines[-1]
             # a hang: no WATCHDOG=1 between the stop and the recovery
             t_stop = time.monotonic()
-            os.kill(st["daemon_pid"], signal.SIGSTOP)
+            signal_daemon(st["daemon_pid"], signal.SIGSTOP)
             try:
                 st2 = s.wait_healthy(not_pid=st["daemon_pid"], timeout=10)
             finally:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(st["daemon_pid"], signal.SIGCONT)
+                signal_daemon(st["daemon_pid"], signal.SIGCONT)
             drain(0.2)
             pings = [t for t, m in messages if "WATCHDOG=1" in m and t > t_stop]
             gap_start = t_stop + 0.05  # a probe answered just before the stop may still be reported

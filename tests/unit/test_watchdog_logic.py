@@ -137,3 +137,18 @@ def test_probe_fits_inside_systemds_watchdog():
     assert policy.fit_probe_to_watchdog(1.0, 2.0, 10.0) == (1.0, 2.0)  # the shipped unit: already fits
     interval, timeout = policy.fit_probe_to_watchdog(1.0, 2.0, 3.0)
     assert interval + timeout == pytest.approx(1.0) and timeout == pytest.approx(2 * interval)
+
+
+def test_status_reads_the_serving_daemons_workers_from_its_state_file(tmp_path):
+    (tmp_path / "serve").mkdir()
+    me = os.getpid()
+    rec = {"pid": 4242, "workers": [{"slot": 0, "pid": me, "started": 1.0, "restarts": 2},
+                                    {"slot": 1, "pid": 2**22 + 7, "started": 1.0, "restarts": 0}],
+           "worker_restarts": 2}
+    (tmp_path / "serve" / "4242.json").write_text(__import__("json").dumps(rec))
+    got = status.serve_workers(str(tmp_path), 4242)
+    assert [w["pid"] for w in got["workers"]] == [me]  # a worker that is gone is not listed
+    assert got["worker_restarts"] == 2
+    assert status.serve_workers(str(tmp_path), 99) == {} and status.serve_workers(str(tmp_path), None) == {}
+    text = status.format_text({"mode": "serve", "daemon_pid": 4242, **got, "containers": []})
+    assert f"1 worker (pids {me}), 2 restarted" in text

@@ -1,0 +1,157 @@
+"""One serving process: pyfuse3's loop on its own clone of the connection's device fd, in a child the holder
+forked (fs/connection.py). It never returns into the holder's code: `run` ends in os._exit.
+
+Why a clone: each clone of /dev/fuse (FUSE_DEV_IOC_CLONE) takes requests from the connection's one input
+queue but keeps the requests it took in a processing queue of its own, which the holder can ask the kernel
+to queue again if this process dies (FUSE_NOTIFY_RESEND). pyfuse3 keeps the session fd in a C global, so
+the clone is dup2'd onto that fd number.
+
+The fd is blocking, as libfuse opens it, and an idle worker waits in read(2) on it (see `_WaitInRead`):
+the kernel hands each request to one waiting worker and wakes no other.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+from collections.abc import Iterable
+from typing import Any, NoReturn
+
+log = logging.getLogger("lxcfs_guard.serve")
+
+PR_SET_PDEATHSIG = 1
+# Test-only: "FILE:MARKER[,FILE:MARKER...]" makes the first worker that opens FILE (a path in the mount, e.g.
+# proc/uptime) stop itself (SIGSTOP) with the request in hand, if it can create MARKER; tests kill it there.
+STALL_ENV = "LXCFS_GUARD_TEST_STALL"
+
+
+class _ReplyFailures(logging.Filter):
+    """pyfuse3 logs an error when a reply cannot be sent. After a resend that is expected (the request was
+    answered by another worker; the kernel forgot its old id): count it, free an OPEN's snapshot, keep quiet."""
+
+    def __init__(self, ops: Any) -> None:
+        super().__init__()
+        self.ops = ops
+        self.count = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = str(record.msg)
+        if "fuse_reply_* failed" not in msg:
+            return True
+        self.count += 1
+        if msg.startswith("fuse_link()"):  # pyfuse3 reports open's reply under link's name
+            self.ops.reply_failed()
+        if record.args == ("No such file or directory",):
+            log.debug("a reply was refused, its request was resent and answered again: %s", msg.split("(")[0])
+            return False
+        return True
+
+
+def _stall_hook(ops: Any) -> None:
+    spec = os.environ.get(STALL_ENV)
+    if not spec:
+        return
+    stalls = dict(item.split(":", 1) for item in spec.split(",") if ":" in item)  # file -> marker
+    real_open = ops.open
+
+    async def open_and_stall(inode, flags, ctx):  # noqa: ANN001 - pyfuse3's signature
+        node = ops.tree.get(inode)
+        marker = stalls.get(node.name) if node is not None else None
+        if marker:
+            try:
+                os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+                os.kill(os.getpid(), signal.SIGSTOP)
+            except FileExistsError:
+                pass
+        return await real_open(inode, flags, ctx)
+
+    ops.open = open_and_stall
+
+
+def run(ops: Any, session_fd: int, clone_fd: int, holder_pid: int, close_fds: Iterable[int], max_tasks: int) -> NoReturn:
+    code = 1
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # the holder's death ends us (and the connection)
+        if os.getppid() != holder_pid:
+            os._exit(1)
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        os.dup2(clone_fd, session_fd)
+        for fd in close_fds:
+            if fd not in (session_fd,):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        logging.getLogger("pyfuse3").addFilter(_ReplyFailures(ops))
+        _stall_hook(ops)
+        code = _serve(max_tasks)
+    except BaseException:  # noqa: BLE001 - a worker never returns into the holder's code
+        log.exception("worker failed")
+    finally:
+        logging.shutdown()
+        os._exit(code)
+
+
+class _WaitInRead:
+    """What pyfuse3 sees as `trio` in a worker (pyfuse3 looks trio up as a module global, which its own
+    asyncio mode replaces the same way). Its loop waits for the fd to be readable (epoll), then reads:
+    with several workers every epoll waiter wakes for every request, and all but one go back to sleep.
+    Here `wait_readable` only checks for a stop and yields to trio once, so an idle worker waits inside
+    read(2) on the device, where the kernel wakes exactly one waiter per request. SIGTERM interrupts that
+    read (EINTR: Python's handlers are installed without SA_RESTART); the worker then exits here, between
+    two requests, never with one in hand."""
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+        self.lowlevel = self
+        self.stop = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def current_task(self) -> Any:
+        return self._real.lowlevel.current_task()
+
+    def current_trio_token(self) -> Any:
+        return self._real.lowlevel.current_trio_token()
+
+    def notify_closing(self, fd: int) -> None:
+        return None
+
+    async def wait_readable(self, fd: int) -> None:
+        if self.stop:
+            _exit_quietly(0)
+        await self._real.lowlevel.checkpoint()
+        if self.stop:
+            _exit_quietly(0)
+
+
+def _exit_quietly(code: int) -> NoReturn:
+    logging.shutdown()
+    os._exit(code)
+
+
+def _serve(max_tasks: int) -> int:
+    import pyfuse3
+    import trio
+
+    shim = _WaitInRead(trio)
+    pyfuse3.trio = shim
+
+    def on_stop(signum: int, frame: Any) -> None:
+        shim.stop = True
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+
+    async def main() -> None:
+        await pyfuse3.main(min_tasks=1, max_tasks=max(1, max_tasks))
+
+    trio.run(main)  # returns when the kernel ends the session (umount, abort)
+    return 0
