@@ -1,8 +1,8 @@
 """The holder: the process that owns the FUSE connection and keeps workers serving it.
 
-It mounts, answers the kernel's INIT itself (pyfuse3's loop runs only until the init callback, which
-cancels it: leaving with `pyfuse3.terminate()` would mark the session exited for every later loop), and
-then never serves a request. For each worker slot it makes a clone of the device fd (FUSE_DEV_IOC_CLONE),
+It mounts, answers the kernel's INIT itself (pyfuse3's loop, driven by fs/syncloop, runs only until the
+init callback has run and is then left by an exception: `pyfuse3.terminate()` would mark the session
+exited for every later loop), and then never serves a request. For each worker slot it makes a clone of the device fd (FUSE_DEV_IOC_CLONE),
 keeps it, and forks a worker that serves on it (fs/worker.py). It also runs the loadavg sampler
 (fs/loadavg.py `SamplerService`) in small steps between events: off every serving path, and without the
 memory of one more Python process.
@@ -103,6 +103,10 @@ class Child:
         return {"slot": self.slot, "pid": self.pid, "started": round(self.started, 3), "restarts": self.restarts}
 
 
+class _InitAnswered(Exception):
+    """Raised through pyfuse3's loop to leave it once INIT is answered."""
+
+
 class Holder:
     def __init__(
         self,
@@ -111,7 +115,6 @@ class Holder:
         fuse_options: set[str],
         workers: int,
         *,
-        max_tasks: int = 1,
         resend: bool = True,
         max_restarts: int = 30,
         restart_window: float = 60.0,
@@ -123,7 +126,6 @@ class Holder:
         self.mountpoint = mountpoint
         self.fuse_options = fuse_options
         self.n = workers
-        self.max_tasks = max_tasks
         self.resend = resend
         self.max_restarts = max_restarts
         self.restart_window = restart_window
@@ -145,7 +147,8 @@ class Holder:
     def mount(self) -> None:
         """Mount and answer INIT here, in the holder; afterwards the holder never reads the device again."""
         import pyfuse3
-        import trio
+
+        from lxcfs_guard.fs import syncloop
 
         before = fuse_fds()
         pyfuse3.init(self.ops, self.mountpoint, self.fuse_options)
@@ -153,22 +156,27 @@ class Holder:
         if len(new) != 1:
             raise RuntimeError(f"cannot tell pyfuse3's session fd among {sorted(new)}")
         self.session_fd = new.pop()
-        answered = []
+        answered: list[bool] = []
 
-        async def until_init() -> None:
-            with trio.CancelScope() as scope:
+        def init() -> None:  # pyfuse3 calls it while handling INIT; libfuse replies right after
+            answered.append(True)
 
-                def init() -> None:
-                    # runs inside pyfuse3's loop, before libfuse sends the INIT reply; the cancel lands at
-                    # the loop's next checkpoint, before it could read another request in this process
-                    answered.append(True)
-                    scope.cancel()
+        async def wait_readable(fd: int) -> None:
+            # pyfuse3 asks this before it reads the next request: once INIT is answered, leave its loop
+            # (pyfuse3.terminate() would mark the session exited for every worker's loop too)
+            if answered:
+                raise _InitAnswered
 
-                self.ops.init = init
-                await pyfuse3.main(min_tasks=1, max_tasks=1)
+        # The same blocking loop the workers run (fs/syncloop), so whatever pyfuse3 creates on the way
+        # (its reader lock) is of the kind the workers' loops understand.
+        syncloop.install(pyfuse3, wait_readable)
+        self.ops.init = init
+        try:
+            syncloop.run(pyfuse3.main(min_tasks=1, max_tasks=1))
+        except _InitAnswered:
+            pass
+        finally:
             del self.ops.init
-
-        trio.run(until_init)
         if not answered:
             raise RuntimeError("the kernel ended the session before INIT")
 
@@ -205,7 +213,7 @@ class Holder:
         def main() -> None:
             if self.worker_setup is not None:
                 self.worker_setup(slot)
-            worker.run(self.ops, self.session_fd, clone, self.pid, close, self.max_tasks)
+            worker.run(self.ops, self.session_fd, clone, self.pid, close)
 
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child

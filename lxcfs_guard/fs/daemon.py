@@ -45,8 +45,6 @@ def configure_serve(parser: argparse.ArgumentParser) -> None:
                         "kernel to resend it; what kernels before 6.9 do anyway (for tests)")
     parser.add_argument("--max-worker-restarts", type=int, default=30,
                         help="more worker deaths than this within 60 s is a crash loop: serve exits")
-    parser.add_argument("--max-workers", type=int, default=16,
-                        help="pyfuse3 tasks per worker (handlers never await: a worker has one request in flight)")
     parser.add_argument("--debug", action="store_true", help="log at debug level")
 
 
@@ -155,7 +153,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     holder = Holder(
         ops, mountpoint, fuse_options(), workers,
-        max_tasks=args.max_workers, resend=not args.no_resend, worker_setup=worker_setup,
+        resend=not args.no_resend, worker_setup=worker_setup,
         max_restarts=args.max_worker_restarts,
         service=loadavg.SamplerService(reader, table, sampler_end, args.loadavg_interval),
         private_fds=(sampler_end.fileno(),),

@@ -6,8 +6,8 @@ queue but keeps the requests it took in a processing queue of its own, which the
 to queue again if this process dies (FUSE_NOTIFY_RESEND). pyfuse3 keeps the session fd in a C global, so
 the clone is dup2'd onto that fd number.
 
-The fd is blocking, as libfuse opens it, and an idle worker waits in read(2) on it (see `_WaitInRead`):
-the kernel hands each request to one waiting worker and wakes no other.
+The fd is blocking, as libfuse opens it, and an idle worker waits in read(2) on it (see `_serve`): the
+kernel hands each request to one waiting worker and wakes no other.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def _stall_hook(ops: Any) -> None:
     ops.open = open_and_stall
 
 
-def run(ops: Any, session_fd: int, clone_fd: int, holder_pid: int, close_fds: Iterable[int], max_tasks: int) -> NoReturn:
+def run(ops: Any, session_fd: int, clone_fd: int, holder_pid: int, close_fds: Iterable[int]) -> NoReturn:
     code = 1
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -90,7 +90,7 @@ def run(ops: Any, session_fd: int, clone_fd: int, holder_pid: int, close_fds: It
                     pass
         logging.getLogger("pyfuse3").addFilter(_ReplyFailures(ops))
         _stall_hook(ops)
-        code = _serve(max_tasks)
+        code = _serve()
     except BaseException:  # noqa: BLE001 - a worker never returns into the holder's code
         log.exception("worker failed")
     finally:
@@ -98,60 +98,33 @@ def run(ops: Any, session_fd: int, clone_fd: int, holder_pid: int, close_fds: It
         os._exit(code)
 
 
-class _WaitInRead:
-    """What pyfuse3 sees as `trio` in a worker (pyfuse3 looks trio up as a module global, which its own
-    asyncio mode replaces the same way). Its loop waits for the fd to be readable (epoll), then reads:
-    with several workers every epoll waiter wakes for every request, and all but one go back to sleep.
-    Here `wait_readable` only checks for a stop and yields to trio once, so an idle worker waits inside
-    read(2) on the device, where the kernel wakes exactly one waiter per request. SIGTERM interrupts that
-    read (EINTR: Python's handlers are installed without SA_RESTART); the worker then exits here, between
-    two requests, never with one in hand."""
-
-    def __init__(self, real: Any) -> None:
-        self._real = real
-        self.lowlevel = self
-        self.stop = False
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._real, name)
-
-    def current_task(self) -> Any:
-        return self._real.lowlevel.current_task()
-
-    def current_trio_token(self) -> Any:
-        return self._real.lowlevel.current_trio_token()
-
-    def notify_closing(self, fd: int) -> None:
-        return None
-
-    async def wait_readable(self, fd: int) -> None:
-        if self.stop:
-            _exit_quietly(0)
-        await self._real.lowlevel.checkpoint()
-        if self.stop:
-            _exit_quietly(0)
-
-
 def _exit_quietly(code: int) -> NoReturn:
     logging.shutdown()
     os._exit(code)
 
 
-def _serve(max_tasks: int) -> int:
+def _serve() -> int:
+    """pyfuse3's loop, driven by fs/syncloop instead of trio: an idle worker waits inside read(2) on its
+    blocking device fd, where the kernel wakes exactly one waiting worker per request, and no scheduler
+    runs between requests. SIGTERM interrupts that read (EINTR: Python installs its handlers without
+    SA_RESTART); pyfuse3 then asks `wait_readable` again, which exits here, between two requests, never
+    with one in hand. Handlers never await, so a worker has one request in flight."""
     import pyfuse3
-    import trio
 
-    shim = _WaitInRead(trio)
-    pyfuse3.trio = shim
+    from lxcfs_guard.fs import syncloop
+
+    stop = False
 
     def on_stop(signum: int, frame: Any) -> None:
-        shim.stop = True
+        nonlocal stop
+        stop = True
+
+    async def wait_readable(fd: int) -> None:
+        if stop:
+            _exit_quietly(0)
 
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGINT, on_stop)
-
-    async def main() -> None:
-        await pyfuse3.main(min_tasks=1, max_tasks=max(1, max_tasks))
-
-    trio.run(main)  # returns when the kernel ends the session (umount, abort)
+    syncloop.install(pyfuse3, wait_readable)
+    syncloop.run(pyfuse3.main(min_tasks=1, max_tasks=1))  # returns when the kernel ends the session
     return 0

@@ -10,8 +10,8 @@ import uuid
 
 import pytest
 
-from tests.support.cgroups import make_cgroup
-from tests.support.daemon import serve
+from lxcfs_guard.testing.cgroups import make_cgroup
+from lxcfs_guard.testing.daemon import serve
 
 MiB = 1 << 20
 

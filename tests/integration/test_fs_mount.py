@@ -153,7 +153,7 @@ def test_many_concurrent_readers_all_get_whole_files() -> None:
             assert len(data.splitlines()) == first
         print("ok")
     """)
-    with serve(args=["--max-workers", "4"]) as d:
+    with serve() as d:
         procs = [subprocess.Popen([PY, "-c", code, d.path("proc/meminfo"), "150"], stdout=subprocess.PIPE, text=True)
                  for _ in range(24)]
         outs = [p.communicate(timeout=120)[0] for p in procs]

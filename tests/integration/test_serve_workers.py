@@ -23,10 +23,10 @@ import time
 
 import pytest
 
-from tests.support.daemon import LXCFS_GUARD, serve
-from tests.support.procs import wait_for
-from tests.support.readers import reader_fleet
-from tests.support.watchdog import fusectl_restored, kill_and_time, supervised
+from lxcfs_guard.testing.daemon import LXCFS_GUARD, serve
+from lxcfs_guard.testing.procs import wait_for
+from lxcfs_guard.testing.readers import reader_fleet
+from lxcfs_guard.testing.supervise import fusectl_restored, kill_and_time, supervised
 
 READ_ONE = (
     "import os,sys\n"
