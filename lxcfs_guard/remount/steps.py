@@ -144,9 +144,8 @@ def _apply(ctx: Context, rootfd: int, fix: Fix, clone: int) -> bool:
             step = "move_mount onto the target"
             sc.move_mount(clone, tfd, "", _MOVE)
             return True
-        if dev != fix.expect_dev:
-            raise _Refusal(errno.EBUSY, f"the target is now on device {fmt_dev(dev)}, "
-                                        f"not the stale {fmt_dev(fix.expect_dev)}")
+        if dev != fix.expect_dev:  # detached, or covered by someone else's mount, since discovery read it:
+            raise _Vanished()      # nothing of ours is left on top there (never replace another's mount)
         if fix.how in (UNCOVER, DETACH) or ctx.beneath:
             if fix.how == BENEATH:
                 step = "move_mount beneath the stale mount"
@@ -230,8 +229,8 @@ def run_job(ctx: Context, job: Job) -> NamespaceReport:
                     rep.errors.append(TargetError(fix.target, r.errno, r.message))
                 except _Vanished:
                     vanished += 1
-                    rep.errors.append(TargetError(fix.target, errno.ENOENT, "no longer there (the namespace "
-                                                  "changed since it was read): nothing to repair"))
+                    rep.errors.append(TargetError(fix.target, errno.ENOENT, "the stale mount is no longer there "
+                                                  "(the namespace changed since it was read): nothing to repair"))
                 except OSError as e:
                     if not (fix.optional and e.errno == errno.ENOENT):
                         failed = True
