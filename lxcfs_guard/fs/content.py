@@ -39,12 +39,14 @@ class Content:
         ttl: float = 0.1,
         sampler: LoadSampler | None = None,
         host_paths: dict[str, str] | None = None,
+        meminfo_options: meminfo.MeminfoOptions = meminfo.DEFAULT_OPTIONS,
     ) -> None:
         self.reader = reader
         self.cpu_view = cpu_view
         self.ttl = ttl
         self.sampler = sampler
         self.host_paths = host_paths or HOST_PATHS
+        self.meminfo_options = meminfo_options
         self._cache: dict[tuple[str, object], tuple[float, bytes]] = {}
         self._host_cache: dict[str, tuple[float, str]] = {}
         self._ticks = clock_ticks()
@@ -114,13 +116,13 @@ class Content:
         mem = self.reader.memory(view.ref)
         if mem is None:
             return None
-        return meminfo.render_meminfo(self.host_text(self.host_paths["proc/meminfo"]), mem)
+        return meminfo.render_meminfo(self.host_text(self.host_paths["proc/meminfo"]), mem, self.meminfo_options)
 
     def _swaps(self, view: View) -> str | None:
         mem = self.reader.memory(view.ref)
         if mem is None:
             return None
-        total, used = meminfo.swap_numbers(self.host_text(self.host_paths["proc/meminfo"]), mem)
+        total, used = meminfo.swap_numbers(self.host_text(self.host_paths["proc/meminfo"]), mem, self.meminfo_options)
         return swaps.render_swaps(total, used)
 
     def _visible_cpus(self, view: View) -> tuple[int, ...]:
