@@ -16,6 +16,7 @@ import sys
 import time
 
 from lxcfs_guard import config
+from lxcfs_guard.fs import lxcfs_compat
 from lxcfs_guard.fs.views.cpus import CPU_VIEWS
 from lxcfs_guard.kernel.files import DEAD_ERRNOS, write_atomic
 
@@ -37,6 +38,7 @@ def configure_serve(parser: argparse.ArgumentParser) -> None:
                         help="seconds between loadavg samples (the kernel's decay constants assume 5)")
     parser.add_argument("--max-workers", type=int, default=16, help="FUSE requests in flight at most")
     parser.add_argument("--debug", action="store_true", help="log at debug level")
+    lxcfs_compat.add_lxcfs_flags(parser)
 
 
 def detach_dead_mount(mountpoint: str) -> bool:
@@ -79,6 +81,9 @@ def fuse_options() -> set[str]:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    early_exit = lxcfs_compat.apply(args)  # LXCFS's flags -> our settings; pid file; -v
+    if early_exit is not None:
+        return early_exit
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO,
         format="lxcfs-guard serve[%(process)d]: %(levelname)s %(message)s",
@@ -103,9 +108,11 @@ def run_serve(args: argparse.Namespace) -> int:
     os.makedirs(mountpoint, exist_ok=True)
 
     reader = open_reader(args.cgroup_root)
-    sampler = LoadSampler(reader)
-    ops = Operations(Tree(), Resolver(reader), Content(reader, args.cpu_view, args.cache_ttl, sampler))
-    pyfuse3.init(ops, mountpoint, fuse_options())
+    sampler = LoadSampler(reader) if args.loadavg else None
+    content = Content(reader, args.cpu_view, args.cache_ttl, sampler,
+                      meminfo_options=lxcfs_compat.meminfo_options(args))
+    ops = Operations(Tree(), Resolver(reader), content)
+    pyfuse3.init(ops, mountpoint, lxcfs_compat.mount_options(fuse_options(), args))
     log.info("mounted %s (cgroup v%d at %s, cpu view %s)", mountpoint, reader.version, args.cgroup_root, args.cpu_view)
 
     state_path: list[str] = []
@@ -137,7 +144,8 @@ def run_serve(args: argparse.Namespace) -> int:
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch_signals, nursery.cancel_scope)
-            nursery.start_soon(sampler.run, args.loadavg_interval)
+            if sampler is not None:
+                nursery.start_soon(sampler.run, args.loadavg_interval)
             nursery.start_soon(announce_ready)
             await pyfuse3.main(min_tasks=1, max_tasks=max(1, args.max_workers))
             nursery.cancel_scope.cancel()  # the kernel ended the session (umount, abort)
@@ -153,6 +161,7 @@ def run_serve(args: argparse.Namespace) -> int:
             pyfuse3.close(unmount=True)
         except Exception:
             log.exception("unmount failed")
+        lxcfs_compat.remove_pidfile(args)
         for path in state_path:
             try:
                 os.unlink(path)
