@@ -63,8 +63,12 @@ class V1Reader:
         paths: list[tuple[str, str]] = []
         for line in text.splitlines():
             parts = line.split(":", 2)
+            if len(parts) == 3 and parts[0] == "0" and not parts[1]:
+                # the v2 hierarchy of a hybrid host (no controllers): where the kernel keeps PSI per cgroup
+                paths.append(("unified", strip_init_scope(parts[2])))
+                continue
             if len(parts) != 3 or not parts[1]:
-                continue  # "0::/" is the (empty) unified hierarchy on a hybrid host
+                continue
             for ctrl in parts[1].split(","):
                 if ctrl.startswith("name="):
                     ctrl = ctrl[5:]

@@ -97,6 +97,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from lxcfs_guard.fs.content import Content
     from lxcfs_guard.fs.loadavg import LoadSampler
     from lxcfs_guard.fs.operations import Operations
+    from lxcfs_guard.fs.pressure import Pressure
     from lxcfs_guard.fs.tree import Tree
     from lxcfs_guard.kernel.notify import notify
 
@@ -111,7 +112,7 @@ def run_serve(args: argparse.Namespace) -> int:
     sampler = LoadSampler(reader) if args.loadavg else None
     content = Content(reader, args.cpu_view, args.cache_ttl, sampler,
                       meminfo_options=lxcfs_compat.meminfo_options(args))
-    ops = Operations(Tree(), Resolver(reader), content)
+    ops = Operations(Tree(), Resolver(reader), content, Pressure(reader, enabled=args.psi_triggers))
     pyfuse3.init(ops, mountpoint, lxcfs_compat.mount_options(fuse_options(), args))
     log.info("mounted %s (cgroup v%d at %s, cpu view %s)", mountpoint, reader.version, args.cgroup_root, args.cpu_view)
 

@@ -19,6 +19,7 @@ import pyfuse3
 
 from lxcfs_guard.fs.caller import Resolver
 from lxcfs_guard.fs.content import Content
+from lxcfs_guard.fs.pressure import Pressure
 from lxcfs_guard.fs.tree import ROOT_INODE, Tree
 
 log = logging.getLogger(__name__)
@@ -38,11 +39,13 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, tree: Tree, resolver: Resolver, content: Content) -> None:
+    def __init__(self, tree: Tree, resolver: Resolver, content: Content, pressure: Pressure | None = None) -> None:
         super().__init__()
         self.tree = tree
         self.resolver = resolver
         self.content = content
+        # proc/pressure/*: write registers a PSI trigger, poll waits for it (fs/pressure.py)
+        self.pressure = pressure if pressure is not None else Pressure(content.reader, enabled=False)
         self._fh = itertools.count(1)
         self._open: dict[int, bytes] = {}
         self._attrs: dict[int, pyfuse3.EntryAttributes] = {}
@@ -50,7 +53,7 @@ class Operations(pyfuse3.Operations):
         for inode, node in tree.nodes.items():
             a = pyfuse3.EntryAttributes()
             a.st_ino = inode
-            a.st_mode = node.mode
+            a.st_mode = node.mode | (0o200 if self.pressure.writable(node.name) else 0)
             a.st_nlink = 2 if node.is_dir else 1
             a.st_uid = 0
             a.st_gid = 0
@@ -96,7 +99,7 @@ class Operations(pyfuse3.Operations):
     async def access(self, inode, mode, ctx):
         if inode not in self._attrs:
             raise pyfuse3.FUSEError(errno.ENOENT)
-        if mode & os.W_OK:
+        if mode & os.W_OK and not self.pressure.writable(self.tree.nodes[inode].name):
             raise pyfuse3.FUSEError(errno.EROFS)
         return True
 
@@ -128,29 +131,42 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT)
         if node.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
-        if flags & _WRITE_FLAGS:
+        if flags & _WRITE_FLAGS and not self.pressure.writable(node.name):
             raise pyfuse3.FUSEError(errno.EROFS)
-        data = self.content.render(node.name, self.resolver.resolve(ctx.pid))
+        view = self.resolver.resolve(ctx.pid)
+        data = self.content.render(node.name, view)
         fh = next(self._fh)
         self._open[fh] = data
+        self.pressure.opened(fh, node.name, view.ref if view is not None else None, ctx.pid)
         return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False, nonseekable=False)
 
     async def read(self, fh, off, size):
         data = self._open.get(fh)
         if data is None:
             raise pyfuse3.FUSEError(errno.EBADF)
+        if off == 0 and self.pressure.holds(fh):  # re-read from 0 on a kept fd: the figures of now
+            data = self._open[fh] = self.pressure.fresh(fh, data)
         if off == 0 and size >= len(data):
             return data
         return data[off : off + size]
 
     async def release(self, fh):
         self._open.pop(fh, None)
+        self.pressure.release(fh)
+
+    async def poll(self, inode, fh, poll_handle, ctx):
+        # never ENOSYS: the kernel would stop sending POLL for the whole connection (LXCFS #726)
+        return self.pressure.poll(fh, poll_handle)
 
     # -- everything that would change something --------------------------------------------------------
     async def write(self, fh, off, buf):
-        raise pyfuse3.FUSEError(errno.EROFS)
+        return self.pressure.write(fh, buf)  # EROFS for everything but a pressure file
 
     async def setattr(self, inode, attr, fields, fh, ctx):
+        node = self.tree.get(inode)
+        if node is not None and self.pressure.writable(node.name) and fields.update_size and attr.st_size == 0 \
+                and not (fields.update_mode or fields.update_uid or fields.update_gid):
+            return self._attrs[inode]  # O_TRUNC of `echo ... > /proc/pressure/memory`: nothing to truncate
         raise pyfuse3.FUSEError(errno.EROFS)
 
     async def create(self, parent_inode, name, mode, flags, ctx):
