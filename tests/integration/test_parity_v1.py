@@ -189,3 +189,83 @@ def test_meminfo_zswap_lines_read_zero_on_v1() -> None:
         assert keys[keys.index("SwapFree") + 1 : keys.index("SwapFree") + 3] == ["Zswap", "Zswapped"]
         values = {line.split(":")[0]: line.split()[1] for line in text.splitlines()}
         assert values["Zswap"] == "0" and values["Zswapped"] == "0" and values["MemTotal"] == "65536"
+
+
+# -- LXCFS's command line -------------------------------------------------------------------------------------
+
+LXCFS_FLAGS = ("--enable-loadavg", "--disable-swap", "--disable-zswap", "--enable-cfs", "--enable-psi-poll",
+               "--pidfile", "--foreground", "--runtime-dir", "--enable-pidfd", "-o", "-d", "-s", "-u", "-z", "-l")
+
+
+def test_serve_help_lists_lxcfs_flags() -> None:
+    from tests.support.daemon import LXCFS_GUARD
+
+    out = subprocess.run([LXCFS_GUARD, "serve", "--help"], capture_output=True, text=True, check=True).stdout
+    assert "LXCFS 7.0 flags" in out
+    for flag in LXCFS_FLAGS:
+        assert f" {flag}" in out, flag
+
+
+def exec_start_lines() -> dict[str, list[str]]:
+    """ExecStart= of Debian's lxcfs.service (the lxcfs package) and of upstream's (LXCFS 7.0.0's tarball)."""
+    import tarfile
+
+    from tests.support.lxcfs7 import tarball
+
+    units = {"debian": open("/lib/systemd/system/lxcfs.service").read()}
+    with tarfile.open(tarball()) as tf:
+        member = next(m for m in tf.getmembers() if m.name.endswith("config/init/systemd/lxcfs.service.in"))
+        units["upstream"] = tf.extractfile(member).read().decode().replace("{{LXCFSTARGETDIR}}", "/var/lib/lxcfs")
+    out = {}
+    for name, text in units.items():
+        line = next(ln for ln in text.splitlines() if ln.startswith("ExecStart="))
+        out[name] = line.split("=", 1)[1].split()
+    return out
+
+
+def test_lxcfs_service_exec_start_runs_us_unchanged(tmp_path) -> None:
+    """The exact ExecStart= argv of both unit files, with /usr/bin/lxcfs pointing at lxcfs-guard: mounts
+    /var/lib/lxcfs, writes /run/lxcfs.pid, survives ExecReload's SIGUSR1, stops cleanly on SIGTERM."""
+    import fcntl
+    import signal
+    import time
+
+    from tests.support.daemon import LXCFS_GUARD, _answers, _mount_fstype
+    from tests.support.procs import force_unmount, stop, wait_for
+
+    link = tmp_path / "lxcfs"
+    link.symlink_to(LXCFS_GUARD)
+    lines = exec_start_lines()
+    assert lines["debian"] == ["/usr/bin/lxcfs", "/var/lib/lxcfs"], lines
+    assert lines["upstream"] == ["/usr/bin/lxcfs", "/var/lib/lxcfs"], lines
+    with open("/run/lxcfs-guard-varlib.lock", "w") as lock:
+        deadline = time.monotonic() + 300
+        while True:  # the one global /var/lib/lxcfs: one test at a time across the machine
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                assert time.monotonic() < deadline, "/run/lxcfs-guard-varlib.lock held for 300 s"
+                time.sleep(0.5)
+        assert not os.path.exists("/run/lxcfs.pid"), "a host lxcfs holds /run/lxcfs.pid"
+        for name, argv in lines.items():
+            os.makedirs(argv[1], exist_ok=True)  # upstream's ExecStartPre=/bin/mkdir -p
+            assert _mount_fstype(argv[1]) is None, f"{argv[1]} is already mounted"
+            proc = subprocess.Popen([str(link), *argv[1:]], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+            try:
+                wait_for(lambda: _mount_fstype(argv[1]) == "fuse.lxcfs-guard" and _answers(f"{argv[1]}/proc/meminfo"),
+                         30, 0.1, f"{name} ExecStart to mount")
+                assert open("/run/lxcfs.pid").read().strip() == str(proc.pid)
+                os.kill(proc.pid, signal.SIGUSR1)  # ExecReload=/bin/kill -USR1 $MAINPID
+                time.sleep(0.3)
+                assert proc.poll() is None and _answers(f"{argv[1]}/proc/meminfo")
+                proc.send_signal(signal.SIGTERM)
+                out, _ = proc.communicate(timeout=30)
+                assert proc.returncode == 0, out
+                assert b"SIGUSR1" in out
+                assert _mount_fstype(argv[1]) is None and not os.path.exists("/run/lxcfs.pid")
+            finally:
+                if proc.poll() is None:
+                    stop(proc)
+                force_unmount(argv[1])
