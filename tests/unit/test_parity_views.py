@@ -131,3 +131,12 @@ def test_v1_quota_walks_up(tmp_path: Path) -> None:
     facts = r.cpu(r.parse_proc_cgroup("4:cpu,cpuacct:/p/c\n"))
     assert facts == CpuFacts(cpus=None, quota=150000, period=100000)
     assert cpus.visible_cpus((0, 1, 2, 3), facts, "quota") == (0, 1)
+
+
+def test_memavailable_v1_cache_v2_file_lru_and_reclaimable_slab() -> None:
+    v1 = MemoryFacts(limit=64 * MiB, usage=10 * MiB, stat=V1_STAT)
+    assert parse(meminfo.render_meminfo(HOST_MEMINFO, v1))["MemAvailable"] == f"{54 * 1024 + 4096} kB"
+    v2stat = dict(V1_STAT, slab_reclaimable=MiB, slab_unreclaimable=MiB)  # v2: memory.stat has slab figures
+    v2 = MemoryFacts(limit=64 * MiB, usage=10 * MiB, stat=v2stat)
+    # LXCFS 7.0: MemFree + active_file (1 MiB) + inactive_file (3 MiB) + slab_reclaimable (1 MiB)
+    assert parse(meminfo.render_meminfo(HOST_MEMINFO, v2))["MemAvailable"] == f"{54 * 1024 + 5 * 1024} kB"

@@ -134,10 +134,9 @@ def test_memory_high_below_max_is_memtotal(guard, ref7) -> None:
 
 
 # meminfo fields both compute from the cgroup the same way; the others differ by choice (README table):
-# MemAvailable (LXCFS 7: + active_file + inactive_file + slab_reclaimable; ours: + cache, capped at MemTotal),
 # Mapped/AnonHugePages/ShmemHugePages (LXCFS prints 0 or misses them), Slab (same sum, read differently),
 # Swap* (LXCFS 7 shows swap on v2 only as memory.swap.max; ours too, but never above the host's).
-AGREED_MEMINFO = ("MemTotal", "MemFree", "Buffers", "Cached", "SwapCached", "Active", "Inactive",
+AGREED_MEMINFO = ("MemTotal", "MemFree", "MemAvailable", "Buffers", "Cached", "SwapCached", "Active", "Inactive",
                   "Active(anon)", "Inactive(anon)", "Active(file)", "Inactive(file)", "Unevictable", "Shmem",
                   "Dirty", "Writeback", "AnonPages", "SwapTotal", "SwapFree", "Zswap", "Zswapped")
 SLACK_KB = 1024

@@ -71,6 +71,13 @@ def render_meminfo(host: str, mem: MemoryFacts, options: MeminfoOptions = DEFAUL
         swap_total = mem.swap_limit // 1024
         used = (mem.swap_usage or 0) // 1024
         swap_free = swap_total - used if swap_total >= used else 0
+    # What could be had back: v1 (LXCFS 5.0.3, line for line) counts the page cache; on v2 (memory.stat has
+    # slab figures) LXCFS 7.0's file LRU + reclaimable slab, closer to the kernel's own estimate (shmem in
+    # the cache is not reclaimable without swap).
+    if "slab_reclaimable" in s:
+        reclaimable = (s.get("active_file", 0) + s.get("inactive_file", 0) + s.get("slab_reclaimable", 0)) // 1024
+    else:
+        reclaimable = kb("cache")
     zswap = (mem.zswap or 0) // 1024 if options.zswap else 0
     zswapped = (mem.zswapped or 0) // 1024 if options.zswap else 0
     # the kernel prints Zswap/Zswapped right after SwapFree; a host file without them (no CONFIG_ZSWAP) gets
@@ -80,7 +87,7 @@ def render_meminfo(host: str, mem: MemoryFacts, options: MeminfoOptions = DEFAUL
     replace: dict[str, int] = {
         "MemTotal": total,
         "MemFree": free,
-        "MemAvailable": min(free + kb("cache"), total),
+        "MemAvailable": min(free + reclaimable, total),
         "Buffers": 0,
         "Cached": kb("cache"),
         "SwapCached": 0,
