@@ -37,13 +37,18 @@ def test_pressure_files_match_the_cgroup_and_lxcfs7(guard, ref7) -> None:
                              "timeout 3 sh -c 'while :; do :; done' & wait"])
         busy.wait(60)
         for res in ("cpu", "io", "memory"):
-            own_before = cgfile(cg, f"{res}.pressure")
+            own_before, host_before = cgfile(cg, f"{res}.pressure"), open(f"/proc/pressure/{res}").read()
             ours, theirs = read_in(cg, guard.path(f"proc/pressure/{res}"), f"{ref7}/proc/pressure/{res}")
-            own_after = cgfile(cg, f"{res}.pressure")
+            own_after, host_after = cgfile(cg, f"{res}.pressure"), open(f"/proc/pressure/{res}").read()
             assert list(psi(ours)) == list(psi(theirs)) == list(psi(own_before)), (ours, theirs)
             for kind in psi(ours):
-                totals = [psi(t)[kind]["total"] for t in (own_before, ours, theirs, own_after)]
+                totals = [psi(t)[kind]["total"] for t in (own_before, ours, own_after)]
                 assert totals == sorted(totals), (res, kind, totals)
+                # LXCFS 7.0.0 agrees on cpu and memory; for io it looks the cgroup up under v1's "blkio"
+                # name, finds none on v2 and serves the host's /proc/pressure/io (a difference we keep)
+                ref = (own_before, own_after) if res != "io" else (host_before, host_after)
+                theirs_totals = [psi(ref[0])[kind]["total"], psi(theirs)[kind]["total"], psi(ref[1])[kind]["total"]]
+                assert theirs_totals == sorted(theirs_totals), (res, kind, theirs_totals)
             if res == "cpu":
                 assert psi(ours)["some"]["total"] > 0  # the two loops on one CPU waited for each other
                 host = psi(open("/proc/pressure/cpu").read())["some"]["total"]
@@ -135,10 +140,11 @@ def test_memory_high_below_max_is_memtotal(guard, ref7) -> None:
 
 # meminfo fields both compute from the cgroup the same way; the others differ by choice (README table):
 # Mapped/AnonHugePages/ShmemHugePages (LXCFS prints 0 or misses them), Slab (same sum, read differently),
-# Swap* (LXCFS 7 shows swap on v2 only as memory.swap.max; ours too, but never above the host's).
+# SwapTotal/SwapFree and /proc/swaps: LXCFS 7.0.0 shows no swap on this 6.1 kernel (and fails its own
+# test_meminfo_hierarchy here, as the issue notes); ours shows memory.swap.max.
 AGREED_MEMINFO = ("MemTotal", "MemFree", "MemAvailable", "Buffers", "Cached", "SwapCached", "Active", "Inactive",
                   "Active(anon)", "Inactive(anon)", "Active(file)", "Inactive(file)", "Unevictable", "Shmem",
-                  "Dirty", "Writeback", "AnonPages", "SwapTotal", "SwapFree", "Zswap", "Zswapped")
+                  "Dirty", "Writeback", "AnonPages", "Zswap", "Zswapped")
 SLACK_KB = 1024
 
 
@@ -154,10 +160,11 @@ def test_agrees_with_lxcfs7_file_by_file(guard, ref7) -> None:
         [k.split(":")[0] for k in theirs["proc/meminfo"].splitlines()]
     for key in AGREED_MEMINFO:
         assert abs(m[key] - r[key]) <= SLACK_KB, (key, m[key], r[key])
-    assert m["MemTotal"] == 65536 and m["SwapTotal"] == 32768
+    assert m["MemTotal"] == 65536 and m["SwapTotal"] == 32768 and r["SwapTotal"] == 0
     assert ours["proc/cpuinfo"] == theirs["proc/cpuinfo"] and processors(ours["proc/cpuinfo"]) == [0]
     assert ours["sys/devices/system/cpu/online"] == theirs["sys/devices/system/cpu/online"] == "1\n"
     assert sorted(stat_cpu_lines(ours["proc/stat"])) == sorted(stat_cpu_lines(theirs["proc/stat"])) == ["cpu", "cpu0"]
-    assert ours["proc/swaps"].split() == theirs["proc/swaps"].split()
+    assert ours["proc/swaps"].splitlines()[0] == theirs["proc/swaps"].splitlines()[0]
+    assert ours["proc/swaps"].splitlines()[1].split()[:3] == ["none", "virtual", "32768"]
     # uptime: both the age of the new pid namespace's init
     assert abs(float(ours["proc/uptime"].split()[0]) - float(theirs["proc/uptime"].split()[0])) < 1.0
