@@ -46,6 +46,17 @@ def warm_up(mnt: str) -> None:
     subprocess.run(["sh", "-c", WARM_UP, "sh", mnt], check=True, timeout=300)
 
 
+def diagnose(mnt: str) -> str:
+    """What a fresh pid namespace's init reads as uptime right away, and after test_proc's preamble."""
+    pre = ('t0=$(cut -d" " -f1 /proc/uptime); a=$(cat "$1"/proc/uptime); mkdir -p /sys/fs/cgroup/lg_diag; '
+           'echo 1 > /sys/fs/cgroup/lg_diag/cgroup.procs; for i in 1 2 3 4; do ls -l "$1"/proc | grep -q stat; done; '
+           'b=$(cat "$1"/proc/uptime); echo 1 > /sys/fs/cgroup/cgroup.procs; rmdir /sys/fs/cgroup/lg_diag; '
+           'echo "at start: $a; after the preamble: $b (host uptime at start $t0, now $(cut -d" " -f1 /proc/uptime))"')
+    r = subprocess.run(["unshare", "-fmp", "--mount-proc", "sh", "-c", pre, "sh", mnt], capture_output=True,
+                       text=True, timeout=120)
+    return f"diagnosis: {r.stdout.strip()} {r.stderr.strip()}"
+
+
 @pytest.mark.parametrize(("script", "unshare", "mock"), SCRIPTS, ids=[s[0] for s in SCRIPTS])
 def test_lxcfs7_script_passes_against_lxcfs_guard(script: str, unshare: bool, mock: bool) -> None:
     build = lxcfs7_build()
@@ -72,7 +83,7 @@ def test_lxcfs7_script_passes_against_lxcfs_guard(script: str, unshare: bool, mo
             argv = ["unshare", "-fmp", "--mount-proc", *argv]
         run_env = dict(os.environ, LXCFSDIR=mnt, LIBFUSE="fuse3")
         r = subprocess.run(argv, env=run_env, capture_output=True, text=True, timeout=600)
-        assert r.returncode == 0, f"{script} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}"
+        assert r.returncode == 0, f"{script} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}\n{diagnose(mnt)}"
     finally:
         stop(daemon)
         force_unmount(mnt)
