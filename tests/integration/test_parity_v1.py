@@ -269,3 +269,24 @@ def test_lxcfs_service_exec_start_runs_us_unchanged(tmp_path) -> None:
                 if proc.poll() is None:
                     stop(proc)
                 force_unmount(argv[1])
+
+
+def test_runc_container_reads_its_own_pressure_through_the_oci_hook() -> None:
+    """A real runc container (runc puts it in its own v2 cgroup on this hybrid host too), the pressure files
+    asked for by annotation: /proc/pressure/* inside it are its cgroup's, in PSI format."""
+    from tests.support.runc import container
+    from tests.support.supervise import supervise
+
+    with supervise() as guard, container(memory=64 << 20, cpus="0", hooks=guard.hooks(),
+                                         annotations={"io.lxcfs-guard.files": "cpu,io,memory"}) as c:
+        own = f"/sys/fs/cgroup/unified/{c.id}"
+        assert open(f"/proc/{c.pid}/cgroup").read().splitlines()[-1] == f"0::/{c.id}"
+        c.exec("sh", "-c", "timeout 1 sh -c 'while :; do :; done' & timeout 1 sh -c 'while :; do :; done' & wait",
+               timeout=30)
+        before = open(f"{own}/cpu.pressure").read()
+        inside = {r: c.read(f"/proc/pressure/{r}") for r in ("cpu", "io", "memory")}
+        after = open(f"{own}/cpu.pressure").read()
+        for text in inside.values():
+            assert [line.split()[0] for line in text.splitlines()] == ["some", "full"], text
+        assert 0 < psi_total(before) <= psi_total(inside["cpu"]) <= psi_total(after)
+        assert psi_total(inside["cpu"]) < psi_total(open("/proc/pressure/cpu").read())
