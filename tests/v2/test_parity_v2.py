@@ -140,8 +140,9 @@ def test_memory_high_below_max_is_memtotal(guard, ref7) -> None:
 
 # meminfo fields both compute from the cgroup the same way; the others differ by choice (README table):
 # Mapped/AnonHugePages/ShmemHugePages (LXCFS prints 0 or misses them), Slab (same sum, read differently),
-# SwapTotal/SwapFree and /proc/swaps: LXCFS 7.0.0 shows no swap on this 6.1 kernel (and fails its own
-# test_meminfo_hierarchy here, as the issue notes); ours shows memory.swap.max.
+# SwapTotal/SwapFree and /proc/swaps: LXCFS 7.0.0 on this 6.1 kernel shows no swap in some runs and
+# memory.swap.max in others (its own test_meminfo_hierarchy fails here, as the issue notes); ours always
+# shows memory.swap.max.
 AGREED_MEMINFO = ("MemTotal", "MemFree", "MemAvailable", "Buffers", "Cached", "SwapCached", "Active", "Inactive",
                   "Active(anon)", "Inactive(anon)", "Active(file)", "Inactive(file)", "Unevictable", "Shmem",
                   "Dirty", "Writeback", "AnonPages", "Zswap", "Zswapped")
@@ -160,7 +161,8 @@ def test_agrees_with_lxcfs7_file_by_file(guard, ref7) -> None:
         [k.split(":")[0] for k in theirs["proc/meminfo"].splitlines()]
     for key in AGREED_MEMINFO:
         assert abs(m[key] - r[key]) <= SLACK_KB, (key, m[key], r[key])
-    assert m["MemTotal"] == 65536 and m["SwapTotal"] == 32768 and r["SwapTotal"] == 0
+    assert m["MemTotal"] == 65536 and m["SwapTotal"] == 32768
+    assert r["SwapTotal"] in (0, 32768)  # LXCFS 7.0.0 on 6.1: seen both, run to run
     assert ours["proc/cpuinfo"] == theirs["proc/cpuinfo"] and processors(ours["proc/cpuinfo"]) == [0]
     assert ours["sys/devices/system/cpu/online"] == theirs["sys/devices/system/cpu/online"] == "1\n"
     assert sorted(stat_cpu_lines(ours["proc/stat"])) == sorted(stat_cpu_lines(theirs["proc/stat"])) == ["cpu", "cpu1"]  # host numbering in the cpuset view, both
