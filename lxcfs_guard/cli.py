@@ -6,6 +6,7 @@ A command module provides `configure_<name>(parser)` and `run_<name>(args) -> in
 
 from __future__ import annotations
 
+import os
 import sys
 
 # name -> (module, one-line help)
@@ -19,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "list": ("lxcfs_guard.remount.commands", "list registered and discovered containers"),
     "status": ("lxcfs_guard.watchdog.status", "show the daemon's health, restarts and containers"),
     "oci-hook": ("lxcfs_guard.oci.hook", "OCI runtime hook: bind the files into a new container (createRuntime/poststop)"),
+    "lxcfs": ("lxcfs_guard.fs.lxcfs_compat", "LXCFS 7.0's command line: `lxcfs [FLAGS] MOUNTPOINT` (lxcfs.service drop-in)"),
 }
 
 
@@ -31,6 +33,8 @@ def _usage() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if os.path.basename(sys.argv[0]) == "lxcfs":  # installed as /usr/bin/lxcfs: LXCFS's own command line
+        argv = ["lxcfs", *argv]
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0

@@ -25,8 +25,10 @@ PROC_FILES: tuple[str, ...] = (
     "proc/uptime",
 )
 CPU_ONLINE = "sys/devices/system/cpu/online"
+# PSI (LXCFS 7.0): served, and writable when triggers are on; not bound by default (see README)
+PRESSURE_FILES: tuple[str, ...] = ("proc/pressure/cpu", "proc/pressure/io", "proc/pressure/memory")
 # Every file the filesystem serves (slabinfo is served but not bound by default, like LXCFS setups).
-ALL_FILES: tuple[str, ...] = PROC_FILES + ("proc/slabinfo", CPU_ONLINE)
+ALL_FILES: tuple[str, ...] = PROC_FILES + ("proc/slabinfo", CPU_ONLINE) + PRESSURE_FILES
 # What `attach` and the OCI hook bind by default: the proc files, plus cpu/online where the target exists.
 DEFAULT_BINDS: tuple[str, ...] = PROC_FILES + (CPU_ONLINE,)
 

@@ -47,6 +47,11 @@ class MemoryFacts:
     swap_usage: int | None = None
     swap_accounting: bool = False
     swappiness: int | None = None
+    # v2 only: the smallest memory.high up the tree (None = none set), and memory.stat's zswap (compressed
+    # pool bytes) / zswapped (bytes of pages stored there); None where the kernel keeps no such figures (v1)
+    high: int | None = None
+    zswap: int | None = None
+    zswapped: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

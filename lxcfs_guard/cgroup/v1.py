@@ -1,7 +1,8 @@
 """cgroup v1: one hierarchy per controller (or per co-mounted group, e.g. "cpu,cpuacct") under the root.
 
 Numbers follow LXCFS 5.0.3 so v1 output matches it line for line: the memory limit is the smallest
-`memory.limit_in_bytes` from the cgroup up to the root; the CFS quota and the cpuset are the cgroup's own.
+`memory.limit_in_bytes` from the cgroup up to the root; the cpuset is the cgroup's own. The CFS quota is the
+tightest up the tree (cgroup/quota.py), as LXCFS 7.0 does and 5.0.3 did not (it read the cgroup's own only).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from lxcfs_guard.cgroup.base import (
     read_text,
     strip_init_scope,
 )
+from lxcfs_guard.cgroup.quota import quota_up_v1
 from lxcfs_guard.cgroup.facts import UNLIMITED_V1, CgroupRef, CpuFacts, CpuUsage, IoStat, MemoryFacts
 
 _MEMSTAT_KEYS = (
@@ -62,8 +64,12 @@ class V1Reader:
         paths: list[tuple[str, str]] = []
         for line in text.splitlines():
             parts = line.split(":", 2)
+            if len(parts) == 3 and parts[0] == "0" and not parts[1]:
+                # the v2 hierarchy of a hybrid host (no controllers): where the kernel keeps PSI per cgroup
+                paths.append(("unified", strip_init_scope(parts[2])))
+                continue
             if len(parts) != 3 or not parts[1]:
-                continue  # "0::/" is the (empty) unified hierarchy on a hybrid host
+                continue
             for ctrl in parts[1].split(","):
                 if ctrl.startswith("name="):
                     ctrl = ctrl[5:]
@@ -145,12 +151,11 @@ class V1Reader:
             if text is not None and text.strip():
                 cpus = parse_cpu_list(text)
         quota = period = None
-        path = self._path(ref, "cpu")
-        if path is not None:
-            q = read_int(f"{path}/cpu.cfs_quota_us")
-            p = read_int(f"{path}/cpu.cfs_period_us")
-            if q is not None and q > 0 and p:
-                quota, period = q, p
+        base, rel = self._dirs.get("cpu"), ref.get("cpu")
+        if base is not None and rel is not None:
+            found = quota_up_v1(lambda anc: join(base, anc), rel)
+            if found is not None:
+                quota, period = found
         if cpus is None and quota is None:
             return None
         return CpuFacts(cpus=cpus, quota=quota, period=period)

@@ -20,6 +20,7 @@ from lxcfs_guard.cgroup.base import (
     read_text,
     strip_init_scope,
 )
+from lxcfs_guard.cgroup.quota import quota_up_v2
 from lxcfs_guard.cgroup.facts import CgroupRef, CpuFacts, CpuUsage, IoStat, MemoryFacts
 
 # v2 memory.stat name -> the v1 name the views use
@@ -104,6 +105,9 @@ class V2Reader:
             swap_usage=swap_usage,
             swap_accounting=accounting,
             swappiness=None,
+            high=self._min_up(ref, "memory.high"),
+            zswap=raw.get("zswap"),
+            zswapped=raw.get("zswapped"),
         )
 
     def cpu(self, ref: CgroupRef) -> CpuFacts | None:
@@ -115,14 +119,9 @@ class V2Reader:
         if text is not None and text.strip():
             cpus = parse_cpu_list(text)
         quota = period = None
-        text = read_text(f"{path}/cpu.max")
-        if text is not None:
-            parts = text.split()
-            if len(parts) == 2 and parts[0] != "max":
-                try:
-                    quota, period = int(parts[0]), int(parts[1])
-                except ValueError:
-                    quota = period = None
+        found = quota_up_v2(lambda anc: join(self.root, anc), ref.get("") or "/")
+        if found is not None:
+            quota, period = found
         if cpus is None and quota is None:
             return self._gone_or_none(path)
         return CpuFacts(cpus=cpus, quota=quota, period=period)

@@ -6,6 +6,7 @@ reader always gets an answer, never an error from us.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -14,9 +15,10 @@ from collections.abc import Callable
 from lxcfs_guard import config
 from lxcfs_guard.cgroup import CgroupGone, CgroupReader
 from lxcfs_guard.cgroup.base import parse_cpu_list, read_text
+from lxcfs_guard.cgroup.pressure import RESOURCES, pressure_file
 from lxcfs_guard.fs.caller import View
 from lxcfs_guard.fs.loadavg import LoadSampler
-from lxcfs_guard.fs.views import cpuinfo, cpuonline, cpus, diskstats, loadavg, meminfo, stat, swaps, uptime
+from lxcfs_guard.fs.views import cpuinfo, cpuonline, cpus, diskstats, loadavg, meminfo, pressure, stat, swaps, uptime
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,7 @@ class Content:
         sampler: LoadSampler | None = None,
         host_paths: dict[str, str] | None = None,
         host_tick: float = HOST_TICK,
+        meminfo_options: meminfo.MeminfoOptions = meminfo.DEFAULT_OPTIONS,
     ) -> None:
         self.reader = reader
         self.cpu_view = cpu_view
@@ -56,6 +59,7 @@ class Content:
         self._next_prune = 0.0
         self._online: tuple[str | None, tuple[int, ...]] = (None, ())
         self._cpuinfo_memo: tuple[str | None, dict[tuple[int, ...], str]] = (None, {})
+        self.meminfo_options = meminfo_options
         self._cache: dict[tuple[str, object], tuple[float, bytes]] = {}
         self._host_cache: dict[str, tuple[float, str]] = {}
         self._ticks = clock_ticks()
@@ -70,6 +74,7 @@ class Content:
             "proc/slabinfo": self._slabinfo,
             "sys/devices/system/cpu/online": self._cpu_online,
         }
+        self._renderers.update({f"proc/pressure/{r}": functools.partial(self._pressure, r) for r in RESOURCES})
 
     # -- entry point ----------------------------------------------------------------------------------
     def render(self, name: str, view: View | None) -> bytes:
@@ -128,13 +133,13 @@ class Content:
         mem = self.reader.memory(view.ref)
         if mem is None:
             return None
-        return meminfo.render_meminfo(self.host_text(self.host_paths["proc/meminfo"]), mem)
+        return meminfo.render_meminfo(self.host_text(self.host_paths["proc/meminfo"]), mem, self.meminfo_options)
 
     def _swaps(self, view: View) -> str | None:
         mem = self.reader.memory(view.ref)
         if mem is None:
             return None
-        total, used = meminfo.swap_numbers(self.host_text(self.host_paths["proc/meminfo"]), mem)
+        total, used = meminfo.swap_numbers(self.host_text(self.host_paths["proc/meminfo"]), mem, self.meminfo_options)
         return swaps.render_swaps(total, used)
 
     def _visible_cpus(self, view: View) -> tuple[int, ...]:
@@ -229,6 +234,9 @@ class Content:
         if io is None:
             return None
         return diskstats.render_diskstats(self.host_text(self.host_paths["proc/diskstats"]), io)
+
+    def _pressure(self, resource: str, view: View) -> str | None:
+        return pressure.render_pressure(read_text(pressure_file(self.reader, view.ref, resource)))
 
     def _slabinfo(self, view: View) -> str | None:
         # v1 kernels before 5.9 had a per-cgroup memory.kmem.slabinfo; newer ones leave it empty: host file.

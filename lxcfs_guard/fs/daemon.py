@@ -15,6 +15,7 @@ import sys
 import time
 
 from lxcfs_guard import config, devices
+from lxcfs_guard.fs import lxcfs_compat
 from lxcfs_guard.fs.views.cpus import CPU_VIEWS
 from lxcfs_guard.kernel.files import DEAD_ERRNOS, write_atomic
 
@@ -46,6 +47,7 @@ def configure_serve(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-worker-restarts", type=int, default=30,
                         help="more worker deaths than this within 60 s is a crash loop: serve exits")
     parser.add_argument("--debug", action="store_true", help="log at debug level")
+    lxcfs_compat.add_lxcfs_flags(parser)
 
 
 def default_workers() -> int:
@@ -106,6 +108,9 @@ def fuse_options() -> set[str]:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    early_exit = lxcfs_compat.apply(args)  # LXCFS's flags -> our settings; pid file; -v
+    if early_exit is not None:
+        return early_exit
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO,
         format="lxcfs-guard serve[%(process)d]: %(levelname)s %(message)s",
@@ -124,6 +129,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from lxcfs_guard.fs.connection import Holder
     from lxcfs_guard.fs.content import Content
     from lxcfs_guard.fs.operations import Operations
+    from lxcfs_guard.fs.pressure import Pressure
     from lxcfs_guard.fs.sysfs_cpu import CpuDir
     from lxcfs_guard.fs.tree import Tree
     from lxcfs_guard.kernel.notify import notify
@@ -135,28 +141,40 @@ def run_serve(args: argparse.Namespace) -> int:
         pass
     os.makedirs(mountpoint, exist_ok=True)
     workers = args.workers if args.workers else default_workers()
+    if args.psi_triggers and workers != 1:
+        # A PSI trigger fd lives in the process that wrote it, and a later POLL of the same file may reach
+        # any worker: until trigger specs are shared between workers, triggers mean one worker.
+        if args.workers:
+            log.warning("--enable-psi-poll serves with one worker (triggers are per process): --workers %d ignored",
+                        args.workers)
+        workers = 1
     if not 1 <= workers <= arena.MAX_SLOTS:
         log.error("--workers must be 1..%d", arena.MAX_SLOTS)
         return 2
 
     reader = open_reader(args.cgroup_root)
-    table = loadavg.make_table()
-    to_sampler, sampler_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-    to_sampler.setblocking(False)
     snapshots = arena.make_mapping(workers)
-    content = Content(reader, args.cpu_view, args.cache_ttl, loadavg.SharedLoad(reader, table, to_sampler))
+    service = None
+    if args.loadavg:  # the LXCFS drop-in without -l serves the host's loadavg, like LXCFS
+        table = loadavg.make_table()
+        to_sampler, sampler_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        to_sampler.setblocking(False)
+        service = loadavg.SamplerService(reader, table, sampler_end, args.loadavg_interval)
+    content = Content(reader, args.cpu_view, args.cache_ttl,
+                      loadavg.SharedLoad(reader, table, to_sampler) if service is not None else None,
+                      meminfo_options=lxcfs_compat.meminfo_options(args))
     cpudir = CpuDir(content.visible_cpus, content.online_bytes, args.cpu_dir_view, renumber=args.cpu_view == "quota")
-    ops = Operations(Tree(), Resolver(reader), content, cpudir)
+    ops = Operations(Tree(), Resolver(reader), content, cpudir, Pressure(reader, enabled=args.psi_triggers))
 
     def worker_setup(slot: int) -> None:
         ops.snapshots = arena.Arena(snapshots, slot)
 
     holder = Holder(
-        ops, mountpoint, fuse_options(), workers,
+        ops, mountpoint, lxcfs_compat.mount_options(fuse_options(), args), workers,
         resend=not args.no_resend, worker_setup=worker_setup,
         max_restarts=args.max_worker_restarts,
-        service=loadavg.SamplerService(reader, table, sampler_end, args.loadavg_interval),
-        private_fds=(sampler_end.fileno(),),
+        service=service,
+        private_fds=(sampler_end.fileno(),) if service is not None else (),
     )
     state_path: list[str] = []
 
@@ -199,6 +217,7 @@ def run_serve(args: argparse.Namespace) -> int:
                 pyfuse3.close(unmount=True)
             except Exception:
                 log.exception("unmount failed")
+        lxcfs_compat.remove_pidfile(args)
         for path in state_path:
             try:
                 os.unlink(path)

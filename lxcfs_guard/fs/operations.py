@@ -24,6 +24,7 @@ import pyfuse3
 from lxcfs_guard.fs.arena import LocalSnapshots
 from lxcfs_guard.fs.caller import Resolver
 from lxcfs_guard.fs.content import Content
+from lxcfs_guard.fs.pressure import Pressure
 from lxcfs_guard.fs.statfs import statfs_numbers
 from lxcfs_guard.fs.sysfs_cpu import CPU_DIR, CpuDir
 from lxcfs_guard.fs.sysfs_cpu_ops import CpuDirOps
@@ -49,19 +50,21 @@ class Operations(pyfuse3.Operations):
     enable_acl = False
 
     def __init__(self, tree: Tree, resolver: Resolver, content: Content, cpudir: CpuDir | None = None,
-                 snapshots=None) -> None:
+                 pressure: Pressure | None = None, snapshots=None) -> None:
         super().__init__()
         self.tree = tree
         self.resolver = resolver
         self.content = content
         self.snapshots = snapshots if snapshots is not None else LocalSnapshots()
         self.last_open_fh: int | None = None  # the fh the last OPEN answered, until its reply is sent
+        # proc/pressure/*: write registers a PSI trigger, poll waits for it (fs/pressure.py)
+        self.pressure = pressure if pressure is not None else Pressure(content.reader, enabled=False)
         self._attrs: dict[int, pyfuse3.EntryAttributes] = {}
         started_ns = time.time_ns()
         for inode, node in tree.nodes.items():
             a = pyfuse3.EntryAttributes()
             a.st_ino = inode
-            a.st_mode = node.mode
+            a.st_mode = node.mode | (0o200 if self.pressure.writable(node.name) else 0)
             a.st_nlink = 2 if node.is_dir else 1
             a.st_uid = 0
             a.st_gid = 0
@@ -119,7 +122,7 @@ class Operations(pyfuse3.Operations):
             return self.cpu.access(inode, mode, ctx)
         if inode not in self._attrs:
             raise pyfuse3.FUSEError(errno.ENOENT)
-        if mode & os.W_OK:
+        if mode & os.W_OK and not self.pressure.writable(self.tree.nodes[inode].name):
             raise pyfuse3.FUSEError(errno.EROFS)
         return True
 
@@ -156,6 +159,7 @@ class Operations(pyfuse3.Operations):
 
     # -- files ----------------------------------------------------------------------------------------
     async def open(self, inode, flags, ctx):
+        node = None
         if self.cpu.dir.owns(inode):
             data = self.cpu.open(inode, flags, ctx)
         else:
@@ -164,11 +168,14 @@ class Operations(pyfuse3.Operations):
                 raise pyfuse3.FUSEError(errno.ENOENT)
             if node.is_dir:
                 raise pyfuse3.FUSEError(errno.EISDIR)
-            if flags & _WRITE_FLAGS:
+            if flags & _WRITE_FLAGS and not self.pressure.writable(node.name):
                 raise pyfuse3.FUSEError(errno.EROFS)
-            data = self.content.render(node.name, self.resolver.resolve(ctx.pid))
+            view = self.resolver.resolve(ctx.pid)
+            data = self.content.render(node.name, view)
         fh = self._keep(data)
         self.last_open_fh = fh
+        if node is not None:
+            self.pressure.opened(fh, node.name, view.ref if view is not None else None, ctx.pid)
         return self._file_info(fh)
 
     def _keep(self, data: bytes, flag: int = 0) -> int:
@@ -185,6 +192,10 @@ class Operations(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False, nonseekable=False)
 
     async def read(self, fh, off, size):
+        if off == 0 and self.pressure.holds(fh):  # re-read from 0 on a kept fd: the figures of now
+            old = self.snapshots.get(fh)
+            if old is not None:
+                return self.pressure.fresh(fh, old)[:size]
         data = self.snapshots.read(fh, off, size)
         if data is None:
             raise pyfuse3.FUSEError(errno.EBADF)
@@ -192,6 +203,11 @@ class Operations(pyfuse3.Operations):
 
     async def release(self, fh):
         self.snapshots.free(fh)
+        self.pressure.release(fh)
+
+    async def poll(self, inode, fh, poll_handle, ctx):
+        # never ENOSYS: the kernel would stop sending POLL for the whole connection (LXCFS #726)
+        return self.pressure.poll(fh, poll_handle)
 
     def reply_failed(self) -> None:
         """pyfuse3 could not send the reply of the last OPEN (a duplicate of a resent request): nobody will
@@ -202,9 +218,13 @@ class Operations(pyfuse3.Operations):
 
     # -- everything that would change something --------------------------------------------------------
     async def write(self, fh, off, buf):
-        raise pyfuse3.FUSEError(errno.EROFS)
+        return self.pressure.write(fh, buf)  # EROFS for everything but a pressure file
 
     async def setattr(self, inode, attr, fields, fh, ctx):
+        node = self.tree.get(inode)
+        if node is not None and self.pressure.writable(node.name) and fields.update_size and attr.st_size == 0 \
+                and not (fields.update_mode or fields.update_uid or fields.update_gid):
+            return self._attrs[inode]  # O_TRUNC of `echo ... > /proc/pressure/memory`: nothing to truncate
         raise pyfuse3.FUSEError(errno.EROFS)
 
     async def create(self, parent_inode, name, mode, flags, ctx):

@@ -123,9 +123,11 @@ def make_cgroup(
     cpus: str | None = None,
     quota: tuple[int, int] | None = None,
     swap: int | None = None,
+    unified: bool = False,
 ) -> Iterator[TestCgroup]:
     """A fresh cgroup with optional memory limit (bytes), cpuset, CFS quota (quota_us, period_us) and
-    memory+swap limit. Processes still inside at exit are SIGKILLed by pid (they are the test's own).
+    memory+swap limit (`unified`: on a hybrid v1 host also a cgroup in the v2 hierarchy, as runc makes one).
+    Processes still inside at exit are SIGKILLed by pid (they are the test's own).
 
     `name` may be nested ("top/a/b"): missing levels are created (on v2 with the controllers delegated down)
     and removed afterwards, deepest first; levels that already existed are left alone."""
@@ -146,6 +148,9 @@ def make_cgroup(
             for ctrl in V1_CONTROLLERS:
                 if os.path.isdir(f"{ROOT}/{ctrl}"):
                     cg.paths[ctrl] = _mkdir_v1(ctrl, rel, cg.created)
+            if unified and os.path.isdir(f"{ROOT}/unified"):
+                # a hybrid host's v2 hierarchy (no controllers): where the kernel keeps the cgroup's PSI
+                cg.paths["unified"] = _mkdir_v1("unified", rel, cg.created)
             if memory is not None:
                 cg.write("memory", "memory.limit_in_bytes", str(memory))
             if swap is not None:

@@ -134,7 +134,7 @@ def test_tree_has_the_lxcfs_layout() -> None:
     proc = t.lookup(ROOT_INODE, b"proc")
     assert proc is not None and proc.is_dir
     assert sorted(proc.children) == sorted(
-        n.encode() for n in ("cpuinfo", "diskstats", "loadavg", "meminfo", "stat", "swaps", "uptime", "slabinfo"))
+        n.encode() for n in ("cpuinfo", "diskstats", "loadavg", "meminfo", "stat", "swaps", "uptime", "slabinfo", "pressure"))
     node = ROOT_INODE
     for part in (b"sys", b"devices", b"system", b"cpu", b"online"):
         found = t.lookup(node, part)

@@ -58,4 +58,6 @@ def test_uptime_of_a_new_pid_namespace(guard, lxcfs) -> None:
     up = float(ours.split()[0])
     assert 2.0 <= up <= elapsed + 0.5, (up, elapsed)
     assert host_up > up + 1, (host_up, up)
-    assert abs(float(ref.split()[0]) - up) < 1.0, (ours, ref)
+    # ours is read first, LXCFS's right after by another cat: under TCG with 4 vCPUs on 2 host cores that
+    # fork+exec alone has taken over a second, so LXCFS's figure may be later by that much, never earlier
+    assert -0.5 < float(ref.split()[0]) - up < 2.0, (ours, ref)

@@ -6,8 +6,13 @@ prints how many v2 tests ran (not skipped) and exits with the job's exit code. q
 `timeout` and is ended by its pid; the per-run directory (results share + scratch disk) is removed afterwards.
 
 Knobs (environment): LXCFS_GUARD_VM_TIMEOUT (hard limit for the whole VM, s, default 900),
-LXCFS_GUARD_VM_MEMORY (MiB, default 2048), LXCFS_GUARD_VM_CPUS (default 2), LXCFS_GUARD_VM_KEEP=1 (keep the
-per-run directory and print its path).
+LXCFS_GUARD_VM_MEMORY (MiB, default 2048), LXCFS_GUARD_VM_CPUS (default 4: LXCFS 7.0.0's own test scripts need
+4), LXCFS_GUARD_VM_KEEP=1 (keep the per-run directory and print its path).
+
+LXCFS 7.0.0 (the v2 reference) is built on the host first (tests/support/lxcfs7.py, outside the checkout) and
+found by the VM at the same path; its directory goes to the job as LXCFS7_BUILD. The swap disk is 320 MiB
+(LXCFS's test_meminfo_hierarchy wants at least 256 MiB) and zswap is on (zswap.enabled=1), so the Zswap lines
+have real figures to agree with.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ REPO = Path(__file__).resolve().parents[2]
 STAGE2 = Path(__file__).resolve().parent / "stage2.py"
 GUEST_SHARE = "/vmshare"  # where stage 1 mounts the results share (init.sh)
 SCRATCH_BYTES = 64 * 1024 * 1024
+SWAP_BYTES = 320 * 1024 * 1024
 READY_MARK = "lxcfs-guard-vm: stage 2 up"
 # The firmware's terminal control sequences (clear screen, wrap off) would garble the log.
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1bc")
@@ -63,7 +69,14 @@ def job_spec(argv: list[str]) -> dict:
         "LXCFS_GUARD_VM": "1",
         "LXCFS_GUARD_VM_SCRATCH": "/dev/vda",
         "LXCFS_GUARD_VM_SWAP": "/dev/vdb",
+        "LIBFUSE": "fuse3",  # LXCFS's test scripts ask which libfuse the reference was built with
     }
+    try:
+        from tests.support.lxcfs7 import ensure_lxcfs7
+
+        env["LXCFS7_BUILD"] = str(ensure_lxcfs7())
+    except Exception as e:  # noqa: BLE001  the v2 tests that need it fail, naming this
+        env["LXCFS7_MISSING"] = str(e)
     # Host paths the job needs even if they sit under /tmp or /run, which the VM mounts fresh.
     keep = [str(REPO), sys.prefix, sys.base_prefix, os.path.realpath(sys.executable)]
     keep = [p if os.path.isdir(p) else os.path.dirname(p) for p in keep]
@@ -75,7 +88,7 @@ def qemu_command(
 ) -> list[str]:
     """/dev/vda: a raw scratch disk for io.stat tests; /dev/vdb: swap (stage 2 runs swapon), so swap limits
     and swap usage are real too."""
-    append = f"console=ttyS0 panic=-1 quiet cgroup_no_v1=all lgstage2={STAGE2}"
+    append = f"console=ttyS0 panic=-1 quiet cgroup_no_v1=all zswap.enabled=1 lgstage2={STAGE2}"
     return [
         "qemu-system-x86_64", "-accel", "tcg,thread=multi", "-cpu", "max", "-smp", str(cpus), "-m", str(memory),
         "-machine", "q35", "-nic", "none", "-nographic", "-no-reboot",
@@ -94,7 +107,7 @@ def run_vm(job: dict, collect: Callable[[Path], None] | None = None) -> int:
     """
     hard_timeout = _env_int("LXCFS_GUARD_VM_TIMEOUT", 900)
     memory = _env_int("LXCFS_GUARD_VM_MEMORY", 2048)
-    cpus = _env_int("LXCFS_GUARD_VM_CPUS", 2)
+    cpus = _env_int("LXCFS_GUARD_VM_CPUS", 4)
     if shutil.which("qemu-system-x86_64") is None:
         raise VMSetupError("qemu-system-x86_64 missing (apt-get install --no-install-recommends qemu-system-x86)")
     t0 = time.monotonic()
@@ -105,9 +118,9 @@ def run_vm(job: dict, collect: Callable[[Path], None] | None = None) -> int:
         share = workdir / "share"
         share.mkdir()
         scratch, swap = workdir / "scratch.img", workdir / "swap.img"
-        for disk in (scratch, swap):
+        for disk, size in ((scratch, SCRATCH_BYTES), (swap, SWAP_BYTES)):
             with open(disk, "wb") as f:
-                f.truncate(SCRATCH_BYTES)
+                f.truncate(size)
         job = dict(job, timeout=max(60, hard_timeout - 30))
         (share / "job.json").write_text(json.dumps(job))
         cmd = ["timeout", "--kill-after=10", str(hard_timeout)]
