@@ -9,8 +9,8 @@ import subprocess
 import sys
 import uuid
 
-from tests.support.cgroups import TestCgroup, make_cgroup
-from tests.support.daemon import serve
+from lxcfs_guard.testing.cgroups import TestCgroup, make_cgroup
+from lxcfs_guard.testing.daemon import serve
 
 PY = sys.executable
 
@@ -199,7 +199,7 @@ LXCFS_FLAGS = ("--enable-loadavg", "--disable-swap", "--disable-zswap", "--enabl
 
 
 def test_serve_help_lists_lxcfs_flags() -> None:
-    from tests.support.daemon import LXCFS_GUARD
+    from lxcfs_guard.testing.daemon import LXCFS_GUARD
 
     out = subprocess.run([LXCFS_GUARD, "serve", "--help"], capture_output=True, text=True, check=True).stdout
     assert "LXCFS 7.0 flags" in out
@@ -231,8 +231,8 @@ def test_lxcfs_service_exec_start_runs_us_unchanged(tmp_path) -> None:
     import signal
     import time
 
-    from tests.support.daemon import LXCFS_GUARD, _answers, _mount_fstype
-    from tests.support.procs import force_unmount, stop, wait_for
+    from lxcfs_guard.testing.daemon import LXCFS_GUARD, _answers, _mount_fstype
+    from lxcfs_guard.testing.procs import force_unmount, stop, wait_for
 
     link = tmp_path / "lxcfs"
     link.symlink_to(LXCFS_GUARD)
@@ -276,9 +276,9 @@ def test_runc_container_reads_its_own_pressure_through_the_oci_hook() -> None:
     """A real runc container (runc puts it in its own v2 cgroup on this hybrid host too), the pressure files
     asked for by annotation: /proc/pressure/* inside it are its cgroup's, in PSI format."""
     from tests.support.runc import container
-    from tests.support.supervise import supervise
+    from lxcfs_guard.testing.supervise import supervised
 
-    with supervise() as guard, container(memory=64 << 20, cpus="0", hooks=guard.hooks(),
+    with supervised() as guard, container(memory=64 << 20, cpus="0", hooks=guard.hooks(),
                                          annotations={"io.lxcfs-guard.files": "cpu,io,memory"}) as c:
         own = f"/sys/fs/cgroup/unified/{c.id}"
         assert open(f"/proc/{c.pid}/cgroup").read().splitlines()[-1] == f"0::/{c.id}"

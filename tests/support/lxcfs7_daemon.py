@@ -12,8 +12,8 @@ import tempfile
 import time
 from collections.abc import Iterator
 
-from tests.support.daemon import _answers, _mount_fstype
-from tests.support.procs import force_unmount, is_mounted, stop, wait_for
+from lxcfs_guard.testing.daemon import _answers, _mount_fstype
+from lxcfs_guard.testing.procs import force_unmount, is_mounted, stop, wait_for
 
 
 def lxcfs7_build() -> str:

@@ -155,8 +155,8 @@ def test_lxcfs_flags_map_onto_serve(tmp_path, capsys) -> None:
     try:
         assert lxcfs_compat.apply(args) is None
         assert (args.swap, args.zswap, args.cpu_view, args.debug) == (False, False, "quota", True)
-        assert args.loadavg and args.psi_triggers  # serve's own defaults stay
-        assert lxcfs_compat.mount_options(fuse_options(), args) == (fuse_options() - {"ro"}) | {"default_permissions"}
+        assert args.loadavg and not args.psi_triggers  # serve's own defaults stay: triggers are opt-in
+        assert lxcfs_compat.mount_options(fuse_options(), args) == fuse_options() | {"default_permissions"}
         err = capsys.readouterr().err
         assert "--enable-pidfd" in err and "-s:" in err and "allow_other" in err
         # a second instance on the same pid file is refused, as LXCFS does (record locks are per process)

@@ -17,9 +17,9 @@ import time
 
 import pytest
 
-from tests.support.daemon import LXCFS_GUARD, _answers, _mount_fstype
+from lxcfs_guard.testing.daemon import LXCFS_GUARD, _answers, _mount_fstype
 from tests.support.lxcfs7_daemon import lxcfs7_build
-from tests.support.procs import force_unmount, is_mounted, stop, wait_for
+from lxcfs_guard.testing.procs import force_unmount, is_mounted, stop, wait_for
 
 pytestmark = pytest.mark.v2
 
