@@ -27,7 +27,7 @@ from lxcfs_guard.kernel.procfs import mounts_at
 from lxcfs_guard.oci import runc
 from lxcfs_guard.testing.procs import wait_for
 from lxcfs_guard.testing.supervise import BINARY, Supervised, supervised
-from lxcfs_guard.watchdog.status import read_status, serve_workers
+from lxcfs_guard.watchdog.status import serve_workers
 
 MEMORY = 64 * runc.MiB
 READER = "while :; do head -1 /proc/meminfo 2>&1; usleep 10000; done"

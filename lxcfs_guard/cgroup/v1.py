@@ -20,8 +20,8 @@ from lxcfs_guard.cgroup.base import (
     read_text,
     strip_init_scope,
 )
-from lxcfs_guard.cgroup.quota import quota_up_v1
 from lxcfs_guard.cgroup.facts import UNLIMITED_V1, CgroupRef, CpuFacts, CpuUsage, IoStat, MemoryFacts
+from lxcfs_guard.cgroup.quota import quota_up_v1
 
 _MEMSTAT_KEYS = (
     "cache", "rss", "rss_huge", "shmem", "mapped_file", "dirty", "writeback", "swap",

@@ -20,8 +20,8 @@ from lxcfs_guard.cgroup.base import (
     read_text,
     strip_init_scope,
 )
-from lxcfs_guard.cgroup.quota import quota_up_v2
 from lxcfs_guard.cgroup.facts import CgroupRef, CpuFacts, CpuUsage, IoStat, MemoryFacts
+from lxcfs_guard.cgroup.quota import quota_up_v2
 
 # v2 memory.stat name -> the v1 name the views use
 _MEMSTAT_MAP = {

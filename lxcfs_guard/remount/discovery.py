@@ -22,7 +22,6 @@ from lxcfs_guard.kernel.files import DEAD_ERRNOS
 from lxcfs_guard.remount import children
 from lxcfs_guard.remount.plan import Mount, NsView, top_mounts
 
-
 _FSTATFS = {"x86_64": b"138", "aarch64": b"44"}.get(os.uname().machine)  # fstatfs(2): /proc/PID/syscall's number
 
 DEAD = "dead"

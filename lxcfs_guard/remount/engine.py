@@ -47,17 +47,24 @@ from collections.abc import Iterable, Sequence
 
 from lxcfs_guard import config, devices
 from lxcfs_guard.kernel import procfs
-from lxcfs_guard.kernel.files import LockTimeout, lock, open_lock, private_dir
 from lxcfs_guard.kernel import syscalls as sc
+from lxcfs_guard.kernel.files import LockTimeout, lock, open_lock, private_dir
 from lxcfs_guard.remount import children, discovery, stuck
 from lxcfs_guard.remount.plan import ATTACH, Fix, Job, NsView, instance_prefix, plan, top_mounts
 from lxcfs_guard.remount.pool import THREADS, run_jobs
 from lxcfs_guard.remount.registry import Entry, Registry
 from lxcfs_guard.remount.report import (
-    ALREADY_LIVE, FAILED, GONE, REFUSED, REPAIRED, NamespaceReport, RemountReport, TargetError, fmt_dev,
+    ALREADY_LIVE,
+    FAILED,
+    GONE,
+    REFUSED,
+    REPAIRED,
+    NamespaceReport,
+    RemountReport,
+    TargetError,
+    fmt_dev,
 )
 from lxcfs_guard.remount.steps import _AT_FDCWD, _MOVE, _O_PATH, Context
-
 
 FSTYPE = config.FSTYPE
 LOCKNAME = "remount.lock"

@@ -21,7 +21,6 @@ from lxcfs_guard.kernel.syscalls import attrs_from_options
 from lxcfs_guard.remount.registry import Entry
 from lxcfs_guard.remount.report import ALREADY_LIVE, GONE, REFUSED, NamespaceReport, TargetError, fmt_dev
 
-
 BENEATH = "beneath"  # a stale mount is at the target: put the live one under it, then detach it
 ATTACH = "attach"  # a registered target has no mount of ours: bind the live file on top of it
 UNCOVER = "uncover"  # a stale mount sits right on a live one (an interrupted run, an old stacking script): detach it

@@ -33,7 +33,6 @@ from collections.abc import Iterable, Iterator
 
 from lxcfs_guard.kernel.files import LockTimeout, lock, open_lock, open_private, private_dir, write_atomic
 
-
 SCHEMA = 1
 FILENAME = "registry.json"
 LOCKNAME = "registry.lock"

@@ -17,7 +17,14 @@ from lxcfs_guard.kernel import syscalls as sc
 from lxcfs_guard.remount import discovery
 from lxcfs_guard.remount.plan import ATTACH, BENEATH, DETACH, UNCOVER, Fix, Job
 from lxcfs_guard.remount.report import (
-    ALREADY_LIVE, FAILED, GONE, REFUSED, REPAIRED, NamespaceReport, TargetError, fmt_dev,
+    ALREADY_LIVE,
+    FAILED,
+    GONE,
+    REFUSED,
+    REPAIRED,
+    NamespaceReport,
+    TargetError,
+    fmt_dev,
 )
 
 _S_IFMT = 0o170000

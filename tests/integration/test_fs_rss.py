@@ -4,6 +4,7 @@ grows. The reader is a small C loop so the test takes seconds, not minutes."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import tempfile
 

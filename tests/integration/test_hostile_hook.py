@@ -17,8 +17,8 @@ import pytest
 from lxcfs_guard.config import FSTYPE
 from lxcfs_guard.kernel.procfs import read_mountinfo
 from lxcfs_guard.remount.registry import Registry
-from tests.support.runc import container, new_id
 from lxcfs_guard.testing.supervise import BINARY, Supervised, supervised
+from tests.support.runc import container, new_id
 
 
 def _limit_memory() -> None:  # the old hook read /dev/zero until the OOM killer came: never again here

@@ -11,10 +11,10 @@ import time
 
 import pytest
 
-from tests.support.hostile import foreign_fuse_mount
 from lxcfs_guard.testing.procs import wait_for
 from lxcfs_guard.testing.readers import reader_fleet
 from lxcfs_guard.testing.supervise import BINARY, fusectl_restored, kill_and_time, supervised
+from tests.support.hostile import foreign_fuse_mount
 
 
 @pytest.fixture(autouse=True)

@@ -275,8 +275,8 @@ def test_lxcfs_service_exec_start_runs_us_unchanged(tmp_path) -> None:
 def test_runc_container_reads_its_own_pressure_through_the_oci_hook() -> None:
     """A real runc container (runc puts it in its own v2 cgroup on this hybrid host too), the pressure files
     asked for by annotation: /proc/pressure/* inside it are its cgroup's, in PSI format."""
-    from tests.support.runc import container
     from lxcfs_guard.testing.supervise import supervised
+    from tests.support.runc import container
 
     with supervised() as guard, container(memory=64 << 20, cpus="0", hooks=guard.hooks(),
                                          annotations={"io.lxcfs-guard.files": "cpu,io,memory"}) as c:

@@ -13,11 +13,11 @@ import os
 import signal
 import time
 
-from tests.integration.remount_helpers import daemon, pivot_container, plain_namespaces, remount_json
 from lxcfs_guard.testing.cgroups import make_cgroup
 from lxcfs_guard.testing.containers import LightContainer
 from lxcfs_guard.testing.procs import wait_for
 from lxcfs_guard.testing.supervise import supervised
+from tests.integration.remount_helpers import daemon, pivot_container, plain_namespaces, remount_json
 
 MiB = 1 << 20
 

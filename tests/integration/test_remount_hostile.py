@@ -14,10 +14,10 @@ import subprocess
 import time
 
 from lxcfs_guard.kernel import syscalls as sc
-from tests.integration.remount_helpers import actions, cli, daemon, our_mounts, remount_json
-from tests.support import stub_fuse
 from lxcfs_guard.testing.containers import light_containers
 from lxcfs_guard.testing.daemon import LXCFS_GUARD
+from tests.integration.remount_helpers import actions, cli, daemon, our_mounts, remount_json
+from tests.support import stub_fuse
 
 
 def _state(pid: int) -> str:

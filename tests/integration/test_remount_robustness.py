@@ -12,8 +12,8 @@ import time
 from lxcfs_guard.kernel import syscalls as sc
 from lxcfs_guard.testing.containers import light_containers, stop
 from lxcfs_guard.testing.daemon import LXCFS_GUARD
-from tests.integration.remount_helpers import actions, assert_exit_code, cli, daemon, our_mounts
 from lxcfs_guard.testing.procs import signal_daemon
+from tests.integration.remount_helpers import actions, assert_exit_code, cli, daemon, our_mounts
 
 
 def test_two_concurrent_runs_are_serialised_and_never_stack() -> None:

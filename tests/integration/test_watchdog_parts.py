@@ -15,12 +15,12 @@ import time
 import pytest
 
 from lxcfs_guard.testing.daemon import serve
+from lxcfs_guard.testing.procs import signal_daemon
 from lxcfs_guard.testing.readers import reader_fleet
 from lxcfs_guard.testing.supervise import BINARY, fusectl_restored, supervised
 from lxcfs_guard.watchdog import fusectl
 from lxcfs_guard.watchdog.probe import Outcome, probe
 from lxcfs_guard.watchdog.procevents import ProcEvents
-from lxcfs_guard.testing.procs import signal_daemon
 
 
 @pytest.fixture(autouse=True)

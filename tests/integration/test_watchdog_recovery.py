@@ -14,9 +14,9 @@ import time
 
 import pytest
 
+from lxcfs_guard.testing.procs import signal_daemon
 from lxcfs_guard.testing.readers import reader_fleet
 from lxcfs_guard.testing.supervise import fusectl_restored, kill_and_time, supervised
-from lxcfs_guard.testing.procs import signal_daemon
 
 N = 10
 

@@ -18,8 +18,8 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from tests.support.guards import force_unmount, read_mountinfo
 from lxcfs_guard.testing.procs import wait_for
+from tests.support.guards import force_unmount, read_mountinfo
 
 BUSYBOX = "/bin/busybox"
 APPLETS = ("sh", "cat", "sed", "head", "sleep", "df", "grep", "wc", "ls", "true", "echo")

@@ -110,8 +110,8 @@ def running(hang: str = "none", statfs_errno: int = 0, tree: str = TREE, subtype
     import tempfile
 
     from lxcfs_guard.kernel import syscalls as sc
-    from lxcfs_guard.watchdog import fusectl
     from lxcfs_guard.testing.procs import is_mounted, stop, wait_for
+    from lxcfs_guard.watchdog import fusectl
 
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     top = tempfile.mkdtemp(prefix="lxcfs-guard-stub-")

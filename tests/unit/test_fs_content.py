@@ -11,7 +11,6 @@ from lxcfs_guard.fs.caller import View
 from lxcfs_guard.fs.content import Content
 from lxcfs_guard.fs.loadavg import LoadSampler, count_threads
 from lxcfs_guard.fs.tree import ROOT_INODE, Tree
-
 from tests.unit.test_cgroup_readers import PROC_CGROUP_V1, v1_tree, v2_tree, write_tree
 from tests.unit.test_view_renderers import HOST_CPUINFO, HOST_MEMINFO, host_stat
 

@@ -8,7 +8,16 @@ from pathlib import Path
 
 from lxcfs_guard.remount.discovery import parse_ours
 from lxcfs_guard.remount.plan import (
-    ATTACH, BENEATH, DETACH, UNCOVER, Mount, NsView, identity_problem, instance_prefix, plan, top_mounts,
+    ATTACH,
+    BENEATH,
+    DETACH,
+    UNCOVER,
+    Mount,
+    NsView,
+    identity_problem,
+    instance_prefix,
+    plan,
+    top_mounts,
 )
 from lxcfs_guard.remount.registry import Bind, Entry
 from lxcfs_guard.remount.report import ALREADY_LIVE, GONE, REFUSED

@@ -6,7 +6,14 @@ import errno
 import json
 
 from lxcfs_guard.remount.report import (
-    ALREADY_LIVE, FAILED, GONE, REFUSED, REPAIRED, NamespaceReport, RemountReport, TargetError,
+    ALREADY_LIVE,
+    FAILED,
+    GONE,
+    REFUSED,
+    REPAIRED,
+    NamespaceReport,
+    RemountReport,
+    TargetError,
 )
 
 

@@ -18,8 +18,8 @@ import time
 import pytest
 
 from lxcfs_guard.testing.daemon import LXCFS_GUARD, _answers, _mount_fstype
-from tests.support.lxcfs7_daemon import lxcfs7_build
 from lxcfs_guard.testing.procs import force_unmount, is_mounted, stop, wait_for
+from tests.support.lxcfs7_daemon import lxcfs7_build
 
 pytestmark = pytest.mark.v2
 

@@ -11,8 +11,8 @@ import pytest
 
 from lxcfs_guard.testing.cgroups import make_cgroup
 from lxcfs_guard.testing.daemon import serve
-from tests.support.lxcfs7_daemon import lxcfs7
 from lxcfs_guard.testing.procs import stop, wait_for
+from tests.support.lxcfs7_daemon import lxcfs7
 from tests.v2.util import cgfile, keyed, meminfo_kb, processors, read_in, start_in, stat_cpu_lines
 
 pytestmark = pytest.mark.v2
