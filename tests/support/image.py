@@ -115,4 +115,14 @@ def guard_image() -> str:
                 CHECKOUT,
                 timeout=1200,
             )
+            _drop_older(ref)
     return ref
+
+
+def _drop_older(ref: str) -> None:
+    """Untag the images of older trees (each content change makes one, 380 MB); the build cache (the
+    untagged stage layers) stays. An image a running container uses is refused by podman and kept."""
+    listed = podman("images", "--format", "{{.Repository}}:{{.Tag}}", "localhost/lxcfs-guard", check=False).stdout
+    for old in listed.split():
+        if old.startswith("localhost/lxcfs-guard:test-") and old != ref:
+            podman("rmi", old, check=False)
