@@ -21,10 +21,9 @@ class Publishing(SupervisorState):
         if top is not None and top == inst.dev:
             return
         try:
-            # Only a mount of ours is ever replaced. Anything else on the mountpoint (a DaemonSet's hostPath
-            # bind with Bidirectional propagation, a shared bind of the node's directory) is what carries our
-            # mount to the node: we mount on top of it, never beneath it, and never detach it.
-            if self.engine is not None and top is not None:
+            # Only a mount of ours is ever replaced (swap_mount): anything else on the mountpoint (a
+            # DaemonSet's hostPath bind with Bidirectional propagation) is what carries our mount to the node.
+            if self.engine is not None:
                 self.engine.swap_mount(inst.mnt, self.mountpoint)
                 return
             if top is not None:  # no engine: detach, then bind (the host path is briefly empty)
