@@ -16,6 +16,7 @@ import time
 from lxcfs_guard.kernel import syscalls as sc
 from lxcfs_guard.testing.containers import light_containers
 from lxcfs_guard.testing.daemon import LXCFS_GUARD
+from lxcfs_guard.testing.procs import signal_daemon
 from tests.integration.remount_helpers import actions, cli, daemon, our_mounts, remount_json
 from tests.support import stub_fuse
 
@@ -109,7 +110,7 @@ def test_with_serve_stopped_every_command_answers_within_5_s_naming_the_mount() 
     `remount --all` each say which mount does not answer, within 5 s, and `remount` does nothing."""
     with daemon() as d, light_containers(2, bind_from=d.mountpoint) as cs:
         before = {c.pid: our_mounts(c, d.fstype) for c in cs}
-        os.kill(d.pid, signal.SIGSTOP)
+        signal_daemon(d.pid, signal.SIGSTOP)  # the holder and every worker: a hang of the whole daemon
         try:
             for args in (["list"], ["list", "--json"], ["remount", "--all", "--dry-run"], ["remount", "--all"],
                          ["remount", "--all", "--json"]):
@@ -122,7 +123,7 @@ def test_with_serve_stopped_every_command_answers_within_5_s_naming_the_mount() 
                 assert "Traceback" not in proc.stderr, (args, proc.stderr)
                 assert proc.returncode == (0 if args[0] == "list" else 1), (args, out)
         finally:
-            os.kill(d.pid, signal.SIGCONT)
+            signal_daemon(d.pid, signal.SIGCONT)
         assert {c.pid: our_mounts(c, d.fstype) for c in cs} == before
         assert all(c.memtotal_kb() == c.limit // 1024 for c in cs)
 
