@@ -136,7 +136,7 @@ def strip_init_scope(path: str) -> str:
 
 
 def ancestors(path: str) -> list[str]:
-    """"/a/b/c" -> ["/a/b/c", "/a/b", "/a", "/"]: where a limit may be set, nearest first."""
+    """ "/a/b/c" -> ["/a/b/c", "/a/b", "/a", "/"]: where a limit may be set, nearest first."""
     path = "/" + path.strip("/")
     out = [path]
     while path != "/":

@@ -334,8 +334,10 @@ class Holder:
             self.resends += 1
         else:
             if self.resend:
-                log.warning("this kernel cannot resend requests (FUSE_NOTIFY_RESEND, Linux 6.9): a worker's "
-                            "crash fails the request it had in hand")
+                log.warning(
+                    "this kernel cannot resend requests (FUSE_NOTIFY_RESEND, Linux 6.9): a worker's "
+                    "crash fails the request it had in hand"
+                )
                 self.resend = False
             self.aborted += 1
             recovered = "ended its in-flight request"
@@ -344,8 +346,13 @@ class Holder:
         del self.workers[c.slot]
         self.worker_restarts += 1
         if len(self._deaths) > self.max_restarts:
-            log.error("worker pid %d %s; %d process deaths in %.0f s: a crash loop, giving up",
-                      c.pid, how, len(self._deaths), self.restart_window)
+            log.error(
+                "worker pid %d %s; %d process deaths in %.0f s: a crash loop, giving up",
+                c.pid,
+                how,
+                len(self._deaths),
+                self.restart_window,
+            )
             return False
         new = self._spawn(c.slot, restarts=c.restarts + 1)
         log.warning("worker %d (pid %d) %s; %s; replaced by pid %d", c.slot, c.pid, how, recovered, new.pid)

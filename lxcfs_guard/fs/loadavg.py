@@ -57,7 +57,9 @@ def count_threads(pids: list[int], proc: str = "/proc") -> tuple[int, int]:
 
 
 class LoadSampler:
-    def __init__(self, reader: CgroupReader, proc: str = "/proc", idle_after: float = 600.0, max_cgroups: int = 1024) -> None:
+    def __init__(
+        self, reader: CgroupReader, proc: str = "/proc", idle_after: float = 600.0, max_cgroups: int = 1024
+    ) -> None:
         self.reader = reader
         self.proc = proc
         self.idle_after = idle_after

@@ -376,4 +376,3 @@ class Pressure:
             return
         for fd, events in self._epoll.poll(0):
             self._on_event(fd, events)
-

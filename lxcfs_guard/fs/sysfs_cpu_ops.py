@@ -24,8 +24,9 @@ def _fail(e: OSError) -> pyfuse3.FUSEError:
 
 
 class CpuDirOps:
-    def __init__(self, cpudir: CpuDir, resolver: Resolver, top_inode: int,
-                 fixed: dict[bytes, pyfuse3.EntryAttributes]) -> None:
+    def __init__(
+        self, cpudir: CpuDir, resolver: Resolver, top_inode: int, fixed: dict[bytes, pyfuse3.EntryAttributes]
+    ) -> None:
         self.dir = cpudir
         self.resolver = resolver
         self.top = top_inode  # the fixed tree's sys/devices/system/cpu

@@ -95,7 +95,7 @@ def write_atomic(path: str, data: bytes, *, durable: bool = False, mode: int = P
     try:
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
         if durable:
             os.fsync(fd)
     finally:

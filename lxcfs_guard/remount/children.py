@@ -113,6 +113,6 @@ def state(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
-        return data[data.rindex(b")") + 2:][:1].decode()
+        return data[data.rindex(b")") + 2 :][:1].decode()
     except (OSError, ValueError):
         return ""

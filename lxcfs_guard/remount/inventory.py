@@ -39,8 +39,14 @@ def _live(mountpoint: str, timeout: float) -> tuple[int | None, str, str]:
     return dev, state, state
 
 
-def inventory(mountpoint: str, state_dir: str, fstype: str, probe: bool = True, probe_timeout: float = 1.0,
-              answer_timeout: float = 2.0) -> tuple[list[dict[str, object]], list[str]]:
+def inventory(
+    mountpoint: str,
+    state_dir: str,
+    fstype: str,
+    probe: bool = True,
+    probe_timeout: float = 1.0,
+    answer_timeout: float = 2.0,
+) -> tuple[list[dict[str, object]], list[str]]:
     """(rows, warnings): one row per container, registered ones first. No step waits for a FUSE daemon
     longer than `answer_timeout` (the live mount) or `probe_timeout` (the others)."""
     warnings: list[str] = []
@@ -92,6 +98,15 @@ def inventory(mountpoint: str, state_dir: str, fstype: str, probe: bool = True, 
     for mntns, view in sorted(views.items()):
         if mntns not in claimed:
             state, devs = state_of(view.mounts)
-            rows.append({"id": ns_id(mntns), "pid": view.pid, "mntns": mntns, "registered": False,
-                         "binds": len(top_mounts(view.mounts)), "state": state, "devices": devs})
+            rows.append(
+                {
+                    "id": ns_id(mntns),
+                    "pid": view.pid,
+                    "mntns": mntns,
+                    "registered": False,
+                    "binds": len(top_mounts(view.mounts)),
+                    "state": state,
+                    "devices": devs,
+                }
+            )
     return rows, warnings

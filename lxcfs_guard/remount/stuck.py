@@ -49,7 +49,7 @@ def _still_there(pid: int) -> bool:
                 data = f.read()
         except OSError:
             continue
-        if data[data.rindex(b")") + 2:][:1] != b"Z":
+        if data[data.rindex(b")") + 2 :][:1] != b"Z":
             return True
     return False
 

@@ -33,8 +33,15 @@ from lxcfs_guard.testing.procs import wait_for
 
 MiB = 1 << 20
 BUSYBOX = "/bin/busybox"
-FILES: tuple[str, ...] = ("proc/cpuinfo", "proc/diskstats", "proc/loadavg", "proc/meminfo", "proc/stat",
-                          "proc/swaps", "proc/uptime")
+FILES: tuple[str, ...] = (
+    "proc/cpuinfo",
+    "proc/diskstats",
+    "proc/loadavg",
+    "proc/meminfo",
+    "proc/stat",
+    "proc/swaps",
+    "proc/uptime",
+)
 
 
 class LightContainer:
@@ -78,7 +85,7 @@ class LightContainer:
                 except OSError as e:
                     data = bytes((e.errno or 255,))
                 while data:
-                    data = data[os.write(w, data):]
+                    data = data[os.write(w, data) :]
                 code = 0
             finally:
                 os._exit(code)
@@ -270,8 +277,9 @@ def light_containers(
             for i in range(n):
                 mib = memory_mib[i] if memory_mib else 64 + i
                 cg = stack.enter_context(make_cgroup(memory=mib * MiB))
-                out.append(start(cg, mib * MiB, bind_from=bind_from, files=files, flags=flags, slave=slave,
-                                 parent=parent))
+                out.append(
+                    start(cg, mib * MiB, bind_from=bind_from, files=files, flags=flags, slave=slave, parent=parent)
+                )
             yield out
         finally:
             for c in out:
@@ -320,7 +328,7 @@ class LoopingReader:
                         pass
                 data = json.dumps(runs).encode()
                 while data:
-                    data = data[os.write(out_w, data):]
+                    data = data[os.write(out_w, data) :]
                 code = 0
             finally:
                 os._exit(code)

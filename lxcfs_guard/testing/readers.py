@@ -230,10 +230,19 @@ def reader_fleet(
         for i in range(n):
             limit_mib = base_mib + i
             cg = stack.enter_context(cgroup(limit_mib << 20) if cgroup else make_cgroup(memory=limit_mib << 20))
-            argv = [*enter, "unshare", "-m", "--propagation", "private",
-                    sys.executable, os.path.abspath(__file__), file, str(limit_mib * 1024), str(interval)]
-            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    preexec_fn=_joins(cg))
+            argv = [
+                *enter,
+                "unshare",
+                "-m",
+                "--propagation",
+                "private",
+                sys.executable,
+                os.path.abspath(__file__),
+                file,
+                str(limit_mib * 1024),
+                str(interval),
+            ]
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, preexec_fn=_joins(cg))
             readers.append(Reader(id=f"rd-{uuid.uuid4().hex[:8]}-{i}", proc=proc, expect_kb=limit_mib * 1024))
         for r in readers:
             assert r.proc.stdin is not None and r.proc.stdout is not None

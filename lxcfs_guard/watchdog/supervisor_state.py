@@ -57,6 +57,7 @@ def _load_engine() -> Any:
         return None
     return engine
 
+
 class SupervisorState:
     def __init__(self, opts: Options) -> None:
         self.o = opts
@@ -77,8 +78,10 @@ class SupervisorState:
             self.pinger = policy.WatchdogPinger(usec / 4e6)
             interval, timeout = policy.fit_probe_to_watchdog(opts.probe_interval, opts.probe_timeout, usec / 1e6)
             if (interval, timeout) != (opts.probe_interval, opts.probe_timeout):
-                log(f"WatchdogSec={usec / 1e6:g}s: probing every {interval:.2f} s with a {timeout:.2f} s timeout, "
-                    "so a hang of serve is handled here before systemd's watchdog fires")
+                log(
+                    f"WatchdogSec={usec / 1e6:g}s: probing every {interval:.2f} s with a {timeout:.2f} s timeout, "
+                    "so a hang of serve is handled here before systemd's watchdog fires"
+                )
                 opts.probe_interval, opts.probe_timeout = interval, timeout
         self.next_at: float | None = None  # when to launch `next` (backoff)
         self.standby_at: float | None = None
@@ -106,5 +109,6 @@ class SupervisorState:
         self.internal_errors = 0  # bugs of ours caught by Loop._guarded (also in the status file)
         self._signals: list[int] = []
         self.started = time.time()
+
     def _instances(self) -> list[Instance]:
         return [i for i in (self.primary, self.standby, self.next) if i is not None] + self.retiring

@@ -35,7 +35,11 @@ def _start_reader(cg, mountpoint: str) -> subprocess.Popen:
     join = "; ".join(f"echo $$ > {p}/cgroup.procs" for p in cg.paths.values())
     return subprocess.Popen(
         ["sh", "-c", f"{join}; exec unshare -m --propagation private sh -c {shlex.quote(READER)}"],
-        env={**os.environ, "MNT": mountpoint}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        env={**os.environ, "MNT": mountpoint},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _host(name: str) -> str:
@@ -43,8 +47,10 @@ def _host(name: str) -> str:
         return f.read().strip()
 
 
-pytestmark = pytest.mark.skipif(os.cpu_count() is None or os.cpu_count() < 2 or not os.path.isdir(f"{CPU}/cpu1"),
-                                reason="needs a host with cpu0 and cpu1")
+pytestmark = pytest.mark.skipif(
+    os.cpu_count() is None or os.cpu_count() < 2 or not os.path.isdir(f"{CPU}/cpu1"),
+    reason="needs a host with cpu0 and cpu1",
+)
 
 
 def test_container_view_is_per_caller_under_concurrent_readers() -> None:
@@ -52,8 +58,11 @@ def test_container_view_is_per_caller_under_concurrent_readers() -> None:
     kernel's dentries are shared by both: a cached positive `cpu1` from the second reader would show up in
     the first one's walk if the entry were cached (entry_timeout > 0)."""
     core1 = _host("cpu1/topology/core_id")
-    with serve(args=["--cpu-dir-view", "container", "--cache-ttl", "0"]) as d, \
-            make_cgroup(cpus="0") as one, make_cgroup(cpus="0-1") as two:
+    with (
+        serve(args=["--cpu-dir-view", "container", "--cache-ttl", "0"]) as d,
+        make_cgroup(cpus="0") as one,
+        make_cgroup(cpus="0-1") as two,
+    ):
         readers = [_start_reader(one, d.mountpoint), _start_reader(two, d.mountpoint)]
         outs = [r.communicate(timeout=120) for r in readers]
         for r, (out, err) in zip(readers, outs):
@@ -67,8 +76,12 @@ def test_container_view_is_per_caller_under_concurrent_readers() -> None:
 
 def test_host_view_is_lxcfs_compatible() -> None:
     """The default: online is the caller's, the rest the host's (what LXCFS 5.x-7.0 serve)."""
-    host_cpus = " ".join(sorted((n for n in os.listdir(CPU) if n[3:].isdigit() and n.startswith("cpu")),
-                                key=lambda n: int(n[3:]))) + " "
+    host_cpus = (
+        " ".join(
+            sorted((n for n in os.listdir(CPU) if n[3:].isdigit() and n.startswith("cpu")), key=lambda n: int(n[3:]))
+        )
+        + " "
+    )
     possible, present = _host("possible"), _host("present")
     with serve(args=["--cache-ttl", "0"]) as d, make_cgroup(cpus="0") as one:
         r = _start_reader(one, d.mountpoint)

@@ -35,13 +35,20 @@ def test_cpu_max_cuts_the_cpus_with_the_quota_view_like_lxcfs_enable_cfs(guard) 
         effective = cgfile(cg, "cpuset.cpus.effective").strip()
         assert len(effective.split("-")) == 2  # every VM CPU allowed
         n_cpus = int(effective.split("-")[1]) + 1
-        with serve(args=["--cpu-view", "quota"], timeout=120) as quota, lxcfs_reference(args=("--enable-cfs",), timeout=120) as ref:
+        with (
+            serve(args=["--cpu-view", "quota"], timeout=120) as quota,
+            lxcfs_reference(args=("--enable-cfs",), timeout=120) as ref,
+        ):
             files = ("proc/cpuinfo", "sys/devices/system/cpu/online")
-            texts = read_in(cg, *(quota.path(f) for f in files), *(f"{ref}/{f}" for f in files), guard.path("proc/cpuinfo"))
+            texts = read_in(
+                cg, *(quota.path(f) for f in files), *(f"{ref}/{f}" for f in files), guard.path("proc/cpuinfo")
+            )
         assert processors(texts[0]) == [0]  # ceil(50000/100000) = 1 CPU
         assert texts[1] == "0\n"
         assert processors(texts[2]) == [0] and texts[3] == "0\n"
-        assert processors(texts[4]) == list(range(n_cpus))  # the default (cpuset) view ignores the quota, like LXCFS without it
+        assert processors(texts[4]) == list(
+            range(n_cpus)
+        )  # the default (cpuset) view ignores the quota, like LXCFS without it
 
 
 def _cg_user_system(cg) -> tuple[int, int]:

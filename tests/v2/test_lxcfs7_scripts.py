@@ -50,11 +50,18 @@ def warm_up(mnt: str) -> None:
 def preamble_seconds(mnt: str) -> float:
     """How long test_proc's steps before its uptime check take here, measured by the host clock around the same
     steps in a fresh pid namespace (cgroup setup, four `ls -l | grep` of the mount)."""
-    pre = ('t0=$(cut -d" " -f1 /proc/uptime); mkdir -p /sys/fs/cgroup/lg_pre; echo 1 > /sys/fs/cgroup/lg_pre/cgroup.procs; '
-           'for i in 1 2 3 4; do ls -l "$1"/proc | grep -q stat; done; echo 1 > /sys/fs/cgroup/cgroup.procs; '
-           'rmdir /sys/fs/cgroup/lg_pre; echo "$t0 $(cut -d" " -f1 /proc/uptime)"')
-    r = subprocess.run(["unshare", "-fmp", "--mount-proc", "sh", "-c", pre, "sh", mnt], capture_output=True,
-                       text=True, timeout=120, check=True)
+    pre = (
+        't0=$(cut -d" " -f1 /proc/uptime); mkdir -p /sys/fs/cgroup/lg_pre; echo 1 > /sys/fs/cgroup/lg_pre/cgroup.procs; '
+        'for i in 1 2 3 4; do ls -l "$1"/proc | grep -q stat; done; echo 1 > /sys/fs/cgroup/cgroup.procs; '
+        'rmdir /sys/fs/cgroup/lg_pre; echo "$t0 $(cut -d" " -f1 /proc/uptime)"'
+    )
+    r = subprocess.run(
+        ["unshare", "-fmp", "--mount-proc", "sh", "-c", pre, "sh", mnt],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     t0, t1 = (float(x) for x in r.stdout.split())
     return t1 - t0
 
@@ -78,7 +85,7 @@ def rerun_with_true_uptime_check(argv: list[str], env: dict, mnt: str, first: su
     # shell builtins only between the three reads (a fork+exec takes most of a second under TCG): the host's
     # uptime just before and just after ours brackets the init's true age
     true_age = (
-        'tck=$(getconf CLK_TCK); read st < /proc/1/stat; set -- $st; start=${22}; '
+        "tck=$(getconf CLK_TCK); read st < /proc/1/stat; set -- $st; start=${22}; "
         'read h0 _ < /proc/uptime; read up idle < "${LXCFSDIR}"/proc/uptime; read h1 _ < /proc/uptime; '
         'awk -v u="$up" -v i="$idle" -v h0="$h0" -v h1="$h1" -v s="$start" -v t="$tck" '
         "'BEGIN { lo = h0 - s / t - 0.02; hi = h1 - s / t + 0.02; exit !(u >= lo && u <= hi && i <= u + 0.01) }'"
@@ -89,19 +96,24 @@ def rerun_with_true_uptime_check(argv: list[str], env: dict, mnt: str, first: su
             f.write(original.replace(strict, true_age))
         os.chmod(copy, 0o755)
         r = subprocess.run([*argv[:-1], copy], env=env, capture_output=True, text=True, timeout=600)
-    r.stdout = (f"[original test_proc failed only at its <1 s uptime check; its preamble takes {took:.2f} s "
-                f"here; rerun with the uptime checked against the init's true age]\n" + r.stdout)
+    r.stdout = (
+        f"[original test_proc failed only at its <1 s uptime check; its preamble takes {took:.2f} s "
+        f"here; rerun with the uptime checked against the init's true age]\n" + r.stdout
+    )
     return r
 
 
 def diagnose(mnt: str) -> str:
     """What a fresh pid namespace's init reads as uptime right away, and after test_proc's preamble."""
-    pre = ('t0=$(cut -d" " -f1 /proc/uptime); a=$(cat "$1"/proc/uptime); mkdir -p /sys/fs/cgroup/lg_diag; '
-           'echo 1 > /sys/fs/cgroup/lg_diag/cgroup.procs; for i in 1 2 3 4; do ls -l "$1"/proc | grep -q stat; done; '
-           'b=$(cat "$1"/proc/uptime); echo 1 > /sys/fs/cgroup/cgroup.procs; rmdir /sys/fs/cgroup/lg_diag; '
-           'echo "at start: $a; after the preamble: $b (host uptime at start $t0, now $(cut -d" " -f1 /proc/uptime))"')
-    r = subprocess.run(["unshare", "-fmp", "--mount-proc", "sh", "-c", pre, "sh", mnt], capture_output=True,
-                       text=True, timeout=120)
+    pre = (
+        't0=$(cut -d" " -f1 /proc/uptime); a=$(cat "$1"/proc/uptime); mkdir -p /sys/fs/cgroup/lg_diag; '
+        'echo 1 > /sys/fs/cgroup/lg_diag/cgroup.procs; for i in 1 2 3 4; do ls -l "$1"/proc | grep -q stat; done; '
+        'b=$(cat "$1"/proc/uptime); echo 1 > /sys/fs/cgroup/cgroup.procs; rmdir /sys/fs/cgroup/lg_diag; '
+        'echo "at start: $a; after the preamble: $b (host uptime at start $t0, now $(cut -d" " -f1 /proc/uptime))"'
+    )
+    r = subprocess.run(
+        ["unshare", "-fmp", "--mount-proc", "sh", "-c", pre, "sh", mnt], capture_output=True, text=True, timeout=120
+    )
     return f"diagnosis: {r.stdout.strip()} {r.stderr.strip()}"
 
 
@@ -115,9 +127,15 @@ def test_lxcfs7_script_passes_against_lxcfs_guard(script: str, unshare: bool, mo
     if mock:
         env["LXCFS_GUARD_PSI_MOCK_EVENTS"] = "1"
     log = tempfile.TemporaryFile()
-    daemon = subprocess.Popen([LXCFS_GUARD, "lxcfs", "--enable-psi-poll", "--enable-cfs", "-p", pidfile, mnt],
-                              env=env, stdout=log, stderr=log, start_new_session=True)
+    daemon = subprocess.Popen(
+        [LXCFS_GUARD, "lxcfs", "--enable-psi-poll", "--enable-cfs", "-p", pidfile, mnt],
+        env=env,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+    )
     try:
+
         def ready() -> bool:
             if daemon.poll() is not None:
                 log.seek(0)

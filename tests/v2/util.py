@@ -76,11 +76,7 @@ def processors(cpuinfo: str) -> list[int]:
 
 def stat_cpu_lines(text: str) -> dict[str, list[int]]:
     """/proc/stat -> {"cpu": [...], "cpu0": [...], ...}."""
-    return {
-        line.split()[0]: [int(x) for x in line.split()[1:]]
-        for line in text.splitlines()
-        if line.startswith("cpu")
-    }
+    return {line.split()[0]: [int(x) for x in line.split()[1:]] for line in text.splitlines() if line.startswith("cpu")}
 
 
 def io_stat(text: str) -> dict[str, dict[str, int]]:
