@@ -153,7 +153,7 @@ def run_serve(args: argparse.Namespace) -> int:
     # these pages with it instead of each importing its own copy.
     import socket
 
-    import pyfuse3  # noqa: F401
+    import pyfuse3
     import trio  # noqa: F401
 
     from lxcfs_guard.cgroup import open_reader

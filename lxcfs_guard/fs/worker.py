@@ -56,7 +56,7 @@ def _stall_hook(ops: Any) -> None:
     stalls = dict(item.split(":", 1) for item in spec.split(",") if ":" in item)  # file -> marker
     real_open = ops.open
 
-    async def open_and_stall(inode, flags, ctx):  # noqa: ANN001 - pyfuse3's signature
+    async def open_and_stall(inode, flags, ctx):
         node = ops.tree.get(inode)
         marker = stalls.get(node.name) if node is not None else None
         if marker:
@@ -91,7 +91,7 @@ def run(ops: Any, session_fd: int, clone_fd: int, holder_pid: int, close_fds: It
         logging.getLogger("pyfuse3").addFilter(_ReplyFailures(ops))
         _stall_hook(ops)
         code = _serve()
-    except BaseException:  # noqa: BLE001 - a worker never returns into the holder's code
+    except BaseException:  # a worker never returns into the holder's code
         log.exception("worker failed")
     finally:
         logging.shutdown()

@@ -36,25 +36,24 @@ def test_non_utf8_fuse_mount_of_an_unprivileged_user_does_not_take_supervise_dow
     """H1: `nobody` mounts a FUSE filesystem named b"\\xff" (fsname and subtype) through the setuid
     fusermount3, once while supervise runs and once before a new supervise starts: supervise stays up,
     `status` exits 0, and the containers recover from a SIGKILL of serve."""
-    with supervised() as s, reader_fleet(2, s.mountpoint, s.state_dir) as fleet:
-        with foreign_fuse_mount(b"\xff"):
-            time.sleep(3 * 1.0)  # a few probe ticks and mount checks with the line in the table
-            assert s.proc.poll() is None, s.log()
-            code, st = _status(s)
-            assert code == 0, st
-            assert {c["state"] for c in st["containers"]} == {"live"}
-            old = s.wait_healthy()["daemon_pid"]
-            t = kill_and_time(old)
-            s.wait_healthy(not_pid=old)
-            fleet.wait_recovered(t, timeout=15)
-            # a supervisor killed and started again while the line is there adopts the running daemon
-            s.proc.send_signal(signal.SIGKILL)
-            s.proc.wait(10)
-            s.start()
-            st = s.wait_healthy()
-            assert st["daemon_pid"] != old
-            assert _status(s)[0] == 0
-            assert s.proc.poll() is None, s.log()
+    with supervised() as s, reader_fleet(2, s.mountpoint, s.state_dir) as fleet, foreign_fuse_mount(b"\xff"):
+        time.sleep(3 * 1.0)  # a few probe ticks and mount checks with the line in the table
+        assert s.proc.poll() is None, s.log()
+        code, st = _status(s)
+        assert code == 0, st
+        assert {c["state"] for c in st["containers"]} == {"live"}
+        old = s.wait_healthy()["daemon_pid"]
+        t = kill_and_time(old)
+        s.wait_healthy(not_pid=old)
+        fleet.wait_recovered(t, timeout=15)
+        # a supervisor killed and started again while the line is there adopts the running daemon
+        s.proc.send_signal(signal.SIGKILL)
+        s.proc.wait(10)
+        s.start()
+        st = s.wait_healthy()
+        assert st["daemon_pid"] != old
+        assert _status(s)[0] == 0
+        assert s.proc.poll() is None, s.log()
 
 
 def _state_files(state_dir: str) -> list[str]:

@@ -77,7 +77,7 @@ class LineReader:
         self.thread.start()
 
     def _run(self, fd: int) -> None:
-        with io.open(fd, "rb", buffering=0) as raw, io.BufferedReader(raw) as f:
+        with open(fd, "rb", buffering=0) as raw, io.BufferedReader(raw) as f:
             for line in f:
                 with self.lock:
                     self.lines.append((time.monotonic(), line.decode(errors="replace").strip()))

@@ -24,7 +24,7 @@ def lxcfs7_build() -> str:
 
         try:
             build = str(ensure_lxcfs7())
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise AssertionError(f"LXCFS 7.0.0 unavailable: {os.environ.get('LXCFS7_MISSING') or e}") from e
     return build
 
