@@ -122,7 +122,7 @@ def _run(g, node: str, apps) -> None:
                 time.sleep(0.05)
             # NEEDS-DIR-REPAIR: the third field reads through the directory hostPath (/var/lib/lxcfs)
             assert got == want, f"round {round_} {app.id}: {got!r}\n{g.log()}" + diagnose(
-                g, lambda: app.exec("sh", "-c", PROBE, check=False).stdout.strip(), in_guard_ns=True
+                g, lambda app=app: app.exec("sh", "-c", PROBE, check=False).stdout.strip(), in_guard_ns=True
             )
             assert _ours(app.pid) == before[app.id], "a mount was stacked or lost"
         assert _fuse_at(node), "the node's directory lost the live mount"

@@ -293,7 +293,9 @@ def test_lxcfs_service_exec_start_runs_us_unchanged(tmp_path) -> None:
             )
             try:
                 wait_for(
-                    lambda: _mount_fstype(argv[1]) == "fuse.lxcfs-guard" and _answers(f"{argv[1]}/proc/meminfo"),
+                    lambda argv=argv: (
+                        _mount_fstype(argv[1]) == "fuse.lxcfs-guard" and _answers(f"{argv[1]}/proc/meminfo")
+                    ),
                     30,
                     0.1,
                     f"{name} ExecStart to mount",

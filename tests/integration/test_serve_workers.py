@@ -131,7 +131,7 @@ def test_chunked_reads_see_one_snapshot_whichever_worker_answers() -> None:
                         for pid in worker_pids(d.state_dir, d.pid):
                             os.kill(pid, signal.SIGKILL)
                         wait_for(
-                            lambda: serve_record(d.state_dir, d.pid)["worker_restarts"] == before + 2,
+                            lambda before=before: serve_record(d.state_dir, d.pid)["worker_restarts"] == before + 2,
                             10,
                             0.01,
                             "both workers replaced",
@@ -255,7 +255,7 @@ def test_a_crash_loop_of_workers_ends_serve_and_unmounts() -> None:
             pid = worker_pids(d.state_dir, d.pid)[0]
             os.kill(pid, signal.SIGKILL)
             if i < 3:
-                wait_for(lambda i=i: pid not in worker_pids(d.state_dir, d.pid), 10, 0.01, "a replacement")
+                wait_for(lambda pid=pid: pid not in worker_pids(d.state_dir, d.pid), 10, 0.01, "a replacement")
         assert d.proc.wait(10) == 1
         assert "a crash loop, giving up" in d.log()
         assert not os.path.ismount(d.mountpoint)
