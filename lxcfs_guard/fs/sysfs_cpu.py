@@ -96,7 +96,7 @@ def decode_listing(data: bytes) -> list[tuple[str, str]]:
     if not data:
         return []
     parts = [os.fsdecode(p) for p in data.split(b"\0")]
-    return list(zip(parts[0::2], parts[1::2]))
+    return list(zip(parts[0::2], parts[1::2], strict=False))
 
 
 @dataclass(frozen=True, slots=True)

@@ -122,7 +122,7 @@ def format_text(report: dict[str, Any]) -> str:
         ids = [printable(c["id"]) for c in containers]
         width = max(len(i) for i in ids)
         lines.append(f"  {'ID':<{width}}  {'PID':>7}  STATE")
-        lines += [f"  {i:<{width}}  {c['pid']:>7}  {c['state']}" for i, c in zip(ids, containers)]
+        lines += [f"  {i:<{width}}  {c['pid']:>7}  {c['state']}" for i, c in zip(ids, containers, strict=True)]
     return "\n".join(lines)
 
 

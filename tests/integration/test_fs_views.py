@@ -120,7 +120,7 @@ def test_agrees_with_lxcfs_field_by_field(mounts, limited) -> None:
     ocpu = [l.split() for l in ours.splitlines() if l.startswith("cpu")]
     tcpu = [l.split() for l in theirs.splitlines() if l.startswith("cpu")]
     assert [c[0] for c in ocpu] == [c[0] for c in tcpu]
-    for oc, tc in zip(ocpu, tcpu):
+    for oc, tc in zip(ocpu, tcpu, strict=True):
         assert len(oc) == len(tc)
         assert [int(x) for i, x in enumerate(oc[1:]) if i != 3] == [int(x) for i, x in enumerate(tc[1:]) if i != 3]
         assert abs(int(oc[4]) - int(tc[4])) <= 100

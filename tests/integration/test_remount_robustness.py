@@ -24,7 +24,7 @@ def test_two_concurrent_runs_are_serialised_and_never_stack() -> None:
         cmd = [LXCFS_GUARD, "remount", "--all", "--json", "--mountpoint", d.mountpoint, "--state-dir", d.state_dir]
         procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(2)]
         reports = [json.loads(p.communicate(timeout=60)[0]) for p in procs]
-        for p, r in zip(procs, reports):
+        for p, r in zip(procs, reports, strict=True):
             assert_exit_code(p.returncode, r, pids)
         for pid in pids:  # each container repaired by exactly one run; the other found it live
             assert sorted(actions(r, {pid}).get(pid, "-") for r in reports) == ["already_live", "repaired"], reports

@@ -65,7 +65,7 @@ def test_container_view_is_per_caller_under_concurrent_readers() -> None:
     ):
         readers = [_start_reader(one, d.mountpoint), _start_reader(two, d.mountpoint)]
         outs = [r.communicate(timeout=120) for r in readers]
-        for r, (out, err) in zip(readers, outs):
+        for r, (_out, err) in zip(readers, outs, strict=True):
             assert r.returncode == 0, err
         lines_one, lines_two = (out.splitlines() for out, _ in outs)
         assert len(lines_one) == len(lines_two) == ROUNDS

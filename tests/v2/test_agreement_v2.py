@@ -39,7 +39,7 @@ def test_acceptance_case_and_lxcfs_agreement(guard, lxcfs) -> None:
         texts = read_in(cg, *(p for f in FILES for p in (guard.path(f), f"{lxcfs}/{f}")))
         after = keyed(cgfile(cg, "cpu.stat"))
         io = io_stat(cgfile(cg, "io.stat"))
-    ours, ref = dict(zip(FILES, texts[0::2])), dict(zip(FILES, texts[1::2]))
+    ours, ref = dict(zip(FILES, texts[0::2], strict=True)), dict(zip(FILES, texts[1::2], strict=True))
 
     # What the issue says a process in this cgroup must read.
     m = meminfo_kb(ours["proc/meminfo"])

@@ -22,7 +22,7 @@ def test_cpuset_one_cpu_renumbered_like_lxcfs(guard, lxcfs) -> None:
         assert cgfile(cg, "cpuset.cpus.effective").strip() == "1"
         files = ("proc/cpuinfo", "sys/devices/system/cpu/online", "proc/stat")
         texts = read_in(cg, *(guard.path(f) for f in files), *(f"{lxcfs}/{f}" for f in files))
-        ours, ref = dict(zip(files, texts[:3])), dict(zip(files, texts[3:]))
+        ours, ref = dict(zip(files, texts[:3], strict=True)), dict(zip(files, texts[3:], strict=True))
         assert processors(ours["proc/cpuinfo"]) == [0]
         assert ours["proc/cpuinfo"] == ref["proc/cpuinfo"]
         assert ours["sys/devices/system/cpu/online"] == ref["sys/devices/system/cpu/online"] == "1\n"

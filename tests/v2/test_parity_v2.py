@@ -186,7 +186,7 @@ def test_agrees_with_lxcfs7_file_by_file(guard, ref7) -> None:
             *(p for f in files for p in (guard.path(f), f"{ref7}/{f}")),
             prefix=("unshare", "--pid", "--fork", "--mount-proc"),
         )
-    ours, theirs = dict(zip(files, texts[0::2])), dict(zip(files, texts[1::2]))
+    ours, theirs = dict(zip(files, texts[0::2], strict=True)), dict(zip(files, texts[1::2], strict=True))
     m, r = meminfo_kb(ours["proc/meminfo"]), meminfo_kb(theirs["proc/meminfo"])
     assert [k.split(":")[0] for k in ours["proc/meminfo"].splitlines()] == [
         k.split(":")[0] for k in theirs["proc/meminfo"].splitlines()

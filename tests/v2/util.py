@@ -32,7 +32,7 @@ def read_in(cg: TestCgroup | str, *paths: str, prefix: Sequence[str] = (), timeo
         check=True,
     )
     parts = res.stdout.decode().split("\0")[: len(paths)]
-    for path, text in zip(paths, parts):
+    for path, text in zip(paths, parts, strict=True):
         assert not text.startswith("CAT-FAILED"), f"reading {path} failed: {res.stderr.decode()}"
     return parts
 
