@@ -7,11 +7,11 @@ of N cgroups (v1: memory, cpu, cpuacct and blkio, each with its own memory limit
 that joins its cgroup BEFORE it reads anything, waits for a common start, then at a random phase in
 [0, period) opens, reads to EOF and closes each file once a period, timing each with CLOCK_MONOTONIC.
 
-Per daemon and round it prints reads, errors (failed open/read, content empty (diskstats may be) or not ending in a newline), p50 / p99 / max
-latency, the daemon's CPU per 1000 reads and its memory. The daemon runs in a cpuacct cgroup of its own, so
-CPU is every process and thread it has or had (cpuacct.usage counts exited children too), sampled right
-before the start and after the last reader finished; memory is PSS summed over the processes in that cgroup
-(/proc/PID/smaps_rollup) at the end of the round.
+Per daemon and round it prints reads, errors (failed open/read, content empty (diskstats may be) or not ending in a
+newline), p50 / p99 / max latency, the daemon's CPU per 1000 reads and its memory. The daemon runs in a cpuacct
+cgroup of its own, so CPU is every process and thread it has or had (cpuacct.usage counts exited children too),
+sampled right before the start and after the last reader finished; memory is PSS summed over the processes in that
+cgroup (/proc/PID/smaps_rollup) at the end of the round.
 
     .venv/bin/python bench/fleet.py [--n 200] [--period 1] [--seconds 8] [--rounds 2]
         [--files proc/meminfo,...] [--serve-args '...'] [--lxcfs-args '-l'] [--daemons ours,lxcfs]

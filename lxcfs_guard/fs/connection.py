@@ -1,10 +1,10 @@
 """The holder: the process that owns the FUSE connection and keeps workers serving it.
 
-It mounts, answers the kernel's INIT itself (pyfuse3's loop, driven by fs/syncloop, runs only until the
-init callback has run and is then left by an exception: `pyfuse3.terminate()` would mark the session
-exited for every later loop), and then never serves a request. For each worker slot it makes a clone of the device fd (FUSE_DEV_IOC_CLONE),
-keeps it, and forks a worker that serves on it (fs/worker.py). It also runs the loadavg sampler
-(fs/loadavg.py `SamplerService`) in small steps between events: off every serving path, and without the
+It mounts, answers the kernel's INIT itself (pyfuse3's loop, driven by fs/syncloop, runs only until the init
+callback has run and is then left by an exception: `pyfuse3.terminate()` would mark the session exited for every
+later loop), and then never serves a request. For each worker slot it makes a clone of the device fd
+(FUSE_DEV_IOC_CLONE), keeps it, and forks a worker that serves on it (fs/worker.py). It also runs the loadavg
+sampler (fs/loadavg.py `SamplerService`) in small steps between events: off every serving path, and without the
 memory of one more Python process.
 
 A worker that dies (crash, OOM kill, SIGKILL) is seen at once on its pidfd. The requests it had taken sit in

@@ -102,7 +102,10 @@ class Entry:
         return isinstance(other, Entry) and (self.id, self.to_dict()) == (other.id, other.to_dict())
 
     def __repr__(self) -> str:
-        return f"Entry({self.id!r}, pid={self.pid}, start_time={self.start_time}, mntns={self.mntns}, binds={len(self.binds)})"
+        return (
+            f"Entry({self.id!r}, pid={self.pid}, start_time={self.start_time}, mntns={self.mntns}, "
+            f"binds={len(self.binds)})"
+        )
 
 
 class RegistryError(Exception):

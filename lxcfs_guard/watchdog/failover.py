@@ -167,7 +167,8 @@ class Failover(SupervisorState):
             self.crash_loop.record(now)
             delay = self.backoff.next_delay()
             log(
-                f"new instance pid {inst.pid} exited before answering (status {inst.exit_status}); retry in {delay:.1f} s"
+                f"new instance pid {inst.pid} exited before answering (status {inst.exit_status}); "
+                f"retry in {delay:.1f} s"
             )
             if self.next_reason == "reload" and self.primary is not None:
                 log("reload abandoned: the running instance keeps serving")

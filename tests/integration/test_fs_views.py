@@ -110,22 +110,25 @@ def test_agrees_with_lxcfs_field_by_field(mounts, limited) -> None:
         assert abs(o[key] - t[key]) <= 2048, (key, o[key], t[key])
     # cpuinfo: the same processor blocks
     ours, theirs = got["proc/cpuinfo"]
-    count = lambda s: sum(1 for line in s.splitlines() if line.startswith("processor"))  # noqa: E731
+
+    def count(s: str) -> int:
+        return sum(1 for line in s.splitlines() if line.startswith("processor"))
+
     assert count(ours) == count(theirs) == 1
-    assert [l for l in ours.splitlines() if not l.startswith("cpu MHz")] == [
-        l for l in theirs.splitlines() if not l.startswith("cpu MHz")
+    assert [line for line in ours.splitlines() if not line.startswith("cpu MHz")] == [
+        line for line in theirs.splitlines() if not line.startswith("cpu MHz")
     ]
     # stat: the same cpu lines (idle moves with the clock: within 1 s of ticks) and the same other keys
     ours, theirs = got["proc/stat"]
-    ocpu = [l.split() for l in ours.splitlines() if l.startswith("cpu")]
-    tcpu = [l.split() for l in theirs.splitlines() if l.startswith("cpu")]
+    ocpu = [line.split() for line in ours.splitlines() if line.startswith("cpu")]
+    tcpu = [line.split() for line in theirs.splitlines() if line.startswith("cpu")]
     assert [c[0] for c in ocpu] == [c[0] for c in tcpu]
     for oc, tc in zip(ocpu, tcpu, strict=True):
         assert len(oc) == len(tc)
         assert [int(x) for i, x in enumerate(oc[1:]) if i != 3] == [int(x) for i, x in enumerate(tc[1:]) if i != 3]
         assert abs(int(oc[4]) - int(tc[4])) <= 100
-    okeys = [l.split()[0] for l in ours.splitlines() if not l.startswith("cpu")]
-    tkeys = [l.split()[0] for l in theirs.splitlines() if not l.startswith("cpu")]
+    okeys = [line.split()[0] for line in ours.splitlines() if not line.startswith("cpu")]
+    tkeys = [line.split()[0] for line in theirs.splitlines() if not line.startswith("cpu")]
     assert okeys == tkeys
     # swaps, cpu/online, uptime
     ours, theirs = got["proc/swaps"]

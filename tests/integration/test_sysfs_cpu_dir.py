@@ -25,7 +25,8 @@ READER = textwrap.dedent(f"""
       l=$(ls {CPU} | grep -E '^cpu[0-9]+$' | tr '\\n' ' ')
       c1=- ; [ -e {CPU}/cpu1 ] && c1=cpu1
       core=$(cat {CPU}/cpu1/topology/core_id 2>/dev/null || echo -)
-      echo "$l|$(cat {CPU}/possible)|$(cat {CPU}/present)|$(cat {CPU}/online)|$(cat {CPU}/offline)|$(getconf _NPROCESSORS_CONF)|$(getconf _NPROCESSORS_ONLN)|$c1|$core"
+      s="$l|$(cat {CPU}/possible)|$(cat {CPU}/present)|$(cat {CPU}/online)|$(cat {CPU}/offline)"
+      echo "$s|$(getconf _NPROCESSORS_CONF)|$(getconf _NPROCESSORS_ONLN)|$c1|$core"
       i=$((i+1))
     done
 """)

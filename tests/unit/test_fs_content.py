@@ -69,7 +69,7 @@ def test_v2_render_virtualizes_stat_and_diskstats(tmp_path: Path) -> None:
     assert "MemTotal:         524288 kB" in mem and "Mapped:             2048 kB" in mem
     st = c.render("proc/stat", view).decode().splitlines()
     assert st[0] == "cpu  200 0 100 " + st[0].split()[4] + " 0 0 0 0 0 0"  # cpu.stat, not the host's
-    assert [l.split()[0] for l in st[:3]] == ["cpu", "cpu2", "cpu3"]
+    assert [line.split()[0] for line in st[:3]] == ["cpu", "cpu2", "cpu3"]
     assert c.render("proc/diskstats", view).decode().split()[3] == "10"  # rios from io.stat
     up = c.render("proc/uptime", view).decode().split()
     ticks = content_mod.clock_ticks()

@@ -74,7 +74,9 @@ def test_meminfo_v1_numbers_and_order() -> None:
         swappiness=60,
     )
     out = meminfo.render_meminfo(HOST_MEMINFO, mem)
-    assert [l.split(":")[0] for l in out.splitlines()] == [l.split(":")[0] for l in HOST_MEMINFO.splitlines()]
+    assert [line.split(":")[0] for line in out.splitlines()] == [
+        line.split(":")[0] for line in HOST_MEMINFO.splitlines()
+    ]
     v = parse(out)
     assert out.splitlines()[0] == "MemTotal:          65536 kB"  # LXCFS's exact format
     assert v["MemTotal"] == "65536 kB" and v["MemFree"] == "55296 kB"
@@ -146,9 +148,9 @@ HOST_CPUINFO = "".join(
 
 def test_cpuinfo_keeps_the_cpuset_and_renumbers() -> None:
     out = cpuinfo.render_cpuinfo(HOST_CPUINFO, (1, 3))
-    procs = [l for l in out.splitlines() if l.startswith("processor")]
+    procs = [line for line in out.splitlines() if line.startswith("processor")]
     assert procs == ["processor\t: 0", "processor\t: 1"]
-    assert [l for l in out.splitlines() if l.startswith("core id")] == ["core id\t\t: 1", "core id\t\t: 3"]
+    assert [line for line in out.splitlines() if line.startswith("core id")] == ["core id\t\t: 1", "core id\t\t: 3"]
     assert out.endswith("flags\t\t: fpu\n\n")
 
 
@@ -188,7 +190,7 @@ def test_stat_v1_per_cpu_usage_and_idle_adjustment() -> None:
     assert out[0] == "cpu  30 0 10 20296 0 0 0 0 0 0"
     assert out[3:] == host_stat(4).splitlines()[5:]  # the other keys pass through, in order
     renumbered = stat.render_stat(host_stat(4), (1, 3), usage, renumber=True).splitlines()
-    assert [l.split()[0] for l in renumbered[:3]] == ["cpu", "cpu0", "cpu1"]
+    assert [line.split()[0] for line in renumbered[:3]] == ["cpu", "cpu0", "cpu1"]
 
 
 def test_stat_v2_totals_spread_and_many_cpus_never_truncated() -> None:

@@ -20,7 +20,8 @@ FILES = ("proc/meminfo", "proc/cpuinfo", "proc/stat", "proc/diskstats", "proc/up
 # meminfo fields LXCFS 5.0.3 computes from the cgroup on v2 (the rest pass the host's through, or are
 # deliberately different: see DIFFERENT).
 AGREED_MEMINFO = ("MemTotal", "MemFree", "MemAvailable", "Buffers", "Cached", "Active", "Inactive",
-                  "Active(anon)", "Inactive(anon)", "Active(file)", "Inactive(file)", "Unevictable", "Shmem")  # fmt: skip
+                  "Active(anon)", "Inactive(anon)", "Active(file)", "Inactive(file)",
+                  "Unevictable", "Shmem")  # fmt: skip
 MEM_SLACK_KB = 1024  # the readers (sh, cat) come and go between the two reads
 
 

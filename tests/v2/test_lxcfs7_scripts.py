@@ -34,7 +34,8 @@ SCRIPTS = (
 
 
 WARM_UP = """
-ls -l "$1"/proc | grep -q uptime; grep -Eq . "$1"/proc/uptime; grep -q . "$1"/proc/cpuinfo; cat "$1"/proc/stat >/dev/null
+ls -l "$1"/proc | grep -q uptime; grep -Eq . "$1"/proc/uptime; grep -q . "$1"/proc/cpuinfo
+cat "$1"/proc/stat >/dev/null
 head -1 "$1"/proc/stat | grep -q cpu; seq 1 2 | wc -l >/dev/null; mountpoint -q "$1"; d=$(mktemp -d); rmdir "$d"
 awk 'NR == 1' "$1"/proc/meminfo >/dev/null; uuidgen >/dev/null; nproc >/dev/null; unshare --help >/dev/null
 """
@@ -51,7 +52,8 @@ def preamble_seconds(mnt: str) -> float:
     """How long test_proc's steps before its uptime check take here, measured by the host clock around the same
     steps in a fresh pid namespace (cgroup setup, four `ls -l | grep` of the mount)."""
     pre = (
-        't0=$(cut -d" " -f1 /proc/uptime); mkdir -p /sys/fs/cgroup/lg_pre; echo 1 > /sys/fs/cgroup/lg_pre/cgroup.procs; '
+        't0=$(cut -d" " -f1 /proc/uptime); mkdir -p /sys/fs/cgroup/lg_pre; '
+        "echo 1 > /sys/fs/cgroup/lg_pre/cgroup.procs; "
         'for i in 1 2 3 4; do ls -l "$1"/proc | grep -q stat; done; echo 1 > /sys/fs/cgroup/cgroup.procs; '
         'rmdir /sys/fs/cgroup/lg_pre; echo "$t0 $(cut -d" " -f1 /proc/uptime)"'
     )
