@@ -181,7 +181,7 @@ def parse_io_stat(text: str) -> dict[tuple[int, int], IoStat]:
         for item in parts[1:]:
             k, _, v = item.partition("=")
             if k in fields:
-                try:
+                try:  # noqa: SIM105 - once per field of io.stat on each render: suppress() costs more
                     kv[k] = int(v)
                 except ValueError:
                     pass

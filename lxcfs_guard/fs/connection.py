@@ -27,6 +27,7 @@ the sampler's socket): no polling, no request handlers. Its own death closes eve
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import fcntl
 import gc
@@ -385,10 +386,8 @@ class Holder:
 
 
 def _pidfd_signal(pidfd: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         signal.pidfd_send_signal(pidfd, sig)
-    except ProcessLookupError:
-        pass
 
 
 def _describe(status: int | None) -> str:

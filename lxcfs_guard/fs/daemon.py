@@ -8,6 +8,7 @@ appear only once a read through the mount answers. A clean exit unmounts and rem
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -168,10 +169,8 @@ def run_serve(args: argparse.Namespace) -> int:
     from lxcfs_guard.kernel.notify import notify
 
     mountpoint = os.path.abspath(args.mountpoint)
-    try:
+    with contextlib.suppress(FileNotFoundError):
         detach_dead_mount(mountpoint)
-    except FileNotFoundError:
-        pass
     os.makedirs(mountpoint, exist_ok=True)
     workers = args.workers if args.workers else default_workers()
     if args.psi_triggers and workers != 1:
@@ -267,8 +266,6 @@ def run_serve(args: argparse.Namespace) -> int:
                 log.exception("unmount failed")
         lxcfs_compat.remove_pidfile(args)
         for path in state_path:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
-            except FileNotFoundError:
-                pass
     return code

@@ -20,6 +20,7 @@ and SIGUSR2 (LXCFS toggles virtualization) are logged and ignored: they must not
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import logging
 import os
@@ -255,10 +256,8 @@ def write_pidfile(path: str) -> int:
 def remove_pidfile(args: argparse.Namespace) -> None:
     path = getattr(args, "pidfile_path", None)
     if path:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
-        except FileNotFoundError:
-            pass
     while _pidfile_fds:
         os.close(_pidfile_fds.pop())
 

@@ -26,6 +26,7 @@ so `serve --enable-psi-poll` runs one worker (fs/daemon.py); a store in the shar
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import logging
@@ -290,10 +291,8 @@ class Pressure:
         fd = held[0]
         self._by_fd.pop(fd, None)
         if self._epoll is not None:
-            try:
+            with contextlib.suppress(OSError):
                 self._epoll.unregister(fd)
-            except OSError:
-                pass
         os.close(fd)
 
     def _gone(self, fh: int, spec: PressureSpec) -> None:

@@ -12,6 +12,7 @@ kernel hands each request to one waiting worker and wakes no other.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -84,10 +85,8 @@ def run(ops: Any, session_fd: int, clone_fd: int, holder_pid: int, close_fds: It
         os.dup2(clone_fd, session_fd)
         for fd in close_fds:
             if fd not in (session_fd,):
-                try:
+                with contextlib.suppress(OSError):
                     os.close(fd)
-                except OSError:
-                    pass
         logging.getLogger("pyfuse3").addFilter(_ReplyFailures(ops))
         _stall_hook(ops)
         code = _serve()

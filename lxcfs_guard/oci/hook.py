@@ -106,7 +106,7 @@ def log(message: str, *, cid: str | None = None, error: bool = False) -> None:
                 PRIORITY=3 if error else 6,
                 CONTAINER_ID=printable(cid or ""),
             )
-        except Exception:  # the journal is a nicety; never let it fail a container start
+        except Exception:  # noqa: BLE001 - the journal is a nicety; never let it fail a container start
             pass
 
 
@@ -362,7 +362,7 @@ def run_oci_hook(args: argparse.Namespace, stdin: bytes | None = None, env: Mapp
             error=True,
         )
         return 0
-    except Exception as e:  # a bug of ours must not stop containers unless the user asked for strictness
+    except Exception as e:  # noqa: BLE001 - a bug of ours must not stop containers unless the user asked for strictness
         signal.setitimer(signal.ITIMER_REAL, 0)
         log(f"internal error: {e.__class__.__name__}: {e}{' (strict mode)' if strict else ''}", cid=cid, error=True)
         return 1 if strict else 0
