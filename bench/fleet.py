@@ -310,15 +310,14 @@ def start_daemon(
         cmd = [*prog, "serve", "--mountpoint", mnt, "--state-dir", os.path.join(work, "state"), *extra]
     else:
         cmd = [LXCFS, "--pidfile", os.path.join(work, "lxcfs.pid"), *extra, mnt]
-    log = open(os.path.join(work, "log"), "wb")
-    proc = subprocess.Popen(
-        ["sh", "-c", 'echo $$ > "$0" && exec "$@"', f"{cg}/cgroup.procs", *cmd],
-        stdout=log,
-        stderr=log,
-        env=env,
-        start_new_session=True,
-    )
-    log.close()
+    with open(os.path.join(work, "log"), "wb") as log:
+        proc = subprocess.Popen(
+            ["sh", "-c", 'echo $$ > "$0" && exec "$@"', f"{cg}/cgroup.procs", *cmd],
+            stdout=log,
+            stderr=log,
+            env=env,
+            start_new_session=True,
+        )
     d = Daemon(kind, proc, mnt, cg, work)
     deadline = time.monotonic() + timeout
     while not (_is_mount(mnt) and _answers(os.path.join(mnt, "proc", "meminfo"))):

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 from lxcfs_guard.testing.cgroups import TestCgroup, make_cgroup
 from lxcfs_guard.testing.daemon import serve
@@ -73,7 +74,7 @@ def test_pressure_files_are_the_containers_own_in_psi_format() -> None:
         load.wait(30)
         own = cg.paths["unified"]
         files = [d.path(f"proc/pressure/{r}") for r in ("cpu", "io", "memory")]
-        before = open(f"{own}/cpu.pressure").read()
+        before = Path(f"{own}/cpu.pressure").read_text()
         code = "import sys, json; print(json.dumps([open(p).read() for p in sys.argv[1:]]))"
         r = subprocess.run(
             ["sh", "-c", f'{join_cmd(cg)}; exec unshare --pid --fork --mount-proc "$0" "$@"', PY, "-c", code, *files],
@@ -83,14 +84,14 @@ def test_pressure_files_are_the_containers_own_in_psi_format() -> None:
         )
         assert r.returncode == 0, r.stderr
         cpu, io, memory = json.loads(r.stdout)
-        after = open(f"{own}/cpu.pressure").read()
+        after = Path(f"{own}/cpu.pressure").read_text()
         for text in (cpu, io, memory):
             assert [line.split()[0] for line in text.splitlines()] == ["some", "full"]
             assert all(line.split()[1].startswith("avg10=") and "total=" in line for line in text.splitlines())
         assert psi_total(before) > 0  # the busy loops waited on each other
         assert psi_total(before) <= psi_total(cpu) <= psi_total(after)
-        assert psi_total(cpu) < psi_total(open("/proc/pressure/cpu").read())  # not the host's
-        assert psi_total(memory) == psi_total(open(f"{own}/memory.pressure").read())
+        assert psi_total(cpu) < psi_total(Path("/proc/pressure/cpu").read_text())  # not the host's
+        assert psi_total(memory) == psi_total(Path(f"{own}/memory.pressure").read_text())
 
 
 def test_trigger_written_through_the_file_fires_and_poll_returns() -> None:
@@ -164,7 +165,10 @@ def test_only_pressure_files_take_writes() -> None:
                 except OSError as e:
                     assert e.errno in (errno.EROFS, errno.EPERM), (rel, e)
             assert not os.access(d.path(rel), os.W_OK)
-        for make in (lambda: open(d.path("proc/new"), "w"), lambda: os.mkdir(d.path("proc/dir"))):
+        for make in (
+            lambda: os.close(os.open(d.path("proc/new"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC)),
+            lambda: os.mkdir(d.path("proc/dir")),
+        ):
             try:
                 make()
                 raise AssertionError("created")
@@ -206,7 +210,7 @@ def test_meminfo_zswap_lines_read_zero_on_v1() -> None:
     with serve(args=["--cache-ttl", "0"]) as d, make_cgroup(memory=64 << 20) as cg:
         (text,) = read_in(cg, d.path("proc/meminfo"))
         keys = [line.split(":")[0] for line in text.splitlines()]
-        host_keys = [line.split(":")[0] for line in open("/proc/meminfo").read().splitlines()]
+        host_keys = [line.split(":")[0] for line in Path("/proc/meminfo").read_text().splitlines()]
         assert keys == host_keys
         assert keys[keys.index("SwapFree") + 1 : keys.index("SwapFree") + 3] == ["Zswap", "Zswapped"]
         values = {line.split(":")[0]: line.split()[1] for line in text.splitlines()}
@@ -249,7 +253,7 @@ def exec_start_lines() -> dict[str, list[str]]:
 
     from tests.support.lxcfs7 import tarball
 
-    units = {"debian": open("/lib/systemd/system/lxcfs.service").read()}
+    units = {"debian": Path("/lib/systemd/system/lxcfs.service").read_text()}
     with tarfile.open(tarball()) as tf:
         member = next(m for m in tf.getmembers() if m.name.endswith("config/init/systemd/lxcfs.service.in"))
         units["upstream"] = tf.extractfile(member).read().decode().replace("{{LXCFSTARGETDIR}}", "/var/lib/lxcfs")
@@ -300,7 +304,7 @@ def test_lxcfs_service_exec_start_runs_us_unchanged(tmp_path) -> None:
                     0.1,
                     f"{name} ExecStart to mount",
                 )
-                assert open("/run/lxcfs.pid").read().strip() == str(proc.pid)
+                assert Path("/run/lxcfs.pid").read_text().strip() == str(proc.pid)
                 os.kill(proc.pid, signal.SIGUSR1)  # ExecReload=/bin/kill -USR1 $MAINPID
                 time.sleep(0.3)
                 assert proc.poll() is None and _answers(f"{argv[1]}/proc/meminfo")
@@ -328,17 +332,17 @@ def test_runc_container_reads_its_own_pressure_through_the_oci_hook() -> None:
         ) as c,
     ):
         own = f"/sys/fs/cgroup/unified/{c.id}"
-        assert open(f"/proc/{c.pid}/cgroup").read().splitlines()[-1] == f"0::/{c.id}"
+        assert Path(f"/proc/{c.pid}/cgroup").read_text().splitlines()[-1] == f"0::/{c.id}"
         c.exec(
             "sh",
             "-c",
             "timeout 1 sh -c 'while :; do :; done' & timeout 1 sh -c 'while :; do :; done' & wait",
             timeout=30,
         )
-        before = open(f"{own}/cpu.pressure").read()
+        before = Path(f"{own}/cpu.pressure").read_text()
         inside = {r: c.read(f"/proc/pressure/{r}") for r in ("cpu", "io", "memory")}
-        after = open(f"{own}/cpu.pressure").read()
+        after = Path(f"{own}/cpu.pressure").read_text()
         for text in inside.values():
             assert [line.split()[0] for line in text.splitlines()] == ["some", "full"], text
         assert 0 < psi_total(before) <= psi_total(inside["cpu"]) <= psi_total(after)
-        assert psi_total(inside["cpu"]) < psi_total(open("/proc/pressure/cpu").read())
+        assert psi_total(inside["cpu"]) < psi_total(Path("/proc/pressure/cpu").read_text())

@@ -8,6 +8,7 @@ import errno
 import glob
 import os
 import uuid
+from pathlib import Path
 
 from lxcfs_guard.kernel import procfs
 from lxcfs_guard.kernel import syscalls as sc
@@ -102,7 +103,7 @@ def test_corrupt_registry_is_set_aside_with_a_message_and_discovery_still_repair
         (warning,) = [w for w in report["warnings"] if "registry" in w]
         assert "corrupt" in warning and "moved to" in warning and "discovery only" in warning
         (aside,) = glob.glob(f"{d.state_dir}/registry.json.corrupt-*")
-        assert open(aside).read().startswith('{"schema": 1')
+        assert Path(aside).read_text().startswith('{"schema": 1')
         assert all(c.memtotal_kb() == c.limit // 1024 for c in cs)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -30,7 +31,10 @@ def test_acceptance_case_and_lxcfs_agreement(guard, lxcfs) -> None:
     with make_cgroup(memory=64 * MiB, cpus="0", quota=(50000, 100000)) as cg:
         assert (cgfile(cg, "memory.max").strip(), cgfile(cg, "cpuset.cpus.effective").strip(),
                 cgfile(cg, "cpu.max").strip()) == (str(64 * MiB), "0", "50000 100000")  # fmt: skip
-        join = lambda: open(f"{cg.paths['unified']}/cgroup.procs", "w").write(str(os.getpid()))  # noqa: E731
+
+        def join() -> None:
+            Path(f"{cg.paths['unified']}/cgroup.procs").write_text(str(os.getpid()))
+
         subprocess.run(["sh", "-c", "i=0; while [ $i -lt 30000 ]; do i=$((i+1)); done"], check=True, preexec_fn=join)
         subprocess.run(["dd", "if=/dev/zero", f"of={scratch}", "bs=64k", "count=4", "oflag=direct"],
                        check=True, capture_output=True, preexec_fn=join)  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -73,11 +74,11 @@ def test_stat_follows_the_cgroups_cpu_stat_not_the_host(guard) -> None:
 
         # Another cgroup burns CPU 0: the host's user time grows, the container's only by what its own
         # readers (sh, cat: tens of ms under emulation) cost, and still matches its cpu.stat.
-        host0 = stat_cpu_lines(open("/proc/stat").read())["cpu0"]
+        host0 = stat_cpu_lines(Path("/proc/stat").read_text())["cpu0"]
         busy = start_in(other, BUSY)
         time.sleep(2.0)
         stop(busy)
-        host1 = stat_cpu_lines(open("/proc/stat").read())["cpu0"]
+        host1 = stat_cpu_lines(Path("/proc/stat").read_text())["cpu0"]
         u0, s0 = _cg_user_system(cg)
         (text,) = read_in(cg, guard.path("proc/stat"))
         u1, s1 = _cg_user_system(cg)

@@ -14,6 +14,7 @@ import os
 import subprocess
 import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -81,7 +82,7 @@ def rerun_with_true_uptime_check(argv: list[str], env: dict, mnt: str, first: su
     # the kernel reuses a dead pid namespace's inode number, and the resolver trusts its per-namespace cache
     # for 1 s (fs/caller.py): let the measuring namespace's entry expire before the rerun's may reuse it
     time.sleep(1.5)
-    original = open(argv[-1]).read()
+    original = Path(argv[-1]).read_text()
     strict = 'grep -Eq "^0.[0-9]{2} 0.[0-9]{2}$" "${LXCFSDIR}"/proc/uptime'
     assert original.count(strict) == 1, "test_proc's uptime check changed"
     # shell builtins only between the three reads (a fork+exec takes most of a second under TCG): the host's
@@ -128,7 +129,7 @@ def test_lxcfs7_script_passes_against_lxcfs_guard(script: str, unshare: bool, mo
     env.pop("NOTIFY_SOCKET", None)
     if mock:
         env["LXCFS_GUARD_PSI_MOCK_EVENTS"] = "1"
-    log = tempfile.TemporaryFile()
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - read while the daemon runs, closed in finally
     daemon = subprocess.Popen(
         [LXCFS_GUARD, "lxcfs", "--enable-psi-poll", "--enable-cfs", "-p", pidfile, mnt],
         env=env,

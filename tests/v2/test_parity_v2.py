@@ -6,6 +6,7 @@ from __future__ import annotations
 import select
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -40,9 +41,9 @@ def test_pressure_files_match_the_cgroup_and_lxcfs7(guard, ref7) -> None:
         )
         busy.wait(60)
         for res in ("cpu", "io", "memory"):
-            own_before, host_before = cgfile(cg, f"{res}.pressure"), open(f"/proc/pressure/{res}").read()
+            own_before, host_before = cgfile(cg, f"{res}.pressure"), Path(f"/proc/pressure/{res}").read_text()
             ours, theirs = read_in(cg, guard.path(f"proc/pressure/{res}"), f"{ref7}/proc/pressure/{res}")
-            own_after, host_after = cgfile(cg, f"{res}.pressure"), open(f"/proc/pressure/{res}").read()
+            own_after, host_after = cgfile(cg, f"{res}.pressure"), Path(f"/proc/pressure/{res}").read_text()
             assert list(psi(ours)) == list(psi(theirs)) == list(psi(own_before)), (ours, theirs)
             for kind in psi(ours):
                 totals = [psi(t)[kind]["total"] for t in (own_before, ours, own_after)]
@@ -54,7 +55,7 @@ def test_pressure_files_match_the_cgroup_and_lxcfs7(guard, ref7) -> None:
                 assert theirs_totals == sorted(theirs_totals), (res, kind, theirs_totals)
             if res == "cpu":
                 assert psi(ours)["some"]["total"] > 0  # the two loops on one CPU waited for each other
-                host = psi(open("/proc/pressure/cpu").read())["some"]["total"]
+                host = psi(Path("/proc/pressure/cpu").read_text())["some"]["total"]
                 assert psi(ours)["some"]["total"] < host
 
 
