@@ -133,7 +133,7 @@ class V1Reader:
         memsw_usage = read_int(f"{path}/memory.memsw.usage_in_bytes")
         swap_limit = swap_usage = None
         accounting = memsw_usage is not None
-        if accounting:
+        if memsw_usage is not None:
             hier = raw.get("hierarchical_memsw_limit")
             memsw_limit = (
                 _limit(hier) if hier is not None else self._min_up(ref, "memory", "memory.memsw.limit_in_bytes")

@@ -121,10 +121,10 @@ def has_cap_sys_resource(pid: int, proc: str = "/proc") -> bool:
     return False
 
 
-def _locked(method):  # type: ignore[no-untyped-def]
+def _locked(method):
     """Run a Pressure entry point under its lock (the watcher thread changes the same state)."""
 
-    def run(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def run(self, *args, **kwargs):
         with self.lock:
             return method(self, *args, **kwargs)
 

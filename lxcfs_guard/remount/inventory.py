@@ -61,7 +61,11 @@ def inventory(
             warnings.append(f"live mount {mountpoint}: {message}")
         host_ns = os.stat("self/ns/mnt", dir_fd=proc_fd).st_ino
         idents = {cid: discovery.identity(e.pid, proc_fd) for cid, e in entries.items()}
-        prober = discovery.Prober(proc_fd, skip=(live_dev,), timeout=probe_timeout) if probe else None
+        prober = (
+            discovery.Prober(proc_fd, skip=() if live_dev is None else (live_dev,), timeout=probe_timeout)
+            if probe
+            else None
+        )
         try:
             first = [(e.pid, e.mntns) for cid, e in entries.items() if idents[cid][1] == e.mntns]
             views = discovery.discover(fstype, proc_fd, first, host_ns, on_found=prober.watch if prober else None)

@@ -181,7 +181,8 @@ def _apply(ctx: Context, rootfd: int, fix: Fix, clone: int) -> bool:
             os.close(under)
         return True
     except OSError as e:
-        raise OSError(e.errno, f"{step}: {os.strerror(e.errno)}") from None
+        code = e.errno or errno.EIO  # every OSError here is a syscall's; EIO only for the type checker
+        raise OSError(code, f"{step}: {os.strerror(code)}") from None
     finally:
         os.close(tfd)
 
@@ -227,7 +228,7 @@ def run_job(ctx: Context, job: Job) -> NamespaceReport:
                     fds.append(clones[-1][1])
             except OSError as e:
                 failed = True
-                rep.errors.append(TargetError(fix.target, e.errno, f"cloning the live file: {e.strerror}"))
+                rep.errors.append(TargetError(fix.target, e.errno or errno.EIO, f"cloning the live file: {e.strerror}"))
         done: list[Fix] = []
         vanished = 0
         sc.setns(nsfd, sc.CLONE_NEWNS)
@@ -256,7 +257,7 @@ def run_job(ctx: Context, job: Job) -> NamespaceReport:
                 except OSError as e:
                     if not (fix.optional and e.errno == errno.ENOENT):
                         failed = True
-                        rep.errors.append(TargetError(fix.target, e.errno, str(e.strerror)))
+                        rep.errors.append(TargetError(fix.target, e.errno or errno.EIO, str(e.strerror)))
         finally:
             try:
                 sc.setns(ctx.host_ns_fd, sc.CLONE_NEWNS)
