@@ -16,6 +16,7 @@ import os
 import socket
 import struct
 import time
+from typing import Protocol
 
 from lxcfs_guard.cgroup import CgroupGone, CgroupReader, CgroupRef
 from lxcfs_guard.fs.views.loadavg import decay
@@ -54,6 +55,12 @@ def count_threads(pids: list[int], proc: str = "/proc") -> tuple[int, int]:
             if state in (b"R", b"D"):
                 active += 1
     return active, total
+
+
+class LoadSource(Protocol):
+    """Where Content reads a cgroup's loadavg: the sampler itself (one process) or a worker's SharedLoad."""
+
+    def get(self, ref: CgroupRef) -> tuple[tuple[int, int, int], int, int] | None: ...
 
 
 class LoadSampler:

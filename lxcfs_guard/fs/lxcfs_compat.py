@@ -263,10 +263,11 @@ def remove_pidfile(args: argparse.Namespace) -> None:
 
 
 def _ignored_signal(signum: int, _frame: object) -> None:
-    what = {
+    names: dict[int, str] = {
         signal.SIGUSR1: "SIGUSR1 (LXCFS: reload its library)",
         signal.SIGUSR2: "SIGUSR2 (LXCFS: toggle virtualization)",
-    }.get(signum, str(signum))
+    }
+    what = names.get(signum, str(signum))
     log.warning(
         "%s ignored: the code is loaded once per process; `lxcfs-guard supervise` restarts with zero "
         "downtime on SIGHUP",
