@@ -26,6 +26,7 @@ import logging
 import os
 import signal
 import sys
+from typing import Any
 
 from lxcfs_guard import __version__
 
@@ -164,7 +165,10 @@ def apply(args: argparse.Namespace) -> int | None:
     """Turn LXCFS's flags into serve's settings, in place; warn about the ones that change nothing here.
     Returns an exit code when serve must stop right away (-v, a bad combination, a locked pid file)."""
     drop_in = bool(getattr(args, "lxcfs_drop_in", False))
-    g = lambda name, default=None: getattr(args, name, default)  # noqa: E731  (serve built elsewhere: all optional)
+
+    def g(name: str, default: Any = None) -> Any:  # serve's parser is built elsewhere: every flag optional
+        return getattr(args, name, default)
+
     if g("lxcfs_version"):
         print_version()
         return 0

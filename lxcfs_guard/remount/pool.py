@@ -105,7 +105,7 @@ def _worker_main(ctx: Context, jobs: Sequence[Job], w: int, threads: int) -> Non
         for _ in range(running[0]):
             _thread.start_new_thread(loop, ())
         finished.acquire()
-    except BaseException:  # noqa: BLE001
+    except BaseException:  # noqa: BLE001 - nothing may escape a forked child: it exits 1
         code = 1
     finally:
         os._exit(code)

@@ -120,7 +120,7 @@ class LightContainer:
                 os.close(r)
                 enter(self, chroot=chroot)
                 fn()
-            except BaseException as e:  # noqa: BLE001
+            except BaseException as e:  # noqa: BLE001 - the forked child reports anything to the parent
                 os.write(w, f"{type(e).__name__}: {e}".encode()[:4000])
             finally:
                 os._exit(0)
@@ -180,7 +180,7 @@ def _init_child(root: str, cgroup: TestCgroup, binds: Sequence[tuple[str, str, i
                 os.dup2(devnull, fd)
         os.closerange(3, 65536)
         os.execv("/bin/busybox", ["busybox", "sleep", "1000000"])
-    except BaseException as e:  # noqa: BLE001
+    except BaseException as e:  # noqa: BLE001 - the forked child reports anything to the parent
         with contextlib.suppress(OSError):
             os.write(ready, f"{type(e).__name__}: {e}".encode()[:4000])
     finally:

@@ -148,7 +148,7 @@ class Fleet:
             if all(v is not None for v in rec.values()) and now - since_ns >= settle * 1e9:
                 last_bad = max((e[0] for r in self.readers for e in r.events if e[1] != "ok"), default=0)
                 if now - max(last_bad, since_ns) >= settle * 1e9:
-                    return {k: v / 1e6 for k, v in rec.items()}  # type: ignore[operator]
+                    return {k: v / 1e6 for k, v in rec.items() if v is not None}  # all are, checked above
             if time.monotonic() > deadline:
                 late = {r.id: r.events[-3:] for r in self.readers if rec[r.id] is None}
                 raise TimeoutError(f"containers not reading correctly {timeout}s after the fault: {late}")

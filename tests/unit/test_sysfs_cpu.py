@@ -96,7 +96,10 @@ def hostdir(tmp_path):
 
 
 def _dir(hostdir, mode="host", visible=(0, 1, 2, 3), renumber=False) -> CpuDir:
-    online = lambda view: ("0" if visible == (0,) else "0-3").encode() + b"\n"  # noqa: E731
+
+    def online(view) -> bytes:
+        return ("0" if visible == (0,) else "0-3").encode() + b"\n"
+
     return CpuDir(lambda view: visible, online, mode, renumber=renumber, host_dir=str(hostdir))
 
 
