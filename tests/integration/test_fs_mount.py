@@ -35,7 +35,7 @@ def test_mount_shape_tree_and_state_file() -> None:
     with serve() as d:
         m = top_mount(d.mountpoint)
         assert m.fstype == "fuse.lxcfs-guard" and m.source == "lxcfs-guard"
-        assert not m.read_only  # PSI triggers are on: the pressure files take writes, nothing else does
+        assert m.read_only  # PSI triggers are opt-in (--enable-psi-poll): without them nothing takes writes
         assert "allow_other" in m.super_options.split(",")
         assert sorted(os.listdir(d.mountpoint)) == ["proc", "sys"]
         assert sorted(os.listdir(d.path("proc"))) == sorted(
