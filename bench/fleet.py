@@ -7,11 +7,11 @@ of N cgroups (v1: memory, cpu, cpuacct and blkio, each with its own memory limit
 that joins its cgroup BEFORE it reads anything, waits for a common start, then at a random phase in
 [0, period) opens, reads to EOF and closes each file once a period, timing each with CLOCK_MONOTONIC.
 
-Per daemon and round it prints reads, errors (failed open/read, content empty (diskstats may be) or not ending in a newline), p50 / p99 / max
-latency, the daemon's CPU per 1000 reads and its memory. The daemon runs in a cpuacct cgroup of its own, so
-CPU is every process and thread it has or had (cpuacct.usage counts exited children too), sampled right
-before the start and after the last reader finished; memory is PSS summed over the processes in that cgroup
-(/proc/PID/smaps_rollup) at the end of the round.
+Per daemon and round it prints reads, errors (failed open/read, content empty (diskstats may be) or not ending in a
+newline), p50 / p99 / max latency, the daemon's CPU per 1000 reads and its memory. The daemon runs in a cpuacct
+cgroup of its own, so CPU is every process and thread it has or had (cpuacct.usage counts exited children too),
+sampled right before the start and after the last reader finished; memory is PSS summed over the processes in that
+cgroup (/proc/PID/smaps_rollup) at the end of the round.
 
     .venv/bin/python bench/fleet.py [--n 200] [--period 1] [--seconds 8] [--rounds 2]
         [--files proc/meminfo,...] [--serve-args '...'] [--lxcfs-args '-l'] [--daemons ours,lxcfs]
@@ -292,8 +292,9 @@ class Daemon:
     workdir: str
 
 
-def start_daemon(kind: str, fleet: Fleet, tag: str, extra: list[str], timeout: float = 30.0,
-                 base_tree: str = "") -> Daemon:
+def start_daemon(
+    kind: str, fleet: Fleet, tag: str, extra: list[str], timeout: float = 30.0, base_tree: str = ""
+) -> Daemon:
     """Start the daemon inside its own cgroup (it joins before exec, so every thread and child is counted)."""
     work = tempfile.mkdtemp(prefix=f"lxcfs-fleet-{kind}-")
     mnt = os.path.join(work, "mnt")
@@ -309,10 +310,14 @@ def start_daemon(kind: str, fleet: Fleet, tag: str, extra: list[str], timeout: f
         cmd = [*prog, "serve", "--mountpoint", mnt, "--state-dir", os.path.join(work, "state"), *extra]
     else:
         cmd = [LXCFS, "--pidfile", os.path.join(work, "lxcfs.pid"), *extra, mnt]
-    log = open(os.path.join(work, "log"), "wb")
-    proc = subprocess.Popen(["sh", "-c", 'echo $$ > "$0" && exec "$@"', f"{cg}/cgroup.procs", *cmd],
-                            stdout=log, stderr=log, env=env, start_new_session=True)
-    log.close()
+    with open(os.path.join(work, "log"), "wb") as log:
+        proc = subprocess.Popen(
+            ["sh", "-c", 'echo $$ > "$0" && exec "$@"', f"{cg}/cgroup.procs", *cmd],
+            stdout=log,
+            stderr=log,
+            env=env,
+            start_new_session=True,
+        )
     d = Daemon(kind, proc, mnt, cg, work)
     deadline = time.monotonic() + timeout
     while not (_is_mount(mnt) and _answers(os.path.join(mnt, "proc", "meminfo"))):
@@ -377,8 +382,16 @@ class RoundResult:
         return self.cpu_ns / 1e6 / max(self.reads, 1) * 1000
 
 
-def run_round(exe: str, fleet: Fleet, d: Daemon, files: list[str], args: argparse.Namespace, rnd: int,
-              work: str, rng: random.Random) -> RoundResult:
+def run_round(
+    exe: str,
+    fleet: Fleet,
+    d: Daemon,
+    files: list[str],
+    args: argparse.Namespace,
+    rnd: int,
+    work: str,
+    rng: random.Random,
+) -> RoundResult:
     rdir = tempfile.mkdtemp(prefix=f"r{rnd}-{d.kind}-", dir=work)
     paths = [os.path.join(d.mountpoint, f) for f in files]
     dump = os.path.join(rdir, "first-meminfo")
@@ -388,8 +401,17 @@ def run_round(exe: str, fleet: Fleet, d: Daemon, files: list[str], args: argpars
     try:
         for i in range(fleet.n):
             cgs = fleet.procs_files(i)
-            argv = [exe, os.path.join(rdir, f"{i}.bin"), str(args.period), str(args.seconds),
-                    f"{rng.random() * args.period:.6f}", dump if i == 0 else "-", str(len(cgs)), *cgs, *paths]
+            argv = [
+                exe,
+                os.path.join(rdir, f"{i}.bin"),
+                str(args.period),
+                str(args.seconds),
+                f"{rng.random() * args.period:.6f}",
+                dump if i == 0 else "-",
+                str(len(cgs)),
+                *cgs,
+                *paths,
+            ]
             procs.append(subprocess.Popen(argv, stdin=go_r, stdout=ready_w, close_fds=True))
         os.close(ready_w)
         ready_w = -1
@@ -418,8 +440,9 @@ def run_round(exe: str, fleet: Fleet, d: Daemon, files: list[str], args: argpars
             raise RuntimeError(f"{len(failed)} readers failed (exit {failed[0].returncode})")
         killed = {i for i, p in enumerate(procs) if p.returncode < 0}
         if killed:  # a signal from outside (the machine is shared); the round goes on without their records
-            print(f"  warning: {len(killed)} readers were killed by a signal; their reads are left out",
-                  file=sys.stderr)
+            print(
+                f"  warning: {len(killed)} readers were killed by a signal; their reads are left out", file=sys.stderr
+            )
     finally:
         for p in procs:
             if p.poll() is None:
@@ -446,8 +469,9 @@ def run_round(exe: str, fleet: Fleet, d: Daemon, files: list[str], args: argpars
     lat.sort()
     verified = verify_dump(dump, fleet.limit(0)) if files[0] == "proc/meminfo" else "first file is not meminfo"
     shutil.rmtree(rdir, ignore_errors=True)
-    return RoundResult(d.kind, rnd, len(lat), errors, lat, cpu, pss, wall,
-                       {k: (v[0], v[1]) for k, v in per_file.items()}, verified)
+    return RoundResult(
+        d.kind, rnd, len(lat), errors, lat, cpu, pss, wall, {k: (v[0], v[1]) for k, v in per_file.items()}, verified
+    )
 
 
 def verify_dump(path: str, limit: int) -> str:
@@ -470,9 +494,12 @@ NAMES = {"ours": "lxcfs-guard", "base": "base tree", "lxcfs": "LXCFS 5.0.3"}
 
 
 def print_round(r: RoundResult) -> None:
-    print(f"  round {r.round} {NAMES[r.kind]:<12} reads {r.reads:>6} errors {r.errors:>3}  "
-          f"p50 {r.pct(0.5):6.2f}  p99 {r.pct(0.99):6.2f}  max {r.lat_ns[-1] / 1e6 if r.lat_ns else 0:7.2f} ms  "
-          f"CPU {r.cpu_per_1000:6.1f} ms/1000 reads  PSS {r.pss_kb / 1024:5.1f} MB  ({r.wall_s:.1f} s)", flush=True)
+    print(
+        f"  round {r.round} {NAMES[r.kind]:<12} reads {r.reads:>6} errors {r.errors:>3}  "
+        f"p50 {r.pct(0.5):6.2f}  p99 {r.pct(0.99):6.2f}  max {r.lat_ns[-1] / 1e6 if r.lat_ns else 0:7.2f} ms  "
+        f"CPU {r.cpu_per_1000:6.1f} ms/1000 reads  PSS {r.pss_kb / 1024:5.1f} MB  ({r.wall_s:.1f} s)",
+        flush=True,
+    )
     bad = {k: v for k, v in r.per_file.items() if v[1]}
     if bad:
         print("    errors per file: " + ", ".join(f"{k} {e}/{n}" for k, (n, e) in bad.items()))
@@ -480,12 +507,16 @@ def print_round(r: RoundResult) -> None:
 
 def print_summary(results: list[RoundResult], n: int) -> None:
     print(f"\nsummary, N={n} ({'; '.join(dict.fromkeys(r.verified for r in results))})")
-    print(f"{'daemon':<12} {'round':>5} {'reads':>7} {'errors':>6} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>8} "
-          f"{'CPU ms/1000':>11} {'PSS MB':>7}")
+    print(
+        f"{'daemon':<12} {'round':>5} {'reads':>7} {'errors':>6} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>8} "
+        f"{'CPU ms/1000':>11} {'PSS MB':>7}"
+    )
     for kind in NAMES:
         for r in (x for x in results if x.kind == kind):
-            print(f"{NAMES[kind]:<12} {r.round:>5} {r.reads:>7} {r.errors:>6} {r.pct(0.5):>7.2f} {r.pct(0.99):>7.2f} "
-                  f"{r.lat_ns[-1] / 1e6 if r.lat_ns else 0:>8.2f} {r.cpu_per_1000:>11.1f} {r.pss_kb / 1024:>7.1f}")
+            print(
+                f"{NAMES[kind]:<12} {r.round:>5} {r.reads:>7} {r.errors:>6} {r.pct(0.5):>7.2f} {r.pct(0.99):>7.2f} "
+                f"{r.lat_ns[-1] / 1e6 if r.lat_ns else 0:>8.2f} {r.cpu_per_1000:>11.1f} {r.pss_kb / 1024:>7.1f}"
+            )
 
 
 def loadavg() -> str:
@@ -500,18 +531,26 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=8.0, help="length of a round")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--files", default=DEFAULT_FILES, help="comma-separated, relative to the mountpoint")
-    ap.add_argument("--daemons", default="ours,lxcfs",
-                    help="which to run (ours, lxcfs, base), in the first round's order")
-    ap.add_argument("--base-tree", default="",
-                    help="for 'base': a directory holding another lxcfs_guard package, to compare two versions")
+    ap.add_argument(
+        "--daemons", default="ours,lxcfs", help="which to run (ours, lxcfs, base), in the first round's order"
+    )
+    ap.add_argument(
+        "--base-tree",
+        default="",
+        help="for 'base': a directory holding another lxcfs_guard package, to compare two versions",
+    )
     ap.add_argument("--serve-args", default="", help="extra arguments for lxcfs-guard serve")
     ap.add_argument("--base-args", default=None, help="serve arguments for 'base' (default: --serve-args)")
     ap.add_argument("--lxcfs-args", default="", help="extra arguments for lxcfs (e.g. -l: virtualized loadavg)")
     ap.add_argument("--base-limit-mib", type=int, default=256, help="reader i's cgroup gets this + i MiB")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--profile", metavar="CMD", default="",
-                    help="run CMD with {pid} and {seconds} filled in (e.g. 'py-spy record -p {pid} -d {seconds} "
-                         "-f raw -o /tmp/x.txt') during each round of ours")
+    ap.add_argument(
+        "--profile",
+        metavar="CMD",
+        default="",
+        help="run CMD with {pid} and {seconds} filled in (e.g. 'py-spy record -p {pid} -d {seconds} "
+        "-f raw -o /tmp/x.txt') during each round of ours",
+    )
     args = ap.parse_args()
     files = [f.strip() for f in args.files.split(",") if f.strip()]
     if args.base_args is None:
@@ -529,11 +568,15 @@ def main() -> int:
     daemon: Daemon | None = None
     try:
         exe = build_reader(work)
-        print(f"load average before: {loadavg()}; {os.cpu_count()} CPUs; N={args.n}, period {args.period} s, "
-              f"{args.seconds} s a round, files {','.join(files)}", flush=True)
+        print(
+            f"load average before: {loadavg()}; {os.cpu_count()} CPUs; N={args.n}, period {args.period} s, "
+            f"{args.seconds} s a round, files {','.join(files)}",
+            flush=True,
+        )
         fleet.create()
-        print(f"created {args.n} cgroups x {len(fleet.hierarchies())} hierarchies in {fleet.create_s:.2f} s",
-              flush=True)
+        print(
+            f"created {args.n} cgroups x {len(fleet.hierarchies())} hierarchies in {fleet.create_s:.2f} s", flush=True
+        )
         for rnd in range(1, args.rounds + 1):
             order = kinds if rnd % 2 else list(reversed(kinds))
             for kind in order:
@@ -541,8 +584,9 @@ def main() -> int:
                 daemon = start_daemon(kind, fleet, f"{kind}-{rnd}", extra, base_tree=args.base_tree)
                 prof = None
                 if args.profile and kind != "lxcfs":
-                    prof = subprocess.Popen(shlex.split(args.profile.format(pid=daemon.proc.pid,
-                                                                            seconds=int(args.seconds) + 2)))
+                    prof = subprocess.Popen(
+                        shlex.split(args.profile.format(pid=daemon.proc.pid, seconds=int(args.seconds) + 2))
+                    )
                 try:
                     r = run_round(exe, fleet, daemon, files, args, rnd, work, rng)
                 finally:

@@ -12,15 +12,24 @@ import sys
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("lxcfs_guard.fs.daemon", "run the cgroup-aware /proc FUSE filesystem in the foreground"),
-    "supervise": ("lxcfs_guard.watchdog.supervise", "run `serve` under a watchdog that restarts it and repairs containers"),
+    "supervise": (
+        "lxcfs_guard.watchdog.supervise",
+        "run `serve` under a watchdog that restarts it and repairs containers",
+    ),
     "remount": ("lxcfs_guard.remount.commands", "repair containers whose binds point at a dead FUSE connection"),
     "attach": ("lxcfs_guard.remount.commands", "bind the virtual /proc files into a running container and register it"),
     "register": ("lxcfs_guard.remount.commands", "record a container whose binds were made elsewhere"),
     "unregister": ("lxcfs_guard.remount.commands", "forget a container"),
     "list": ("lxcfs_guard.remount.commands", "list registered and discovered containers"),
     "status": ("lxcfs_guard.watchdog.status", "show the daemon's health, restarts and containers"),
-    "oci-hook": ("lxcfs_guard.oci.hook", "OCI runtime hook: bind the files into a new container (createRuntime/poststop)"),
-    "lxcfs": ("lxcfs_guard.fs.lxcfs_compat", "LXCFS 7.0's command line: `lxcfs [FLAGS] MOUNTPOINT` (lxcfs.service drop-in)"),
+    "oci-hook": (
+        "lxcfs_guard.oci.hook",
+        "OCI runtime hook: bind the files into a new container (createRuntime/poststop)",
+    ),
+    "lxcfs": (
+        "lxcfs_guard.fs.lxcfs_compat",
+        "LXCFS 7.0's command line: `lxcfs [FLAGS] MOUNTPOINT` (lxcfs.service drop-in)",
+    ),
 }
 
 

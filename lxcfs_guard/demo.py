@@ -76,8 +76,10 @@ def kill_a_worker(sup: Supervised, reader: Reader) -> None:
     workers = serve_workers(state, holder).get("workers") or []
     if not workers:
         raise RuntimeError("the FUSE daemon reports no workers")
-    say(f"      daemon pid {holder} holds the FUSE connection; {len(workers)} worker"
-        f"{'s' if len(workers) != 1 else ''} serve it (pids {' '.join(str(w['pid']) for w in workers)})")
+    say(
+        f"      daemon pid {holder} holds the FUSE connection; {len(workers)} worker"
+        f"{'s' if len(workers) != 1 else ''} serve it (pids {' '.join(str(w['pid']) for w in workers)})"
+    )
     wait_for(lambda: any("MemTotal" in x for _, x in reader.since(0)), 10, what="the container's reads")
     victim = workers[-1]["pid"]
     t_kill = time.monotonic()

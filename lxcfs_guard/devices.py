@@ -15,6 +15,7 @@ kernel/.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -67,7 +68,5 @@ def recorded(state_dir: str) -> dict[int, float]:
 
 def forget(state_dir: str, devs: set[int]) -> None:
     for dev in devs:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(os.path.join(state_dir, DEVICES, _name(dev)))
-        except OSError:
-            pass

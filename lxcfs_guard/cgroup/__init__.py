@@ -1,8 +1,8 @@
 """cgroup v1 and v2 readers behind one interface; the cgroup root is a parameter so fixture trees work.
 
-    reader = open_reader()                 # or open_reader("/path/to/fixture", version=2)
-    ref = reader.ref_for_pid(pid)          # CgroupRef: controller -> path
-    reader.memory(ref), reader.cpu(ref), reader.cpu_usage(ref), reader.io(ref), reader.procs(ref)
+reader = open_reader()                 # or open_reader("/path/to/fixture", version=2)
+ref = reader.ref_for_pid(pid)          # CgroupRef: controller -> path
+reader.memory(ref), reader.cpu(ref), reader.cpu_usage(ref), reader.io(ref), reader.procs(ref)
 """
 
 from __future__ import annotations
@@ -15,8 +15,17 @@ from lxcfs_guard.cgroup.v1 import V1Reader
 from lxcfs_guard.cgroup.v2 import V2Reader
 
 __all__ = [
-    "CgroupGone", "CgroupReader", "CgroupRef", "CpuFacts", "CpuUsage", "IoStat", "MemoryFacts",
-    "V1Reader", "V2Reader", "detect_version", "open_reader",
+    "CgroupGone",
+    "CgroupReader",
+    "CgroupRef",
+    "CpuFacts",
+    "CpuUsage",
+    "IoStat",
+    "MemoryFacts",
+    "V1Reader",
+    "V2Reader",
+    "detect_version",
+    "open_reader",
 ]
 
 

@@ -8,6 +8,7 @@ host file then.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Protocol
 
@@ -89,10 +90,8 @@ def parse_flat_keyed(text: str) -> dict[str, int]:
                 pass
         parts = line.split()  # anything else: exactly two whitespace-separated fields, or skipped
         if len(parts) == 2:
-            try:
+            with contextlib.suppress(ValueError):
                 out[parts[0]] = int(parts[1])
-            except ValueError:
-                pass
     return out
 
 
@@ -136,7 +135,7 @@ def strip_init_scope(path: str) -> str:
 
 
 def ancestors(path: str) -> list[str]:
-    """"/a/b/c" -> ["/a/b/c", "/a/b", "/a", "/"]: where a limit may be set, nearest first."""
+    """ "/a/b/c" -> ["/a/b/c", "/a/b", "/a", "/"]: where a limit may be set, nearest first."""
     path = "/" + path.strip("/")
     out = [path]
     while path != "/":

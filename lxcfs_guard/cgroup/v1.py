@@ -24,8 +24,19 @@ from lxcfs_guard.cgroup.facts import UNLIMITED_V1, CgroupRef, CpuFacts, CpuUsage
 from lxcfs_guard.cgroup.quota import quota_up_v1
 
 _MEMSTAT_KEYS = (
-    "cache", "rss", "rss_huge", "shmem", "mapped_file", "dirty", "writeback", "swap",
-    "active_anon", "inactive_anon", "active_file", "inactive_file", "unevictable",
+    "cache",
+    "rss",
+    "rss_huge",
+    "shmem",
+    "mapped_file",
+    "dirty",
+    "writeback",
+    "swap",
+    "active_anon",
+    "inactive_anon",
+    "active_file",
+    "inactive_file",
+    "unevictable",
 )
 
 
@@ -122,10 +133,11 @@ class V1Reader:
         memsw_usage = read_int(f"{path}/memory.memsw.usage_in_bytes")
         swap_limit = swap_usage = None
         accounting = memsw_usage is not None
-        if accounting:
+        if memsw_usage is not None:
             hier = raw.get("hierarchical_memsw_limit")
-            memsw_limit = (_limit(hier) if hier is not None
-                           else self._min_up(ref, "memory", "memory.memsw.limit_in_bytes"))
+            memsw_limit = (
+                _limit(hier) if hier is not None else self._min_up(ref, "memory", "memory.memsw.limit_in_bytes")
+            )
             if memsw_limit is not None and limit is not None:
                 swap_limit = max(memsw_limit - limit, 0)
             swap_usage = max(memsw_usage - usage, 0)
@@ -205,8 +217,10 @@ class V1Reader:
             text = self._read_known(path, name)
             if text is None:
                 # cfq files are gone on blk-mq kernels: fall back to the throttle layer's counters
-                alt = {"blkio.io_service_bytes_recursive": "blkio.throttle.io_service_bytes_recursive",
-                       "blkio.io_serviced_recursive": "blkio.throttle.io_serviced_recursive"}.get(name)
+                alt = {
+                    "blkio.io_service_bytes_recursive": "blkio.throttle.io_service_bytes_recursive",
+                    "blkio.io_serviced_recursive": "blkio.throttle.io_serviced_recursive",
+                }.get(name)
                 text = self._read_known(path, alt) if alt else None
             if text is None:
                 continue
@@ -227,11 +241,18 @@ class V1Reader:
             st = tables.get("blkio.io_service_time_recursive", {}).get(dev, {})
             wt = tables.get("blkio.io_wait_time_recursive", {}).get(dev, {})
             out[dev] = IoStat(
-                rbytes=b.get("Read", 0), wbytes=b.get("Write", 0), dbytes=b.get("Discard", 0),
-                rios=n.get("Read", 0), wios=n.get("Write", 0), dios=n.get("Discard", 0),
-                rmerged=m.get("Read", 0), wmerged=m.get("Write", 0),
-                rtime_ns=st.get("Read", 0), wtime_ns=st.get("Write", 0),
-                rwait_ns=wt.get("Read", 0), wwait_ns=wt.get("Write", 0),
+                rbytes=b.get("Read", 0),
+                wbytes=b.get("Write", 0),
+                dbytes=b.get("Discard", 0),
+                rios=n.get("Read", 0),
+                wios=n.get("Write", 0),
+                dios=n.get("Discard", 0),
+                rmerged=m.get("Read", 0),
+                wmerged=m.get("Write", 0),
+                rtime_ns=st.get("Read", 0),
+                wtime_ns=st.get("Write", 0),
+                rwait_ns=wt.get("Read", 0),
+                wwait_ns=wt.get("Write", 0),
             )
         return out
 
@@ -258,7 +279,7 @@ class V1Reader:
 
 
 def _parse_blkio(text: str) -> dict[tuple[int, int], dict[str, int]]:
-    """"8:0 Read 4096" lines -> {(8, 0): {"Read": 4096, ...}}; the trailing "Total N" line is skipped."""
+    """ "8:0 Read 4096" lines -> {(8, 0): {"Read": 4096, ...}}; the trailing "Total N" line is skipped."""
     out: dict[tuple[int, int], dict[str, int]] = {}
     for line in text.splitlines():
         parts = line.split()

@@ -80,10 +80,10 @@ class V2Reader:
                 best = v
         return best
 
-    def _gone_or_none(self, path: str) -> None:
+    def _raise_if_gone(self, path: str) -> None:
+        """An unreadable file means no figures (the caller returns None), unless the cgroup itself went away."""
         if not os.path.isdir(path):
             raise CgroupGone(path)
-        return None
 
     def memory(self, ref: CgroupRef) -> MemoryFacts | None:
         path = self._path(ref)
@@ -92,7 +92,8 @@ class V2Reader:
         usage = read_int(f"{path}/memory.current")
         stat_text = read_text(f"{path}/memory.stat")
         if usage is None or stat_text is None:
-            return self._gone_or_none(path)
+            self._raise_if_gone(path)
+            return None
         raw = parse_flat_keyed(stat_text)
         stat = {v1: raw.get(v2, 0) for v2, v1 in _MEMSTAT_MAP.items()}
         swap_usage = read_int(f"{path}/memory.swap.current")
@@ -123,7 +124,8 @@ class V2Reader:
         if found is not None:
             quota, period = found
         if cpus is None and quota is None:
-            return self._gone_or_none(path)
+            self._raise_if_gone(path)
+            return None
         return CpuFacts(cpus=cpus, quota=quota, period=period)
 
     def cpu_usage(self, ref: CgroupRef) -> CpuUsage | None:
@@ -132,7 +134,8 @@ class V2Reader:
             return None
         text = read_text(f"{path}/cpu.stat")
         if text is None:
-            return self._gone_or_none(path)
+            self._raise_if_gone(path)
+            return None
         raw = parse_flat_keyed(text)
         if "user_usec" not in raw:
             return None
@@ -152,7 +155,8 @@ class V2Reader:
             return None
         text = read_text(f"{path}/io.stat")
         if text is None:
-            return self._gone_or_none(path)
+            self._raise_if_gone(path)
+            return None
         return parse_io_stat(text)
 
     def procs(self, ref: CgroupRef) -> list[int] | None:
@@ -181,7 +185,7 @@ def parse_io_stat(text: str) -> dict[tuple[int, int], IoStat]:
         for item in parts[1:]:
             k, _, v = item.partition("=")
             if k in fields:
-                try:
+                try:  # noqa: SIM105 - once per field of io.stat on each render: suppress() costs more
                     kv[k] = int(v)
                 except ValueError:
                     pass

@@ -1,10 +1,10 @@
 """The holder: the process that owns the FUSE connection and keeps workers serving it.
 
-It mounts, answers the kernel's INIT itself (pyfuse3's loop, driven by fs/syncloop, runs only until the
-init callback has run and is then left by an exception: `pyfuse3.terminate()` would mark the session
-exited for every later loop), and then never serves a request. For each worker slot it makes a clone of the device fd (FUSE_DEV_IOC_CLONE),
-keeps it, and forks a worker that serves on it (fs/worker.py). It also runs the loadavg sampler
-(fs/loadavg.py `SamplerService`) in small steps between events: off every serving path, and without the
+It mounts, answers the kernel's INIT itself (pyfuse3's loop, driven by fs/syncloop, runs only until the init
+callback has run and is then left by an exception: `pyfuse3.terminate()` would mark the session exited for every
+later loop), and then never serves a request. For each worker slot it makes a clone of the device fd
+(FUSE_DEV_IOC_CLONE), keeps it, and forks a worker that serves on it (fs/worker.py). It also runs the loadavg
+sampler (fs/loadavg.py `SamplerService`) in small steps between events: off every serving path, and without the
 memory of one more Python process.
 
 A worker that dies (crash, OOM kill, SIGKILL) is seen at once on its pidfd. The requests it had taken sit in
@@ -27,6 +27,7 @@ the sampler's socket): no polling, no request handlers. Its own death closes eve
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import fcntl
 import gc
@@ -304,7 +305,7 @@ class Holder:
                     os.close(fd)
                 fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
                 code = 0 if os.read(fd, 65536) else 1
-            except BaseException:  # noqa: BLE001
+            except BaseException:  # noqa: BLE001 - nothing may escape the forked probe: it exits 1
                 pass
             os._exit(code)
         return Child(slot=-2, pid=pid, pidfd=os.pidfd_open(pid))
@@ -334,8 +335,10 @@ class Holder:
             self.resends += 1
         else:
             if self.resend:
-                log.warning("this kernel cannot resend requests (FUSE_NOTIFY_RESEND, Linux 6.9): a worker's "
-                            "crash fails the request it had in hand")
+                log.warning(
+                    "this kernel cannot resend requests (FUSE_NOTIFY_RESEND, Linux 6.9): a worker's "
+                    "crash fails the request it had in hand"
+                )
                 self.resend = False
             self.aborted += 1
             recovered = "ended its in-flight request"
@@ -344,8 +347,13 @@ class Holder:
         del self.workers[c.slot]
         self.worker_restarts += 1
         if len(self._deaths) > self.max_restarts:
-            log.error("worker pid %d %s; %d process deaths in %.0f s: a crash loop, giving up",
-                      c.pid, how, len(self._deaths), self.restart_window)
+            log.error(
+                "worker pid %d %s; %d process deaths in %.0f s: a crash loop, giving up",
+                c.pid,
+                how,
+                len(self._deaths),
+                self.restart_window,
+            )
             return False
         new = self._spawn(c.slot, restarts=c.restarts + 1)
         log.warning("worker %d (pid %d) %s; %s; replaced by pid %d", c.slot, c.pid, how, recovered, new.pid)
@@ -378,10 +386,8 @@ class Holder:
 
 
 def _pidfd_signal(pidfd: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         signal.pidfd_send_signal(pidfd, sig)
-    except ProcessLookupError:
-        pass
 
 
 def _describe(status: int | None) -> str:

@@ -17,7 +17,7 @@ from lxcfs_guard.cgroup import CgroupGone, CgroupReader
 from lxcfs_guard.cgroup.base import parse_cpu_list, read_text
 from lxcfs_guard.cgroup.pressure import RESOURCES, pressure_file
 from lxcfs_guard.fs.caller import View
-from lxcfs_guard.fs.loadavg import LoadSampler
+from lxcfs_guard.fs.loadavg import LoadSource
 from lxcfs_guard.fs.views import cpuinfo, cpuonline, cpus, diskstats, loadavg, meminfo, pressure, stat, swaps, uptime
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ class Content:
         reader: CgroupReader,
         cpu_view: str = "cpuset",
         ttl: float = 0.1,
-        sampler: LoadSampler | None = None,
+        sampler: LoadSource | None = None,
         host_paths: dict[str, str] | None = None,
         host_tick: float = HOST_TICK,
         meminfo_options: meminfo.MeminfoOptions = meminfo.DEFAULT_OPTIONS,

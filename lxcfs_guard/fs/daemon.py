@@ -8,6 +8,7 @@ appear only once a read through the mount answers. A clean exit unmounts and rem
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -24,28 +25,61 @@ MAX_DEFAULT_WORKERS = 8
 
 
 def configure_serve(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--mountpoint", default=config.default_mountpoint(),
-                        help="where to mount (default %(default)s, env LXCFS_GUARD_MOUNTPOINT)")
-    parser.add_argument("--state-dir", default=config.default_state_dir(),
-                        help="runtime state directory (default %(default)s, env LXCFS_GUARD_STATE_DIR)")
-    parser.add_argument("--cpu-view", choices=CPU_VIEWS, default="cpuset",
-                        help="CPUs a container sees: its cpuset, or also cut to ceil(quota/period) (LXCFS --enable-cfs)")
-    parser.add_argument("--cpu-dir-view", choices=("host", "container"), default="host",
-                        help="sys/devices/system/cpu beyond online: the host's present/possible/cpuN (LXCFS) or "
-                             "the caller's, matching online (see fs/sysfs_cpu.py for why host is the default)")
+    parser.add_argument(
+        "--mountpoint",
+        default=config.default_mountpoint(),
+        help="where to mount (default %(default)s, env LXCFS_GUARD_MOUNTPOINT)",
+    )
+    parser.add_argument(
+        "--state-dir",
+        default=config.default_state_dir(),
+        help="runtime state directory (default %(default)s, env LXCFS_GUARD_STATE_DIR)",
+    )
+    parser.add_argument(
+        "--cpu-view",
+        choices=CPU_VIEWS,
+        default="cpuset",
+        help="CPUs a container sees: its cpuset, or also cut to ceil(quota/period) (LXCFS --enable-cfs)",
+    )
+    parser.add_argument(
+        "--cpu-dir-view",
+        choices=("host", "container"),
+        default="host",
+        help="sys/devices/system/cpu beyond online: the host's present/possible/cpuN (LXCFS) or "
+        "the caller's, matching online (see fs/sysfs_cpu.py for why host is the default)",
+    )
     parser.add_argument("--cgroup-root", default="/sys/fs/cgroup", help="where the cgroup hierarchies are mounted")
-    parser.add_argument("--cache-ttl", type=float, default=0.1,
-                        help="seconds a rendered file is reused for the same cgroup (0: render every open)")
-    parser.add_argument("--loadavg-interval", type=float, default=5.0,
-                        help="seconds between loadavg samples (the kernel's decay constants assume 5)")
-    parser.add_argument("--workers", type=int, default=0,
-                        help="serving processes on the one mount (default: one per CPU, at most "
-                        f"{MAX_DEFAULT_WORKERS}); a worker that dies is replaced and its requests resent")
-    parser.add_argument("--no-resend", action="store_true",
-                        help="when a worker dies, end its in-flight request (ECONNABORTED) instead of asking the "
-                        "kernel to resend it; what kernels before 6.9 do anyway (for tests)")
-    parser.add_argument("--max-worker-restarts", type=int, default=30,
-                        help="more worker deaths than this within 60 s is a crash loop: serve exits")
+    parser.add_argument(
+        "--cache-ttl",
+        type=float,
+        default=0.1,
+        help="seconds a rendered file is reused for the same cgroup (0: render every open)",
+    )
+    parser.add_argument(
+        "--loadavg-interval",
+        type=float,
+        default=5.0,
+        help="seconds between loadavg samples (the kernel's decay constants assume 5)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="serving processes on the one mount (default: one per CPU, at most "
+        f"{MAX_DEFAULT_WORKERS}); a worker that dies is replaced and its requests resent",
+    )
+    parser.add_argument(
+        "--no-resend",
+        action="store_true",
+        help="when a worker dies, end its in-flight request (ECONNABORTED) instead of asking the "
+        "kernel to resend it; what kernels before 6.9 do anyway (for tests)",
+    )
+    parser.add_argument(
+        "--max-worker-restarts",
+        type=int,
+        default=30,
+        help="more worker deaths than this within 60 s is a crash loop: serve exits",
+    )
     parser.add_argument("--debug", action="store_true", help="log at debug level")
     lxcfs_compat.add_lxcfs_flags(parser)
 
@@ -120,7 +154,7 @@ def run_serve(args: argparse.Namespace) -> int:
     # these pages with it instead of each importing its own copy.
     import socket
 
-    import pyfuse3  # noqa: F401
+    import pyfuse3
     import trio  # noqa: F401
 
     from lxcfs_guard.cgroup import open_reader
@@ -135,18 +169,18 @@ def run_serve(args: argparse.Namespace) -> int:
     from lxcfs_guard.kernel.notify import notify
 
     mountpoint = os.path.abspath(args.mountpoint)
-    try:
+    with contextlib.suppress(FileNotFoundError):
         detach_dead_mount(mountpoint)
-    except FileNotFoundError:
-        pass
     os.makedirs(mountpoint, exist_ok=True)
     workers = args.workers if args.workers else default_workers()
     if args.psi_triggers and workers != 1:
         # A PSI trigger fd lives in the process that wrote it, and a later POLL of the same file may reach
         # any worker: until trigger specs are shared between workers, triggers mean one worker.
         if args.workers:
-            log.warning("--enable-psi-poll serves with one worker (triggers are per process): --workers %d ignored",
-                        args.workers)
+            log.warning(
+                "--enable-psi-poll serves with one worker (triggers are per process): --workers %d ignored",
+                args.workers,
+            )
         workers = 1
     if not 1 <= workers <= arena.MAX_SLOTS:
         log.error("--workers must be 1..%d", arena.MAX_SLOTS)
@@ -160,9 +194,13 @@ def run_serve(args: argparse.Namespace) -> int:
         to_sampler, sampler_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         to_sampler.setblocking(False)
         service = loadavg.SamplerService(reader, table, sampler_end, args.loadavg_interval)
-    content = Content(reader, args.cpu_view, args.cache_ttl,
-                      loadavg.SharedLoad(reader, table, to_sampler) if service is not None else None,
-                      meminfo_options=lxcfs_compat.meminfo_options(args))
+    content = Content(
+        reader,
+        args.cpu_view,
+        args.cache_ttl,
+        loadavg.SharedLoad(reader, table, to_sampler) if service is not None else None,
+        meminfo_options=lxcfs_compat.meminfo_options(args),
+    )
     cpudir = CpuDir(content.visible_cpus, content.online_bytes, args.cpu_dir_view, renumber=args.cpu_view == "quota")
     ops = Operations(Tree(), Resolver(reader), content, cpudir, Pressure(reader, enabled=args.psi_triggers))
 
@@ -170,8 +208,12 @@ def run_serve(args: argparse.Namespace) -> int:
         ops.snapshots = arena.Arena(snapshots, slot)
 
     holder = Holder(
-        ops, mountpoint, lxcfs_compat.mount_options(fuse_options(), args), workers,
-        resend=not args.no_resend, worker_setup=worker_setup,
+        ops,
+        mountpoint,
+        lxcfs_compat.mount_options(fuse_options(), args),
+        workers,
+        resend=not args.no_resend,
+        worker_setup=worker_setup,
         max_restarts=args.max_worker_restarts,
         service=service,
         private_fds=(sampler_end.fileno(),) if service is not None else (),
@@ -191,8 +233,12 @@ def run_serve(args: argparse.Namespace) -> int:
         write()
         notify("READY=1")
         notify(f"STATUS=serving {mountpoint} with {workers} worker{'s' if workers != 1 else ''}")
-        log.info("ready: %d worker%s (pids %s)", workers, "s" if workers != 1 else "",
-                 " ".join(str(w.pid) for w in holder.workers.values()))
+        log.info(
+            "ready: %d worker%s (pids %s)",
+            workers,
+            "s" if workers != 1 else "",
+            " ".join(str(w.pid) for w in holder.workers.values()),
+        )
 
     started = time.time()
     code = 1
@@ -200,8 +246,9 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         holder.mount()
         mounted = True
-        log.info("mounted %s (cgroup v%d at %s, cpu view %s)", mountpoint, reader.version, args.cgroup_root,
-                 args.cpu_view)
+        log.info(
+            "mounted %s (cgroup v%d at %s, cpu view %s)", mountpoint, reader.version, args.cgroup_root, args.cpu_view
+        )
         holder.start()
         code = holder.run(on_ready, write)
         if code == 0 and not holder.ended:
@@ -219,8 +266,6 @@ def run_serve(args: argparse.Namespace) -> int:
                 log.exception("unmount failed")
         lxcfs_compat.remove_pidfile(args)
         for path in state_path:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
-            except FileNotFoundError:
-                pass
     return code

@@ -16,6 +16,7 @@ import os
 import socket
 import struct
 import time
+from typing import Protocol
 
 from lxcfs_guard.cgroup import CgroupGone, CgroupReader, CgroupRef
 from lxcfs_guard.fs.views.loadavg import decay
@@ -56,8 +57,16 @@ def count_threads(pids: list[int], proc: str = "/proc") -> tuple[int, int]:
     return active, total
 
 
+class LoadSource(Protocol):
+    """Where Content reads a cgroup's loadavg: the sampler itself (one process) or a worker's SharedLoad."""
+
+    def get(self, ref: CgroupRef) -> tuple[tuple[int, int, int], int, int] | None: ...
+
+
 class LoadSampler:
-    def __init__(self, reader: CgroupReader, proc: str = "/proc", idle_after: float = 600.0, max_cgroups: int = 1024) -> None:
+    def __init__(
+        self, reader: CgroupReader, proc: str = "/proc", idle_after: float = 600.0, max_cgroups: int = 1024
+    ) -> None:
         self.reader = reader
         self.proc = proc
         self.idle_after = idle_after

@@ -20,11 +20,13 @@ and SIGUSR2 (LXCFS toggles virtualization) are logged and ignored: they must not
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import logging
 import os
 import signal
 import sys
+from typing import Any
 
 from lxcfs_guard import __version__
 
@@ -40,43 +42,95 @@ _pidfile_fds: list[int] = []  # held open (and locked) for the life of the proce
 def add_lxcfs_flags(parser: argparse.ArgumentParser) -> None:
     """LXCFS 7.0's flags, in their own help group; dests are prefixed so none collides with serve's own."""
     g = parser.add_argument_group("LXCFS 7.0 flags (lxcfs.service drop-in; same meaning as in LXCFS)")
-    g.add_argument("-l", "--enable-loadavg", dest="lxcfs_loadavg", action="store_true",
-                   help="virtualize loadavg (serve: always on; `lxcfs`: host loadavg without it)")
-    g.add_argument("-u", "--disable-swap", dest="lxcfs_disable_swap", action="store_true",
-                   help="no swap: SwapTotal/SwapFree 0, /proc/swaps empty")
-    g.add_argument("-z", "--disable-zswap", dest="lxcfs_disable_zswap", action="store_true",
-                   help="Zswap/Zswapped read 0")
-    g.add_argument("--enable-cfs", dest="lxcfs_enable_cfs", action="store_true",
-                   help="cut the CPUs to ceil(quota/period), tightest up the tree (= --cpu-view quota)")
-    g.add_argument("--enable-psi-poll", dest="lxcfs_psi_poll", action="store_const", const=True, default=None,
-                   help="PSI triggers: write() to proc/pressure/* registers one, poll() waits for it "
-                        "(serve: on by default; `lxcfs`: off without it)")
-    g.add_argument("--disable-psi-poll", dest="lxcfs_psi_poll", action="store_const", const=False,
-                   help="(ours) pressure files read-only, the mount stays `ro`")
-    g.add_argument("--enable-pidfd", dest="lxcfs_pidfd", action="store_true",
-                   help="accepted with a warning (deprecated in LXCFS; pid reuse is checked by namespace here)")
-    g.add_argument("-p", "--pidfile", dest="lxcfs_pidfile", metavar="FILE",
-                   help="write and lock a pid file; a second instance on the same file refuses to start")
-    g.add_argument("--runtime-dir", dest="lxcfs_runtime_dir", metavar="DIR",
-                   help=f"directory of the default pid file DIR/lxcfs.pid (LXCFS default {DEFAULT_RUNTIME_DIR})")
-    g.add_argument("-f", "--foreground", dest="lxcfs_foreground", action="store_true",
-                   help="run in the foreground (we always do, as LXCFS 7.0 does)")
+    g.add_argument(
+        "-l",
+        "--enable-loadavg",
+        dest="lxcfs_loadavg",
+        action="store_true",
+        help="virtualize loadavg (serve: always on; `lxcfs`: host loadavg without it)",
+    )
+    g.add_argument(
+        "-u",
+        "--disable-swap",
+        dest="lxcfs_disable_swap",
+        action="store_true",
+        help="no swap: SwapTotal/SwapFree 0, /proc/swaps empty",
+    )
+    g.add_argument(
+        "-z", "--disable-zswap", dest="lxcfs_disable_zswap", action="store_true", help="Zswap/Zswapped read 0"
+    )
+    g.add_argument(
+        "--enable-cfs",
+        dest="lxcfs_enable_cfs",
+        action="store_true",
+        help="cut the CPUs to ceil(quota/period), tightest up the tree (= --cpu-view quota)",
+    )
+    g.add_argument(
+        "--enable-psi-poll",
+        dest="lxcfs_psi_poll",
+        action="store_const",
+        const=True,
+        default=None,
+        help="PSI triggers: write() to proc/pressure/* registers one, poll() waits for it "
+        "(serve: on by default; `lxcfs`: off without it)",
+    )
+    g.add_argument(
+        "--disable-psi-poll",
+        dest="lxcfs_psi_poll",
+        action="store_const",
+        const=False,
+        help="(ours) pressure files read-only, the mount stays `ro`",
+    )
+    g.add_argument(
+        "--enable-pidfd",
+        dest="lxcfs_pidfd",
+        action="store_true",
+        help="accepted with a warning (deprecated in LXCFS; pid reuse is checked by namespace here)",
+    )
+    g.add_argument(
+        "-p",
+        "--pidfile",
+        dest="lxcfs_pidfile",
+        metavar="FILE",
+        help="write and lock a pid file; a second instance on the same file refuses to start",
+    )
+    g.add_argument(
+        "--runtime-dir",
+        dest="lxcfs_runtime_dir",
+        metavar="DIR",
+        help=f"directory of the default pid file DIR/lxcfs.pid (LXCFS default {DEFAULT_RUNTIME_DIR})",
+    )
+    g.add_argument(
+        "-f",
+        "--foreground",
+        dest="lxcfs_foreground",
+        action="store_true",
+        help="run in the foreground (we always do, as LXCFS 7.0 does)",
+    )
     g.add_argument("-d", dest="lxcfs_debug", action="store_true", help="debug logging (= --debug)")
-    g.add_argument("-o", dest="lxcfs_fuse_opts", metavar="OPTS",
-                   help="extra FUSE mount options, comma-separated (allow_other, direct_io, entry_timeout, "
-                        "attr_timeout, nonempty are dropped as LXCFS drops them)")
+    g.add_argument(
+        "-o",
+        dest="lxcfs_fuse_opts",
+        metavar="OPTS",
+        help="extra FUSE mount options, comma-separated (allow_other, direct_io, entry_timeout, "
+        "attr_timeout, nonempty are dropped as LXCFS drops them)",
+    )
     g.add_argument("-s", dest="lxcfs_single", action="store_true", help="legacy; ignored with a warning")
     g.add_argument("-v", "--version", dest="lxcfs_version", action="store_true", help="print the version")
-    g.add_argument("--memory-high", choices=("limit", "ignore"), default="limit",
-                   help="(ours) memory.high below memory.max is MemTotal (limit) or not (ignore); default "
-                        "%(default)s")
+    g.add_argument(
+        "--memory-high",
+        choices=("limit", "ignore"),
+        default="limit",
+        help="(ours) memory.high below memory.max is MemTotal (limit) or not (ignore); default %(default)s",
+    )
 
 
 def configure_lxcfs(parser: argparse.ArgumentParser) -> None:
     from lxcfs_guard import config
 
-    parser.description = ("LXCFS 7.0's command line: `lxcfs-guard lxcfs [FLAGS] MOUNTPOINT` runs `serve` "
-                          "with LXCFS's defaults")
+    parser.description = (
+        "LXCFS 7.0's command line: `lxcfs-guard lxcfs [FLAGS] MOUNTPOINT` runs `serve` with LXCFS's defaults"
+    )
     add_lxcfs_flags(parser)
     parser.add_argument("--debug", action="store_true", help="debug logging")
     parser.add_argument("--state-dir", default=config.default_state_dir(), help="(ours) runtime state directory")
@@ -111,7 +165,10 @@ def apply(args: argparse.Namespace) -> int | None:
     """Turn LXCFS's flags into serve's settings, in place; warn about the ones that change nothing here.
     Returns an exit code when serve must stop right away (-v, a bad combination, a locked pid file)."""
     drop_in = bool(getattr(args, "lxcfs_drop_in", False))
-    g = lambda name, default=None: getattr(args, name, default)  # noqa: E731  (serve built elsewhere: all optional)
+
+    def g(name: str, default: Any = None) -> Any:  # serve's parser is built elsewhere: every flag optional
+        return getattr(args, name, default)
+
     if g("lxcfs_version"):
         print_version()
         return 0
@@ -149,14 +206,21 @@ def apply(args: argparse.Namespace) -> int | None:
 def warnings_for(args: argparse.Namespace, drop_in: bool) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     if getattr(args, "lxcfs_pidfd", False):
-        out.append(("--enable-pidfd", "deprecated in LXCFS; here a caller's pid is checked by its namespace, "
-                    "nothing to enable"))
+        out.append(
+            (
+                "--enable-pidfd",
+                "deprecated in LXCFS; here a caller's pid is checked by its namespace, nothing to enable",
+            )
+        )
     if getattr(args, "lxcfs_single", False):
         out.append(("-s", "legacy single-thread flag; ignored (LXCFS ignores it too)"))
     if getattr(args, "lxcfs_loadavg", False) and not drop_in:
         out.append(("-l/--enable-loadavg", "serve always virtualizes loadavg; nothing changes"))
-    dropped = [o for o in (getattr(args, "lxcfs_fuse_opts", None) or "").split(",") if o and o.split("=")[0]
-               in DROPPED_FUSE_OPTS]
+    dropped = [
+        o
+        for o in (getattr(args, "lxcfs_fuse_opts", None) or "").split(",")
+        if o and o.split("=")[0] in DROPPED_FUSE_OPTS
+    ]
     if dropped:
         out.append(("-o " + ",".join(dropped), "always in effect here (as in LXCFS); dropped"))
     return out
@@ -196,23 +260,30 @@ def write_pidfile(path: str) -> int:
 def remove_pidfile(args: argparse.Namespace) -> None:
     path = getattr(args, "pidfile_path", None)
     if path:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
-        except FileNotFoundError:
-            pass
     while _pidfile_fds:
         os.close(_pidfile_fds.pop())
 
 
 def _ignored_signal(signum: int, _frame: object) -> None:
-    what = {signal.SIGUSR1: "SIGUSR1 (LXCFS: reload its library)",
-            signal.SIGUSR2: "SIGUSR2 (LXCFS: toggle virtualization)"}.get(signum, str(signum))
-    log.warning("%s ignored: the code is loaded once per process; `lxcfs-guard supervise` restarts with zero "
-                "downtime on SIGHUP", what)
+    names: dict[int, str] = {
+        signal.SIGUSR1: "SIGUSR1 (LXCFS: reload its library)",
+        signal.SIGUSR2: "SIGUSR2 (LXCFS: toggle virtualization)",
+    }
+    what = names.get(signum, str(signum))
+    log.warning(
+        "%s ignored: the code is loaded once per process; `lxcfs-guard supervise` restarts with zero "
+        "downtime on SIGHUP",
+        what,
+    )
 
 
 def meminfo_options(args: argparse.Namespace):  # -> meminfo.MeminfoOptions (imported lazily: serve only)
     from lxcfs_guard.fs.views.meminfo import MeminfoOptions
 
-    return MeminfoOptions(swap=getattr(args, "swap", True), zswap=getattr(args, "zswap", True),
-                          memory_high=getattr(args, "memory_high", "limit") == "limit")
+    return MeminfoOptions(
+        swap=getattr(args, "swap", True),
+        zswap=getattr(args, "zswap", True),
+        memory_high=getattr(args, "memory_high", "limit") == "limit",
+    )

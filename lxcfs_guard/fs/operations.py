@@ -49,8 +49,15 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, tree: Tree, resolver: Resolver, content: Content, cpudir: CpuDir | None = None,
-                 pressure: Pressure | None = None, snapshots=None) -> None:
+    def __init__(
+        self,
+        tree: Tree,
+        resolver: Resolver,
+        content: Content,
+        cpudir: CpuDir | None = None,
+        pressure: Pressure | None = None,
+        snapshots=None,
+    ) -> None:
         super().__init__()
         self.tree = tree
         self.resolver = resolver
@@ -222,8 +229,13 @@ class Operations(pyfuse3.Operations):
 
     async def setattr(self, inode, attr, fields, fh, ctx):
         node = self.tree.get(inode)
-        if node is not None and self.pressure.writable(node.name) and fields.update_size and attr.st_size == 0 \
-                and not (fields.update_mode or fields.update_uid or fields.update_gid):
+        if (
+            node is not None
+            and self.pressure.writable(node.name)
+            and fields.update_size
+            and attr.st_size == 0
+            and not (fields.update_mode or fields.update_uid or fields.update_gid)
+        ):
             return self._attrs[inode]  # O_TRUNC of `echo ... > /proc/pressure/memory`: nothing to truncate
         raise pyfuse3.FUSEError(errno.EROFS)
 

@@ -26,6 +26,7 @@ so `serve --enable-psi-poll` runs one worker (fs/daemon.py); a store in the shar
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import logging
@@ -41,6 +42,7 @@ import pyfuse3
 
 from lxcfs_guard import config
 from lxcfs_guard.cgroup.base import CgroupReader, read_text
+from lxcfs_guard.cgroup.facts import CgroupRef
 from lxcfs_guard.cgroup.pressure import HOST_PRESSURE, pressure_file
 from lxcfs_guard.fs.views.pressure import render_pressure
 
@@ -68,6 +70,12 @@ class PressureSpec:
     trigger: bytes | None = None  # the validated trigger, NUL-terminated, once written
     pending: bool = False  # an event fired that no POLL has reported yet
     gone: bool = False  # the trigger's source went away (cgroup removed): POLLERR from now on
+
+
+class PollHandle(Protocol):
+    """pyfuse3's PollHandle (its C extension has no type information): what a POLL left to be woken."""
+
+    def notify(self) -> None: ...
 
 
 class SpecStore(Protocol):
@@ -120,10 +128,10 @@ def has_cap_sys_resource(pid: int, proc: str = "/proc") -> bool:
     return False
 
 
-def _locked(method):  # type: ignore[no-untyped-def]
+def _locked(method):
     """Run a Pressure entry point under its lock (the watcher thread changes the same state)."""
 
-    def run(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def run(self, *args, **kwargs):
         with self.lock:
             return method(self, *args, **kwargs)
 
@@ -157,7 +165,7 @@ class Pressure:
         self._local: set[int] = set()  # fhs opened through this process (fast check on the read path)
         self._fds: dict[int, tuple[int, int]] = {}  # fh -> (trigger fd, serial): this process's triggers
         self._by_fd: dict[int, int] = {}  # trigger fd -> fh
-        self._handles: dict[int, object] = {}  # fh -> the PollHandle of the last POLL that asked for one
+        self._handles: dict[int, PollHandle] = {}  # fh -> the PollHandle of the last POLL that asked for one
         self._epoll: select.epoll | None = None
         self.watch = watch  # False: no watcher thread (unit tests drive _drain by hand)
         self._watching = False
@@ -168,14 +176,14 @@ class Pressure:
         return self.enabled and name in self.names
 
     @_locked
-    def opened(self, fh: int, name: str, ref: object | None, pid: int) -> None:
+    def opened(self, fh: int, name: str, ref: CgroupRef | None, pid: int) -> None:
         resource = self.names.get(name)
         if resource is None:
             return
         if ref is None:
             path = f"{self.host_dir}/{resource}"
         else:
-            path = pressure_file(self.reader, ref, resource, self.host_dir)  # type: ignore[arg-type]
+            path = pressure_file(self.reader, ref, resource, self.host_dir)
         privileged = has_cap_sys_resource(pid, self.proc) if self.enabled else False
         self.store.put(fh, PressureSpec(resource, path, privileged, next(self._serial)))
         self._local.add(fh)
@@ -212,7 +220,7 @@ class Pressure:
         return len(buf)
 
     @_locked
-    def poll(self, fh: int, handle: object | None) -> int:
+    def poll(self, fh: int, handle: PollHandle | None) -> int:
         spec = self.store.get(fh)
         if spec is None:
             return DEFAULT_POLLMASK
@@ -290,10 +298,8 @@ class Pressure:
         fd = held[0]
         self._by_fd.pop(fd, None)
         if self._epoll is not None:
-            try:
+            with contextlib.suppress(OSError):
                 self._epoll.unregister(fd)
-            except OSError:
-                pass
         os.close(fd)
 
     def _gone(self, fh: int, spec: PressureSpec) -> None:
@@ -311,7 +317,7 @@ class Pressure:
         handle = self._handles.pop(fh, None)
         if handle is not None:
             try:
-                handle.notify()  # type: ignore[attr-defined]
+                handle.notify()
             except (OSError, RuntimeError) as e:
                 log.debug("poll notify for fh %d: %s", fh, e)
 
@@ -376,4 +382,3 @@ class Pressure:
             return
         for fd, events in self._epoll.poll(0):
             self._on_event(fd, events)
-

@@ -65,6 +65,7 @@ def _stand_in(wait_readable: Callable[[int], Coroutine[Any, Any, None]]) -> type
     """The module pyfuse3 is given as `trio`. `wait_readable` is where a worker checks for a stop request
     before it blocks in read(2) for the next request (the fd is blocking, so there is nothing to wait for)."""
     module = types.ModuleType("lxcfs_guard.fs.syncloop.trio")
+    # attr-defined: mypy knows no attributes of a module made at run time; these are the ones pyfuse3 uses
     module.ClosedResourceError = ClosedResourceError  # type: ignore[attr-defined]
     module.Lock = Lock  # type: ignore[attr-defined]
     module.open_nursery = open_nursery  # type: ignore[attr-defined]

@@ -33,8 +33,12 @@ import re
 import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from lxcfs_guard.kernel import syscalls
+
+if TYPE_CHECKING:
+    from lxcfs_guard.fs.caller import View
 
 CPU_DIR = "sys/devices/system/cpu"  # where the directory sits in our tree
 HOST_CPU_DIR = "/sys/devices/system/cpu"
@@ -96,7 +100,7 @@ def decode_listing(data: bytes) -> list[tuple[str, str]]:
     if not data:
         return []
     parts = [os.fsdecode(p) for p in data.split(b"\0")]
-    return list(zip(parts[0::2], parts[1::2]))
+    return list(zip(parts[0::2], parts[1::2], strict=False))
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,8 +124,8 @@ class CpuDir:
 
     def __init__(
         self,
-        visible: Callable[[object], tuple[int, ...]],
-        online: Callable[[object], bytes],
+        visible: Callable[[View], tuple[int, ...]],
+        online: Callable[[View], bytes],
         mode: str = "host",
         renumber: bool = False,
         host_dir: str = HOST_CPU_DIR,
@@ -192,7 +196,7 @@ class CpuDir:
             os.close(fd)
 
     # -- the caller's names in the top directory -------------------------------------------------------
-    def _cpu_map(self, view: object) -> dict[str, str] | None:
+    def _cpu_map(self, view: View | None) -> dict[str, str] | None:
         """None in host mode (every name as the host has it) or when the caller is unknown."""
         if not self.container or view is None:
             return None
@@ -207,7 +211,7 @@ class CpuDir:
         return name
 
     # -- operations ------------------------------------------------------------------------------------
-    def lookup(self, parent: int | None, name: str, view: object = None) -> Entry | None:
+    def lookup(self, parent: int | None, name: str, view: View | None = None) -> Entry | None:
         """`parent` None is the top directory (the fixed tree's node)."""
         if not self.enabled or name in ("", ".", "..") or "/" in name:
             return None
@@ -272,7 +276,7 @@ class CpuDir:
                 os.close(fd)
         return None
 
-    def listing(self, parent: int | None, view: object = None) -> bytes | None:
+    def listing(self, parent: int | None, view: View | None = None) -> bytes | None:
         """The directory's entries for this caller (names shown, host paths), as per-open bytes."""
         if not self.enabled:
             return b"" if parent is None else None
@@ -319,7 +323,7 @@ class CpuDir:
             raise OSError(errno.ENOENT, "hidden link")
         return os.fsencode(target)
 
-    def render(self, inode: int, view: object, uid: int, gid: int) -> bytes:
+    def render(self, inode: int, view: View | None, uid: int, gid: int) -> bytes:
         """A file's bytes for this caller: the container view's `present`/`possible`/`offline`, else the
         host file's. OSError carries the errno to answer (EACCES, EISDIR, EIO from sysfs)."""
         path = self.path_of(inode)

@@ -12,7 +12,7 @@ import stat
 
 import pyfuse3
 
-from lxcfs_guard.fs.caller import Resolver
+from lxcfs_guard.fs.caller import Resolver, View
 from lxcfs_guard.fs.sysfs_cpu import ATTR_TIMEOUT, CpuDir, Entry
 
 _TOP, _SUB = b"T", b"S"  # first byte of a listing: the top directory, or one below it
@@ -24,8 +24,9 @@ def _fail(e: OSError) -> pyfuse3.FUSEError:
 
 
 class CpuDirOps:
-    def __init__(self, cpudir: CpuDir, resolver: Resolver, top_inode: int,
-                 fixed: dict[bytes, pyfuse3.EntryAttributes]) -> None:
+    def __init__(
+        self, cpudir: CpuDir, resolver: Resolver, top_inode: int, fixed: dict[bytes, pyfuse3.EntryAttributes]
+    ) -> None:
         self.dir = cpudir
         self.resolver = resolver
         self.top = top_inode  # the fixed tree's sys/devices/system/cpu
@@ -34,7 +35,7 @@ class CpuDirOps:
     def handles(self, inode: int) -> bool:
         return self.dir.owns(inode) or (inode == self.top and self.dir.enabled)
 
-    def _view(self, ctx) -> object:
+    def _view(self, ctx) -> View | None:
         return self.resolver.resolve(ctx.pid) if self.dir.per_caller() else None
 
     @staticmethod

@@ -12,6 +12,7 @@ kernel hands each request to one waiting worker and wakes no other.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -56,7 +57,7 @@ def _stall_hook(ops: Any) -> None:
     stalls = dict(item.split(":", 1) for item in spec.split(",") if ":" in item)  # file -> marker
     real_open = ops.open
 
-    async def open_and_stall(inode, flags, ctx):  # noqa: ANN001 - pyfuse3's signature
+    async def open_and_stall(inode, flags, ctx):
         node = ops.tree.get(inode)
         marker = stalls.get(node.name) if node is not None else None
         if marker:
@@ -84,14 +85,12 @@ def run(ops: Any, session_fd: int, clone_fd: int, holder_pid: int, close_fds: It
         os.dup2(clone_fd, session_fd)
         for fd in close_fds:
             if fd not in (session_fd,):
-                try:
+                with contextlib.suppress(OSError):
                     os.close(fd)
-                except OSError:
-                    pass
         logging.getLogger("pyfuse3").addFilter(_ReplyFailures(ops))
         _stall_hook(ops)
         code = _serve()
-    except BaseException:  # noqa: BLE001 - a worker never returns into the holder's code
+    except BaseException:  # a worker never returns into the holder's code
         log.exception("worker failed")
     finally:
         logging.shutdown()

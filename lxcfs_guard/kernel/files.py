@@ -10,6 +10,7 @@ and refused if someone else owns it; and every lock is taken with a deadline.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -86,16 +87,14 @@ def write_atomic(path: str, data: bytes, *, durable: bool = False, mode: int = P
     directory, for state that must survive a power cut; files on /run (tmpfs) do not need it. The temp file
     is created afresh (O_EXCL, O_NOFOLLOW): a file or symlink planted under its name is never written."""
     tmp = f"{path}.tmp-{os.getpid()}"
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(tmp)  # ours from a crashed run with the same pid, or planted: either way not written into
-    except FileNotFoundError:
-        pass
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(tmp, flags, mode)
     try:
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
         if durable:
             os.fsync(fd)
     finally:

@@ -244,8 +244,14 @@ def unshare(flags: int) -> None:
 def move_mount_beneath_supported() -> bool:
     """Whether this kernel knows MOVE_MOUNT_BENEATH (6.5+): an unknown flag fails with EINVAL before the
     (deliberately bad) fds are looked at, a known one gets as far as EBADF."""
-    ret = _syscall(syscall_number("move_mount"), -1, b"", -1, b"",
-                   MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH | MOVE_MOUNT_BENEATH)
+    ret = _syscall(
+        syscall_number("move_mount"),
+        -1,
+        b"",
+        -1,
+        b"",
+        MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH | MOVE_MOUNT_BENEATH,
+    )
     return not (ret < 0 and ctypes.get_errno() == errno.EINVAL)
 
 

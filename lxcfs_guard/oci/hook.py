@@ -64,15 +64,27 @@ def configure_oci_hook(parser: argparse.ArgumentParser) -> None:
         "Without strict mode every problem is logged (stderr, journal) and the container starts with the\n"
         "host's /proc."
     )
-    parser.add_argument("--stage", choices=("createRuntime", "prestart", "poststart", "poststop"),
-                        help="the hook stage (default: from the state's status)")
-    parser.add_argument("--mountpoint", default=None,
-                        help="the live lxcfs-guard mount (default: env LXCFS_GUARD_MOUNTPOINT, else /var/lib/lxcfs)")
-    parser.add_argument("--state-dir", default=None,
-                        help="registry directory (default: env LXCFS_GUARD_STATE_DIR, else /run/lxcfs-guard)")
-    parser.add_argument("--strict", action="store_true",
-                        help="fail the container start if the files cannot be bound (also LXCFS_GUARD_STRICT=1 "
-                        "in the hook's env, or the annotation io.lxcfs-guard.strict=true)")
+    parser.add_argument(
+        "--stage",
+        choices=("createRuntime", "prestart", "poststart", "poststop"),
+        help="the hook stage (default: from the state's status)",
+    )
+    parser.add_argument(
+        "--mountpoint",
+        default=None,
+        help="the live lxcfs-guard mount (default: env LXCFS_GUARD_MOUNTPOINT, else /var/lib/lxcfs)",
+    )
+    parser.add_argument(
+        "--state-dir",
+        default=None,
+        help="registry directory (default: env LXCFS_GUARD_STATE_DIR, else /run/lxcfs-guard)",
+    )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail the container start if the files cannot be bound (also LXCFS_GUARD_STRICT=1 "
+        "in the hook's env, or the annotation io.lxcfs-guard.strict=true)",
+    )
 
 
 # --- reporting ---------------------------------------------------------------------------------------------
@@ -88,9 +100,13 @@ def log(message: str, *, cid: str | None = None, error: bool = False) -> None:
         try:
             from systemd import journal  # imported only when there is a journal to write to
 
-            journal.send(line, SYSLOG_IDENTIFIER="lxcfs-guard-oci-hook", PRIORITY=3 if error else 6,
-                         CONTAINER_ID=printable(cid or ""))
-        except Exception:  # the journal is a nicety; never let it fail a container start
+            journal.send(
+                line,
+                SYSLOG_IDENTIFIER="lxcfs-guard-oci-hook",
+                PRIORITY=3 if error else 6,
+                CONTAINER_ID=printable(cid or ""),
+            )
+        except Exception:  # noqa: BLE001 - the journal is a nicety; never let it fail a container start
             pass
 
 
@@ -129,8 +145,12 @@ class ContainerView:
         from lxcfs_guard.kernel import syscalls
 
         try:
-            fd = syscalls.openat2(self.dirfd, self.root + target, os.O_PATH | os.O_CLOEXEC,
-                                  syscalls.RESOLVE_IN_ROOT | syscalls.RESOLVE_NO_SYMLINKS)
+            fd = syscalls.openat2(
+                self.dirfd,
+                self.root + target,
+                os.O_PATH | os.O_CLOEXEC,
+                syscalls.RESOLVE_IN_ROOT | syscalls.RESOLVE_NO_SYMLINKS,
+            )
         except OSError as e:
             return None if e.errno in (errno.ENOENT, errno.ENOTDIR) else e
         try:
@@ -152,8 +172,9 @@ def read_config(state: HookState) -> BundleConfig:
     try:
         dfd = os.open(state.bundle, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            fd = os.open("config.json", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC,
-                         dir_fd=dfd)
+            fd = os.open(
+                "config.json", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC, dir_fd=dfd
+            )
         finally:
             os.close(dfd)
     except OSError as e:
@@ -198,8 +219,12 @@ def check_pid_root(pid: int, rootfs: str, creating: bool) -> None:
         if creating:
             root = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
-                fd = syscalls.openat2(root, rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC,
-                                      syscalls.RESOLVE_IN_ROOT | syscalls.RESOLVE_NO_SYMLINKS)
+                fd = syscalls.openat2(
+                    root,
+                    rootfs,
+                    os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC,
+                    syscalls.RESOLVE_IN_ROOT | syscalls.RESOLVE_NO_SYMLINKS,
+                )
             finally:
                 os.close(root)
             try:
@@ -234,9 +259,13 @@ def do_create(state: HookState, cfg: BundleConfig, mountpoint: str, state_dir: s
     finally:
         view.close()
     plan: BindPlan = plan_binds(files, lambda t: found[t] is not None)
-    problems = [f"{t} is a symlink (or has one on its path) in the container: refused, never bound over"
-                if e.errno == errno.ELOOP else f"{t}: {e.strerror or e}" for t, e in found.items()
-                if isinstance(e, OSError)]
+    problems = [
+        f"{t} is a symlink (or has one on its path) in the container: refused, never bound over"
+        if e.errno == errno.ELOOP
+        else f"{t}: {e.strerror or e}"
+        for t, e in found.items()
+        if isinstance(e, OSError)
+    ]
     live = {t for t, dev in found.items() if dev == live_dev}  # a second run finds them bound: nothing to do
     todo = [(s, t) for s, t in plan.binds if t not in live and not isinstance(found[t], OSError)]
     from lxcfs_guard.remount import engine
@@ -284,8 +313,10 @@ def _deadline(env: Mapping[str, str]) -> float:
 
 
 def _on_deadline(signum: int, frame: object) -> None:
-    raise HookFailure("gave up after the hook's deadline (another repair holds the lock, or the container is "
-                      f"wedged); {ENV_DEADLINE} sets it")
+    raise HookFailure(
+        "gave up after the hook's deadline (another repair holds the lock, or the container is "
+        f"wedged); {ENV_DEADLINE} sets it"
+    )
 
 
 def run_oci_hook(args: argparse.Namespace, stdin: bytes | None = None, env: Mapping[str, str] | None = None) -> int:
@@ -325,10 +356,13 @@ def run_oci_hook(args: argparse.Namespace, stdin: bytes | None = None, env: Mapp
         if strict:
             log(f"error: {what} (strict mode: refusing to start the container)", cid=cid, error=True)
             return 1
-        log(f"warning: {what} (the container keeps the host's /proc; set io.lxcfs-guard.strict=true to "
-            "refuse instead)", cid=cid, error=True)
+        log(
+            f"warning: {what} (the container keeps the host's /proc; set io.lxcfs-guard.strict=true to refuse instead)",
+            cid=cid,
+            error=True,
+        )
         return 0
-    except Exception as e:  # a bug of ours must not stop containers unless the user asked for strictness
+    except Exception as e:  # noqa: BLE001 - a bug of ours must not stop containers unless the user asked for strictness
         signal.setitimer(signal.ITIMER_REAL, 0)
         log(f"internal error: {e.__class__.__name__}: {e}{' (strict mode)' if strict else ''}", cid=cid, error=True)
         return 1 if strict else 0

@@ -88,16 +88,21 @@ def hook_entry(path: str, args: Sequence[str], env: dict[str, str] | None = None
     return entry
 
 
-def guard_hooks(binary: str, extra_args: Sequence[str] = (), snippet: dict | None = None,
-                env: dict[str, str] | None = None) -> dict[str, list[dict]]:
+def guard_hooks(
+    binary: str, extra_args: Sequence[str] = (), snippet: dict | None = None, env: dict[str, str] | None = None
+) -> dict[str, list[dict]]:
     """The `hooks` of a config.json that runs `binary oci-hook` at createRuntime and poststop.
 
     With `snippet` (the parsed deploy/runc/config-snippet.json) its entries are used as shipped, only the
     binary's path swapped in and `extra_args` appended, so the tests run the very configuration users copy.
     """
     if snippet is None:
-        snippet = {"hooks": {stage: [{"path": binary, "args": ["lxcfs-guard", "oci-hook"]}]
-                             for stage in ("createRuntime", "poststop")}}
+        snippet = {
+            "hooks": {
+                stage: [{"path": binary, "args": ["lxcfs-guard", "oci-hook"]}]
+                for stage in ("createRuntime", "poststop")
+            }
+        }
     hooks: dict[str, list[dict]] = {}
     for stage, entries in snippet["hooks"].items():
         hooks[stage] = []
@@ -173,8 +178,17 @@ class Container:
         """
         self.write_config()
         with open(self.log, "ab") as out:
-            proc = self._runc("run", "-d", "--bundle", self.bundle, self.id, check=False,
-                              stdin=subprocess.DEVNULL, stdout=out if stdout is None else stdout, stderr=out)
+            proc = self._runc(
+                "run",
+                "-d",
+                "--bundle",
+                self.bundle,
+                self.id,
+                check=False,
+                stdin=subprocess.DEVNULL,
+                stdout=out if stdout is None else stdout,
+                stderr=out,
+            )
         if proc.returncode != 0:
             raise RuntimeError(f"runc run {self.id} failed ({proc.returncode}):\n{self.output()}")
         self.started = True
@@ -193,8 +207,16 @@ class Container:
 
     def exec(self, *argv: str, check: bool = True, timeout: float = 15) -> subprocess.CompletedProcess:
         """Run `argv` inside the container (runc exec), capturing text stdout/stderr."""
-        proc = self._runc("exec", self.id, *argv, check=False, timeout=timeout, capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL)
+        proc = self._runc(
+            "exec",
+            self.id,
+            *argv,
+            check=False,
+            timeout=timeout,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
         if check and proc.returncode != 0:
             raise RuntimeError(f"runc exec {self.id} {argv} failed ({proc.returncode}): {proc.stderr.strip()}")
         return proc
@@ -237,9 +259,13 @@ def container(
     """
     cid = new_id(prefix)
     bundle = tempfile.mkdtemp(prefix=f"{cid}-")
-    c = Container(id=cid, bundle=bundle, runc_root=runc_root,
-                  config=make_config(cid, memory=memory, cpus=cpus, args=args, hooks=hooks, annotations=annotations),
-                  log=os.path.join(bundle, "runc.log"))
+    c = Container(
+        id=cid,
+        bundle=bundle,
+        runc_root=runc_root,
+        config=make_config(cid, memory=memory, cpus=cpus, args=args, hooks=hooks, annotations=annotations),
+        log=os.path.join(bundle, "runc.log"),
+    )
     try:
         subprocess.run(["cp", "-al", rootfs_template(), c.rootfs], check=True)
         for rel in remove:

@@ -106,8 +106,9 @@ def parse_state(text: str | bytes) -> HookState:
     pid = data.get("pid")
     if pid is not None and (not isinstance(pid, int) or isinstance(pid, bool) or pid < 0):
         raise HookInputError(f"{what}: pid must be a non-negative integer, got {pid!r}")
-    return HookState(id=cid, status=status, bundle=bundle, pid=pid or None,
-                     annotations=_str_map(data.get("annotations"), what))
+    return HookState(
+        id=cid, status=status, bundle=bundle, pid=pid or None, annotations=_str_map(data.get("annotations"), what)
+    )
 
 
 def parse_config(text: str | bytes, bundle: str) -> BundleConfig:
@@ -118,8 +119,9 @@ def parse_config(text: str | bytes, bundle: str) -> BundleConfig:
     path = root.get("path") if isinstance(root, dict) else None
     if not isinstance(path, str) or not path:
         raise HookInputError(f"{what} has no root.path")
-    return BundleConfig(rootfs=os.path.normpath(os.path.join(bundle, path)),
-                        annotations=_str_map(data.get("annotations"), what))
+    return BundleConfig(
+        rootfs=os.path.normpath(os.path.join(bundle, path)), annotations=_str_map(data.get("annotations"), what)
+    )
 
 
 def stage_of(state: HookState, explicit: str | None = None) -> str:
@@ -151,7 +153,7 @@ def _flag(value: str | None, name: str) -> bool | None:
 
 
 def parse_files(value: str) -> tuple[str, ...]:
-    """"meminfo, proc/cpuinfo,sys/devices/system/cpu/online" -> the canonical sources, order kept."""
+    """ "meminfo, proc/cpuinfo,sys/devices/system/cpu/online" -> the canonical sources, order kept."""
     out: list[str] = []
     for item in (x.strip().strip("/") for x in value.split(",")):
         if not item:

@@ -17,6 +17,7 @@ stdio on /dev/null first (`quiet`), so a stuck one does not keep the caller's st
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
@@ -28,10 +29,8 @@ _PARENT_ONLY: set[int] = set()
 
 def _close_parent_only() -> None:  # pragma: no cover - runs in the child
     for fd in list(_PARENT_ONLY):
-        try:
+        with contextlib.suppress(OSError):
             os.close(fd)
-        except OSError:
-            pass
     _PARENT_ONLY.clear()
     LEFT_BEHIND.clear()  # not our children
 
@@ -71,10 +70,8 @@ def wait(pid: int, fd: int, deadline: float) -> bool:
     while True:
         left = deadline - time.monotonic()
         if poller.poll(max(0.0, left) * 1000):
-            try:
+            with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                pass
             return True
         if left <= 0:
             return False
@@ -84,10 +81,8 @@ def kill_and_reap(pid: int, fd: int, grace: float = 0.5) -> bool:
     """SIGKILL child `pid` and reap it within `grace` seconds; else leave it behind (True: reaped).
     Closes `fd`."""
     try:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         if wait(pid, fd, time.monotonic() + grace):
             return True
         LEFT_BEHIND.add(pid)
@@ -113,6 +108,6 @@ def state(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
-        return data[data.rindex(b")") + 2:][:1].decode()
+        return data[data.rindex(b")") + 2 :][:1].decode()
     except (OSError, ValueError):
         return ""

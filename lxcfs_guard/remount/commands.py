@@ -15,12 +15,21 @@ from lxcfs_guard import config
 
 
 def _common(parser: argparse.ArgumentParser, *, json_flag: bool = True) -> None:
-    parser.add_argument("--mountpoint", default=None,
-                        help="the live mount to clone from (default: $LXCFS_GUARD_MOUNTPOINT or /var/lib/lxcfs)")
-    parser.add_argument("--state-dir", default=None,
-                        help="registry and lock directory (default: $LXCFS_GUARD_STATE_DIR or /run/lxcfs-guard)")
-    parser.add_argument("--fstype", default=config.FSTYPE,
-                        help=f"filesystem type of the binds (default {config.FSTYPE}; fuse.lxcfs guards stock LXCFS)")
+    parser.add_argument(
+        "--mountpoint",
+        default=None,
+        help="the live mount to clone from (default: $LXCFS_GUARD_MOUNTPOINT or /var/lib/lxcfs)",
+    )
+    parser.add_argument(
+        "--state-dir",
+        default=None,
+        help="registry and lock directory (default: $LXCFS_GUARD_STATE_DIR or /run/lxcfs-guard)",
+    )
+    parser.add_argument(
+        "--fstype",
+        default=config.FSTYPE,
+        help=f"filesystem type of the binds (default {config.FSTYPE}; fuse.lxcfs guards stock LXCFS)",
+    )
     if json_flag:
         parser.add_argument("--json", action="store_true", help="print a JSON report")
 
@@ -52,19 +61,32 @@ def configure_remount(parser: argparse.ArgumentParser) -> None:
     which.add_argument("--all", action="store_true", help="every registered and discovered container")
     which.add_argument("--id", action="append", dest="ids", metavar="ID", help="this registered container (repeatable)")
     parser.add_argument("--dry-run", action="store_true", help="say what would be done, touch nothing")
-    parser.add_argument("--stale-dev", action="append", type=_dev, metavar="MAJ:MIN",
-                        help="repair binds of this device even if its daemon still answers (a reload); "
-                             "default: binds of dead connections of devices recorded as ours")
-    parser.add_argument("--any-device", action="store_true",
-                        help="also repair dead connections not recorded as ours in STATE_DIR/devices (a stock "
-                             "LXCFS never records its devices; the fstype alone is chosen by whoever mounts)")
-    parser.add_argument("--timeout", type=float, default=5.0,
-                        help="seconds allowed per container (default 5); the live mount gets min(this, 2) s "
-                             "to answer, else nothing is done")
+    parser.add_argument(
+        "--stale-dev",
+        action="append",
+        type=_dev,
+        metavar="MAJ:MIN",
+        help="repair binds of this device even if its daemon still answers (a reload); "
+        "default: binds of dead connections of devices recorded as ours",
+    )
+    parser.add_argument(
+        "--any-device",
+        action="store_true",
+        help="also repair dead connections not recorded as ours in STATE_DIR/devices (a stock "
+        "LXCFS never records its devices; the fstype alone is chosen by whoever mounts)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=5.0,
+        help="seconds allowed per container (default 5); the live mount gets min(this, 2) s "
+        "to answer, else nothing is done",
+    )
     parser.add_argument("--jobs", type=int, default=None, help="worker processes (default: by CPUs and work)")
     parser.add_argument("--threads", type=int, default=4, help="threads per worker (default 4)")
-    parser.add_argument("--no-beneath", action="store_true",
-                        help="detach then move, as on kernels without MOVE_MOUNT_BENEATH")
+    parser.add_argument(
+        "--no-beneath", action="store_true", help="detach then move, as on kernels without MOVE_MOUNT_BENEATH"
+    )
     _common(parser)
 
 
@@ -72,10 +94,19 @@ def run_remount(args: argparse.Namespace) -> int:
     from lxcfs_guard.remount import engine
 
     mountpoint, state_dir = _paths(args)
-    report = engine.remount(mountpoint, state_dir, fstype=args.fstype, ids=args.ids,
-                            stale_devs=set(args.stale_dev) if args.stale_dev else None, dry_run=args.dry_run,
-                            timeout=args.timeout, jobs=args.jobs, threads=args.threads,
-                            beneath=False if args.no_beneath else None, any_device=args.any_device)
+    report = engine.remount(
+        mountpoint,
+        state_dir,
+        fstype=args.fstype,
+        ids=args.ids,
+        stale_devs=set(args.stale_dev) if args.stale_dev else None,
+        dry_run=args.dry_run,
+        timeout=args.timeout,
+        jobs=args.jobs,
+        threads=args.threads,
+        beneath=False if args.no_beneath else None,
+        any_device=args.any_device,
+    )
     from lxcfs_guard.remount.report import encodable
 
     print(report.to_json() if args.json else encodable(report.text(), sys.stdout.encoding))
@@ -88,11 +119,16 @@ def run_remount(args: argparse.Namespace) -> int:
 def configure_attach(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--id", required=True, help="the container's id (registry key)")
     parser.add_argument("--pid", required=True, type=int, help="the container's init pid (host pid namespace)")
-    parser.add_argument("--files", nargs="+", metavar="FILE",
-                        help="files of the filesystem to bind (default: the seven proc files, plus "
-                             "sys/devices/system/cpu/online where the container has it)")
-    parser.add_argument("--flags", default="", help="per-mount options for the binds, e.g. ro,nosuid,nodev "
-                                                    "(default: the live mount's)")
+    parser.add_argument(
+        "--files",
+        nargs="+",
+        metavar="FILE",
+        help="files of the filesystem to bind (default: the seven proc files, plus "
+        "sys/devices/system/cpu/online where the container has it)",
+    )
+    parser.add_argument(
+        "--flags", default="", help="per-mount options for the binds, e.g. ro,nosuid,nodev (default: the live mount's)"
+    )
     _common(parser)
 
 
@@ -105,8 +141,9 @@ def run_attach(args: argparse.Namespace) -> int:
     mountpoint, state_dir = _paths(args)
     binds, optional = _binds(args.files, args.flags)
     try:
-        rep = engine.attach(args.pid, mountpoint, binds, fstype=args.fstype, optional=optional, cid=args.id,
-                            state_dir=state_dir)
+        rep = engine.attach(
+            args.pid, mountpoint, binds, fstype=args.fstype, optional=optional, cid=args.id, state_dir=state_dir
+        )
     except ProcessGone:
         print(f"lxcfs-guard attach: pid {args.pid} does not exist", file=sys.stderr)
         return 1
@@ -144,8 +181,12 @@ def run_attach(args: argparse.Namespace) -> int:
 def configure_register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--id", required=True, help="the container's id (registry key)")
     parser.add_argument("--pid", required=True, type=int, help="the container's init pid (host pid namespace)")
-    parser.add_argument("--files", nargs="+", metavar="FILE",
-                        help="the files it should have bound (default: the binds of FSTYPE it has now)")
+    parser.add_argument(
+        "--files",
+        nargs="+",
+        metavar="FILE",
+        help="the files it should have bound (default: the binds of FSTYPE it has now)",
+    )
     parser.add_argument("--flags", default="", help="per-mount options with --files")
     _common(parser)
 
@@ -166,8 +207,12 @@ def run_register(args: argparse.Namespace) -> int:
         finally:
             os.close(proc_fd)
         mounts = next(iter(views.values())).mounts if views else []
-        binds = [Bind(m.root, m.target, ",".join(o for o in m.options.split(",") if o in ("ro", "nosuid", "nodev", "noexec")))
-                 for m in top_mounts(mounts).values()]
+        binds = [
+            Bind(
+                m.root, m.target, ",".join(o for o in m.options.split(",") if o in ("ro", "nosuid", "nodev", "noexec"))
+            )
+            for m in top_mounts(mounts).values()
+        ]
     try:
         entry = Registry(state_dir).add_container(args.id, args.pid, binds)
     except procfs.ProcessGone:
@@ -209,11 +254,15 @@ def run_unregister(args: argparse.Namespace) -> int:
 
 
 def configure_list(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--no-probe", action="store_true",
-                        help="do not ask stale connections whether they are dead (just say 'stale')")
-    parser.add_argument("--timeout", type=float, default=2.0,
-                        help="seconds any daemon is given to answer (default 2): a hung one is reported, "
-                             "not waited for")
+    parser.add_argument(
+        "--no-probe", action="store_true", help="do not ask stale connections whether they are dead (just say 'stale')"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=2.0,
+        help="seconds any daemon is given to answer (default 2): a hung one is reported, not waited for",
+    )
     _common(parser)
 
 
@@ -221,8 +270,14 @@ def run_list(args: argparse.Namespace) -> int:
     from lxcfs_guard.remount import inventory
 
     mountpoint, state_dir = _paths(args)
-    rows, warnings = inventory.inventory(mountpoint, state_dir, args.fstype, probe=not args.no_probe,
-                                         probe_timeout=min(args.timeout, 1.0), answer_timeout=args.timeout)
+    rows, warnings = inventory.inventory(
+        mountpoint,
+        state_dir,
+        args.fstype,
+        probe=not args.no_probe,
+        probe_timeout=min(args.timeout, 1.0),
+        answer_timeout=args.timeout,
+    )
     if args.json:
         import json
 

@@ -70,13 +70,17 @@ def parse_ours(data: bytes, fstype: str) -> list[Mount]:
     for raw in lines:
         if marker in raw:
             mi = procfs.parse_mountinfo_line(raw.decode(errors="surrogateescape"))
-            out.append(Mount(mi.mount_id, mi.parent_id, mi.dev, mi.root, mi.mount_point, mi.mount_options,
-                             mi.mount_id in parents))
+            out.append(
+                Mount(
+                    mi.mount_id, mi.parent_id, mi.dev, mi.root, mi.mount_point, mi.mount_options, mi.mount_id in parents
+                )
+            )
     return out
 
 
-def _read_part(fstype: str, proc_fd: int, firsts: Iterable[tuple[int, int]],
-               on_found: Callable[[NsView], None] | None) -> dict[int, NsView]:
+def _read_part(
+    fstype: str, proc_fd: int, firsts: Iterable[tuple[int, int]], on_found: Callable[[NsView], None] | None
+) -> dict[int, NsView]:
     found: dict[int, NsView] = {}
     for ino, pid in firsts:
         try:
@@ -90,8 +94,15 @@ def _read_part(fstype: str, proc_fd: int, firsts: Iterable[tuple[int, int]],
     return found
 
 
-def scan(fstype: str, proc_fd: int, *, pids: Iterable[int] | None = None, skip: Iterable[int] = (),
-         on_found: Callable[[NsView], None] | None = None, split_above: int = 64) -> dict[int, NsView]:
+def scan(
+    fstype: str,
+    proc_fd: int,
+    *,
+    pids: Iterable[int] | None = None,
+    skip: Iterable[int] = (),
+    on_found: Callable[[NsView], None] | None = None,
+    split_above: int = 64,
+) -> dict[int, NsView]:
     """Mount namespaces (by inode) holding a mount of `fstype`, each with the first pid seen in it.
 
     `pids` limits the scan (default: every process); namespaces in `skip` (the caller's own) are not read.
@@ -124,10 +135,18 @@ def scan(fstype: str, proc_fd: int, *, pids: Iterable[int] | None = None, skip: 
             children.quiet()
             os.close(r)
             part = _read_part(fstype, proc_fd, firsts[1::2], None)
-            data = marshal.dumps([(v.mntns, v.pid, [(m.mount_id, m.parent_id, m.dev, m.root, m.target, m.options,
-                                                      m.submounts) for m in v.mounts]) for v in part.values()])
+            data = marshal.dumps(
+                [
+                    (
+                        v.mntns,
+                        v.pid,
+                        [(m.mount_id, m.parent_id, m.dev, m.root, m.target, m.options, m.submounts) for m in v.mounts],
+                    )
+                    for v in part.values()
+                ]
+            )
             while data:
-                data = data[os.write(w, data):]
+                data = data[os.write(w, data) :]
         finally:
             os._exit(0)
     os.close(w)
@@ -148,8 +167,14 @@ def scan(fstype: str, proc_fd: int, *, pids: Iterable[int] | None = None, skip: 
     return found
 
 
-def discover(fstype: str, proc_fd: int, first: Iterable[tuple[int, int]], host_ns: int, everyone: bool = True,
-             on_found: Callable[[NsView], None] | None = None) -> dict[int, NsView]:
+def discover(
+    fstype: str,
+    proc_fd: int,
+    first: Iterable[tuple[int, int]],
+    host_ns: int,
+    everyone: bool = True,
+    on_found: Callable[[NsView], None] | None = None,
+) -> dict[int, NsView]:
     """The namespaces of `first` ((pid, mntns) of registered containers, read through that pid: its root
     is the one that matters), then, if `everyone`, every other namespace but the host's."""
     first = list(first)
@@ -171,8 +196,12 @@ def identity(pid: int, proc_fd: int) -> tuple[int | None, int | None]:
 def _probe_child(proc_fd: int, pid: int, target: str, w: int) -> None:
     try:
         root = os.open(f"{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=proc_fd)
-        fd = syscalls.openat2(root, target.lstrip("/") or ".", os.O_PATH | os.O_CLOEXEC,
-                              syscalls.RESOLVE_IN_ROOT | syscalls.RESOLVE_NO_SYMLINKS)
+        fd = syscalls.openat2(
+            root,
+            target.lstrip("/") or ".",
+            os.O_PATH | os.O_CLOEXEC,
+            syscalls.RESOLVE_IN_ROOT | syscalls.RESOLVE_NO_SYMLINKS,
+        )
         # From here on only the connection can make us wait; say so, and when (the parent may be busy).
         os.write(w, b"S" + int(time.monotonic_ns()).to_bytes(8, "little"))
         os.fstatvfs(fd)
@@ -194,8 +223,14 @@ class Prober:
     (`add`, or `watch` as scan's callback), so probing overlaps the scan; `results()` collects, kills and
     reaps them."""
 
-    def __init__(self, proc_fd: int, skip: Iterable[int] = (), timeout: float = 1.0, grace: float = 0.02,
-                 only: set[int] | None = None) -> None:
+    def __init__(
+        self,
+        proc_fd: int,
+        skip: Iterable[int] = (),
+        timeout: float = 1.0,
+        grace: float = 0.02,
+        only: set[int] | None = None,
+    ) -> None:
         self.proc_fd = proc_fd
         self.skip = set(skip)
         self.only = only  # probe only these devices (None: any)
@@ -271,7 +306,9 @@ class Prober:
                     if not data:
                         continue
                 code = data[0] if data else 255
-                self._out[self._children[r][0]] = LIVE if code == 0 else DEAD if code in DEAD_ERRNOS else f"error:{code}"
+                self._out[self._children[r][0]] = (
+                    LIVE if code == 0 else DEAD if code in DEAD_ERRNOS else f"error:{code}"
+                )
                 poller.unregister(r)
                 pending.discard(r)
             now = time.monotonic()
@@ -291,7 +328,9 @@ class Prober:
         return self._out
 
 
-def probe(samples: dict[int, tuple[int, str]], proc_fd: int, timeout: float = 1.0, grace: float = 0.02) -> dict[int, str]:
+def probe(
+    samples: dict[int, tuple[int, str]], proc_fd: int, timeout: float = 1.0, grace: float = 0.02
+) -> dict[int, str]:
     """Probe each device of `samples` ({dev: (pid, target)}) at once; see Prober."""
     prober = Prober(proc_fd, timeout=timeout, grace=grace)
     for dev, (pid, target) in samples.items():

@@ -82,7 +82,6 @@ class AttachError(OSError):
         self.report = report
 
 
-
 # --- the run ----------------------------------------------------------------------------------------------
 
 
@@ -96,7 +95,9 @@ def _lock(state_dir: str, timeout: float) -> int:
         lock(fd, time.monotonic() + timeout)
     except LockTimeout:
         os.close(fd)
-        raise LockTimeout(errno.ETIMEDOUT, f"another remount holds {state_dir}/{LOCKNAME} for more than {timeout:g} s") from None
+        raise LockTimeout(
+            errno.ETIMEDOUT, f"another remount holds {state_dir}/{LOCKNAME} for more than {timeout:g} s"
+        ) from None
     return children.parent_only(fd)
 
 
@@ -128,8 +129,11 @@ def live_mount(live_root: str, fstype: str, proc_fd: int, answer_timeout: float 
     if state == discovery.DEAD:
         raise OSError(errno.ENOTCONN, f"{os.strerror(errno.ENOTCONN)} (device {fmt_dev(dev)}: its daemon is gone)")
     if state == discovery.HUNG:
-        raise OSError(errno.ETIMEDOUT, f"device {fmt_dev(dev)} does not answer within {answer_timeout:g} s "
-                                       "(its daemon is hung or stopped); nothing was done")
+        raise OSError(
+            errno.ETIMEDOUT,
+            f"device {fmt_dev(dev)} does not answer within {answer_timeout:g} s "
+            "(its daemon is hung or stopped); nothing was done",
+        )
     if state != discovery.LIVE:
         err = int(state.partition(":")[2] or errno.EIO)
         raise OSError(err, f"statfs: {os.strerror(err)}")
@@ -144,8 +148,9 @@ def _open_sources(live_root: str, sources: Iterable[str]) -> dict[str, int | OSE
         for src in sources:
             if src not in out:
                 try:
-                    out[src] = sc.openat2(rootfd, src or ".", _O_PATH,
-                                          sc.RESOLVE_BENEATH | sc.RESOLVE_NO_SYMLINKS | sc.RESOLVE_NO_XDEV)
+                    out[src] = sc.openat2(
+                        rootfd, src or ".", _O_PATH, sc.RESOLVE_BENEATH | sc.RESOLVE_NO_SYMLINKS | sc.RESOLVE_NO_XDEV
+                    )
                 except OSError as e:
                     out[src] = e
     finally:
@@ -221,28 +226,78 @@ def remount(
         host_ns = os.stat("self/ns/mnt", dir_fd=proc_fd).st_ino
         wanted = ids if ids is not None else sorted(entries)
         selected: list[Entry] = [entries[cid] for cid in wanted if cid in entries]
-        report.namespaces += [NamespaceReport(cid, 0, 0, FAILED, errors=[
-            TargetError("-", errno.ENOENT, "no such registered container")]) for cid in wanted if cid not in entries]
+        report.namespaces += [
+            NamespaceReport(cid, 0, 0, FAILED, errors=[TargetError("-", errno.ENOENT, "no such registered container")])
+            for cid in wanted
+            if cid not in entries
+        ]
         identities = {e.id: discovery.identity(e.pid, proc_fd) for e in selected}
         itself = [(e.pid, e.mntns) for e in selected if identities[e.id][1] == e.mntns]
-        namespaces, stale = _find_stale(fstype, proc_fd, itself, host_ns, ids is None, live_dev, stale_devs,
-                                        probe_timeout, report, ours, state_dir, held)
+        namespaces, stale = _find_stale(
+            fstype,
+            proc_fd,
+            itself,
+            host_ns,
+            ids is None,
+            live_dev,
+            stale_devs,
+            probe_timeout,
+            report,
+            ours,
+            state_dir,
+            held,
+        )
         t3 = time.perf_counter()
         todo, known = plan(namespaces, selected, identities, live_dev, stale, host_ns, instance_prefix(state_dir))
-        known += [NamespaceReport(j.id, j.pid, j.mntns, FAILED, errors=[TargetError(
-            "-", errno.EBUSY, f"a repair of this namespace by an earlier run (pid {held[stuck.ns_key(j.mntns)]}) is "
-            "still stuck in the kernel; not tried again until it ends")]) for j in todo if stuck.ns_key(j.mntns) in held]
+        known += [
+            NamespaceReport(
+                j.id,
+                j.pid,
+                j.mntns,
+                FAILED,
+                errors=[
+                    TargetError(
+                        "-",
+                        errno.EBUSY,
+                        f"a repair of this namespace by an earlier run (pid {held[stuck.ns_key(j.mntns)]}) is "
+                        "still stuck in the kernel; not tried again until it ends",
+                    )
+                ],
+            )
+            for j in todo
+            if stuck.ns_key(j.mntns) in held
+        ]
         todo = [j for j in todo if stuck.ns_key(j.mntns) not in held]
         report.mode = MODE_BENEATH if _use_beneath(beneath) else MODE_DETACH_MOVE
         if dry_run:
             report.namespaces += known
-            report.namespaces += [NamespaceReport(j.id, j.pid, j.mntns, REFUSED if j.refusals else REPAIRED,
-                                                  [f.target for f in j.fixes], list(j.refusals)) for j in todo]
+            report.namespaces += [
+                NamespaceReport(
+                    j.id,
+                    j.pid,
+                    j.mntns,
+                    REFUSED if j.refusals else REPAIRED,
+                    [f.target for f in j.fixes],
+                    list(j.refusals),
+                )
+                for j in todo
+            ]
             return report
         t4 = time.perf_counter()
         report.phases_ms["plan"] = (t4 - t3) * 1000
-        results = _execute(todo, live_root, live_dev, live_attrs, live_shared, report.mode == MODE_BENEATH,
-                           proc_fd, jobs, timeout, threads, state_dir)
+        results = _execute(
+            todo,
+            live_root,
+            live_dev,
+            live_attrs,
+            live_shared,
+            report.mode == MODE_BENEATH,
+            proc_fd,
+            jobs,
+            timeout,
+            threads,
+            state_dir,
+        )
         report.phases_ms["repair"] = (time.perf_counter() - t4) * 1000
         report.namespaces += known + results
         gone_ids = {ns.id for ns in report.namespaces if ns.action == GONE}
@@ -260,14 +315,23 @@ def remount(
         os.close(proc_fd)
         report.left_behind = sorted(children.LEFT_BEHIND)
         if report.left_behind:
-            report.warnings.append(f"{len(report.left_behind)} child process(es) stuck in the kernel (a FUSE daemon "
-                                   f"that never answers, or a lock a container holds) left behind, not waited for: "
-                                   f"pid {', '.join(map(str, report.left_behind))}")
+            report.warnings.append(
+                f"{len(report.left_behind)} child process(es) stuck in the kernel (a FUSE daemon "
+                f"that never answers, or a lock a container holds) left behind, not waited for: "
+                f"pid {', '.join(map(str, report.left_behind))}"
+            )
         report.duration_ms = (time.perf_counter() - t0) * 1000
 
 
-def _forget_unused(state_dir: str, ours: dict[int, float], namespaces: dict[int, NsView], live_dev: int,
-                   fstype: str, proc_fd: int, age: float = 60.0) -> None:
+def _forget_unused(
+    state_dir: str,
+    ours: dict[int, float],
+    namespaces: dict[int, NsView],
+    live_dev: int,
+    fstype: str,
+    proc_fd: int,
+    age: float = 60.0,
+) -> None:
     """Forget recorded devices no mount uses any more (after a full scan): the kernel hands a freed FUSE
     device number to the next FUSE mount, which may be anyone's. Records younger than `age` seconds stay
     (a daemon may have recorded its device after our scan)."""
@@ -277,10 +341,20 @@ def _forget_unused(state_dir: str, ours: dict[int, float], namespaces: dict[int,
     devices.forget(state_dir, {dev for dev, when in ours.items() if dev not in used and now - when > age})
 
 
-def _find_stale(fstype: str, proc_fd: int, itself: list[tuple[int, int]], host_ns: int, everyone: bool, live_dev: int,
-                stale_devs: set[int] | None, probe_timeout: float, report: RemountReport,
-                ours: dict[int, float] | None = None, state_dir: str = "",
-                held: dict[str, int] | None = None) -> tuple[dict[int, NsView], set[int]]:
+def _find_stale(
+    fstype: str,
+    proc_fd: int,
+    itself: list[tuple[int, int]],
+    host_ns: int,
+    everyone: bool,
+    live_dev: int,
+    stale_devs: set[int] | None,
+    probe_timeout: float,
+    report: RemountReport,
+    ours: dict[int, float] | None = None,
+    state_dir: str = "",
+    held: dict[str, int] | None = None,
+) -> tuple[dict[int, NsView], set[int]]:
     """Discover the namespaces (registered ones through their init first) and decide which devices are
     stale: `stale_devs` if given, else those of `ours` (None: any) the prober finds dead (it runs while
     discovery scans). Devices not ours are not even probed: their daemon is a container's, and may never
@@ -292,14 +366,20 @@ def _find_stale(fstype: str, proc_fd: int, itself: list[tuple[int, int]], host_n
             major, _, minor = key[4:].partition(":")
             dev = os.makedev(int(major), int(minor))
             skip.add(dev)
-            report.warnings.append(f"device {fmt_dev(dev)}: a probe by an earlier run (pid {pid}) is still stuck "
-                                   "on it; not asked again, its binds left alone")
-    prober = None if stale_devs is not None else discovery.Prober(proc_fd, skip=skip, timeout=probe_timeout,
-                                                                  only=None if ours is None else set(ours))
+            report.warnings.append(
+                f"device {fmt_dev(dev)}: a probe by an earlier run (pid {pid}) is still stuck "
+                "on it; not asked again, its binds left alone"
+            )
+    prober = (
+        None
+        if stale_devs is not None
+        else discovery.Prober(proc_fd, skip=skip, timeout=probe_timeout, only=None if ours is None else set(ours))
+    )
     t1 = time.perf_counter()
     try:
-        namespaces = discovery.discover(fstype, proc_fd, itself, host_ns, everyone=everyone,
-                                        on_found=prober.watch if prober else None)
+        namespaces = discovery.discover(
+            fstype, proc_fd, itself, host_ns, everyone=everyone, on_found=prober.watch if prober else None
+        )
     finally:
         t2 = time.perf_counter()
         states = prober.results() if prober else {}
@@ -315,18 +395,32 @@ def _find_stale(fstype: str, proc_fd: int, itself: list[tuple[int, int]], host_n
                 if m.dev != live_dev and m.dev not in ours:
                     foreign[m.dev] = foreign.get(m.dev, 0) + 1
         for dev, n in sorted(foreign.items()):
-            report.warnings.append(f"device {fmt_dev(dev)} ({n} mount(s) of {fstype}) is not recorded as ours in "
-                                   f"{state_dir}/{devices.DEVICES}: left alone (--any-device acts on it)")
+            report.warnings.append(
+                f"device {fmt_dev(dev)} ({n} mount(s) of {fstype}) is not recorded as ours in "
+                f"{state_dir}/{devices.DEVICES}: left alone (--any-device acts on it)"
+            )
     for dev, state in sorted(states.items()):
         if state not in (discovery.DEAD, discovery.LIVE):
-            report.warnings.append(f"connection {fmt_dev(dev)} is {state} (probed through pid "
-                                   f"{prober.samples[dev][0]}); its binds were left alone")
+            report.warnings.append(
+                f"connection {fmt_dev(dev)} is {state} (probed through pid "
+                f"{prober.samples[dev][0]}); its binds were left alone"
+            )
     return namespaces, {dev for dev, state in states.items() if state == discovery.DEAD}
 
 
-def _execute(todo: list[Job], live_root: str, live_dev: int, live_attrs: int, live_shared: bool, beneath: bool,
-             proc_fd: int, jobs: int | None, timeout: float, threads: int = THREADS,
-             state_dir: str | None = None) -> list[NamespaceReport]:
+def _execute(
+    todo: list[Job],
+    live_root: str,
+    live_dev: int,
+    live_attrs: int,
+    live_shared: bool,
+    beneath: bool,
+    proc_fd: int,
+    jobs: int | None,
+    timeout: float,
+    threads: int = THREADS,
+    state_dir: str | None = None,
+) -> list[NamespaceReport]:
     if not todo:
         return []
     sources = _open_sources(live_root, {f.source for j in todo for f in j.fixes})
@@ -387,15 +481,40 @@ def attach(
             target = "/" + target.lstrip("/")
             m = tops.get(prefix + target)
             if m is not None and m.dev != live_dev:
-                refusals.append(TargetError(target, errno.EBUSY, f"already bound to connection "
-                                            f"{fmt_dev(m.dev)}; `remount` repairs stale binds"))
+                refusals.append(
+                    TargetError(
+                        target,
+                        errno.EBUSY,
+                        f"already bound to connection {fmt_dev(m.dev)}; `remount` repairs stale binds",
+                    )
+                )
             elif m is None:
-                fixes.append(Fix(source, target, ATTACH, None, sc.attrs_from_options(flags) if flags else None,
-                                 target in optional))
+                fixes.append(
+                    Fix(
+                        source,
+                        target,
+                        ATTACH,
+                        None,
+                        sc.attrs_from_options(flags) if flags else None,
+                        target in optional,
+                    )
+                )
         job = Job(cid or f"pid:{pid}", pid, mntns, fixes, start_time, refusals, root)
-        rep = (_execute([job], live_root, live_dev, live_attrs, live_shared, _use_beneath(beneath), proc_fd, 1,
-                        timeout, state_dir=state_dir)
-               or [NamespaceReport(job.id, pid, mntns, REFUSED if refusals else ALREADY_LIVE, errors=refusals)])[0]
+        rep = (
+            _execute(
+                [job],
+                live_root,
+                live_dev,
+                live_attrs,
+                live_shared,
+                _use_beneath(beneath),
+                proc_fd,
+                1,
+                timeout,
+                state_dir=state_dir,
+            )
+            or [NamespaceReport(job.id, pid, mntns, REFUSED if refusals else ALREADY_LIVE, errors=refusals)]
+        )[0]
         if rep.action == GONE:
             raise procfs.ProcessGone(pid)
         if not rep.ok:
@@ -413,8 +532,15 @@ def _top_mount(path: str) -> procfs.MountInfo | None:
     """The topmost mount on `path` in our own namespace (the one no other mount there sits on: a mount
     slid beneath is listed after the one above it), None if nothing is mounted there."""
     with open("/proc/self/mountinfo", "rb") as f:
-        found = [m for m in (procfs.parse_mountinfo_line(line.decode(errors="surrogateescape"))
-                             for line in f if f" {path} ".encode() in line) if m.mount_point == path]
+        found = [
+            m
+            for m in (
+                procfs.parse_mountinfo_line(line.decode(errors="surrogateescape"))
+                for line in f
+                if f" {path} ".encode() in line
+            )
+            if m.mount_point == path
+        ]
     under = {m.parent_id for m in found}
     tops = [m for m in found if m.mount_id not in under]
     return tops[-1] if tops else None

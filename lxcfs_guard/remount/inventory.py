@@ -39,8 +39,14 @@ def _live(mountpoint: str, timeout: float) -> tuple[int | None, str, str]:
     return dev, state, state
 
 
-def inventory(mountpoint: str, state_dir: str, fstype: str, probe: bool = True, probe_timeout: float = 1.0,
-              answer_timeout: float = 2.0) -> tuple[list[dict[str, object]], list[str]]:
+def inventory(
+    mountpoint: str,
+    state_dir: str,
+    fstype: str,
+    probe: bool = True,
+    probe_timeout: float = 1.0,
+    answer_timeout: float = 2.0,
+) -> tuple[list[dict[str, object]], list[str]]:
     """(rows, warnings): one row per container, registered ones first. No step waits for a FUSE daemon
     longer than `answer_timeout` (the live mount) or `probe_timeout` (the others)."""
     warnings: list[str] = []
@@ -55,7 +61,11 @@ def inventory(mountpoint: str, state_dir: str, fstype: str, probe: bool = True, 
             warnings.append(f"live mount {mountpoint}: {message}")
         host_ns = os.stat("self/ns/mnt", dir_fd=proc_fd).st_ino
         idents = {cid: discovery.identity(e.pid, proc_fd) for cid, e in entries.items()}
-        prober = discovery.Prober(proc_fd, skip=(live_dev,), timeout=probe_timeout) if probe else None
+        prober = (
+            discovery.Prober(proc_fd, skip=() if live_dev is None else (live_dev,), timeout=probe_timeout)
+            if probe
+            else None
+        )
         try:
             first = [(e.pid, e.mntns) for cid, e in entries.items() if idents[cid][1] == e.mntns]
             views = discovery.discover(fstype, proc_fd, first, host_ns, on_found=prober.watch if prober else None)
@@ -92,6 +102,15 @@ def inventory(mountpoint: str, state_dir: str, fstype: str, probe: bool = True, 
     for mntns, view in sorted(views.items()):
         if mntns not in claimed:
             state, devs = state_of(view.mounts)
-            rows.append({"id": ns_id(mntns), "pid": view.pid, "mntns": mntns, "registered": False,
-                         "binds": len(top_mounts(view.mounts)), "state": state, "devices": devs})
+            rows.append(
+                {
+                    "id": ns_id(mntns),
+                    "pid": view.pid,
+                    "mntns": mntns,
+                    "registered": False,
+                    "binds": len(top_mounts(view.mounts)),
+                    "state": state,
+                    "devices": devs,
+                }
+            )
     return rows, warnings

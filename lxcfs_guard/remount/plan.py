@@ -28,13 +28,15 @@ DETACH = "detach"  # a stale copy of a supervisor's private instance mount: noth
 
 INSTANCES = "instances"  # {state_dir}/instances/<token>/mnt: where supervise mounts its daemons (watchdog.instance)
 
+
 class Mount:
     """One mountinfo line of our fstype in a namespace, reduced to what the plan needs."""
 
     __slots__ = ("mount_id", "parent_id", "dev", "root", "target", "options", "submounts")
 
-    def __init__(self, mount_id: int, parent_id: int, dev: int, root: str, target: str, options: str,
-                 submounts: bool = False) -> None:
+    def __init__(
+        self, mount_id: int, parent_id: int, dev: int, root: str, target: str, options: str, submounts: bool = False
+    ) -> None:
         self.mount_id = mount_id
         self.parent_id = parent_id
         self.dev = dev
@@ -68,8 +70,15 @@ class Fix:
 
     __slots__ = ("source", "target", "how", "expect_dev", "attrs", "optional")
 
-    def __init__(self, source: str, target: str, how: str, expect_dev: int | None = None,
-                 attrs: int | None = None, optional: bool = False) -> None:
+    def __init__(
+        self,
+        source: str,
+        target: str,
+        how: str,
+        expect_dev: int | None = None,
+        attrs: int | None = None,
+        optional: bool = False,
+    ) -> None:
         self.source = source.lstrip("/")
         self.target = target
         self.how = how
@@ -89,8 +98,16 @@ class Job:
 
     __slots__ = ("id", "pid", "start_time", "mntns", "fixes", "refusals", "root")
 
-    def __init__(self, id: str, pid: int, mntns: int, fixes: list[Fix], start_time: int | None = None,
-                 refusals: list[TargetError] | None = None, root: str | None = None) -> None:
+    def __init__(
+        self,
+        id: str,
+        pid: int,
+        mntns: int,
+        fixes: list[Fix],
+        start_time: int | None = None,
+        refusals: list[TargetError] | None = None,
+        root: str | None = None,
+    ) -> None:
         self.id = id
         self.pid = pid
         self.mntns = mntns
@@ -152,8 +169,9 @@ def instance_prefix(state_dir: str) -> str:
     return os.path.join(os.path.realpath(state_dir), INSTANCES) + "/"
 
 
-def _stale_fixes(tops: Iterable[Mount], by_id: Mapping[int, Mount], live_dev: int, stale_devs: set[int],
-                 detach_under: str | None) -> tuple[list[Fix], list[TargetError]]:
+def _stale_fixes(
+    tops: Iterable[Mount], by_id: Mapping[int, Mount], live_dev: int, stale_devs: set[int], detach_under: str | None
+) -> tuple[list[Fix], list[TargetError]]:
     """Fixes for the stale top mounts among `tops`; a stale directory bind with mounts inside it is
     refused (detaching it would take those mounts with it; its clone would not have them). A live top
     mount right on another live one at the same target (a worker left stuck by an earlier run finished
@@ -169,8 +187,13 @@ def _stale_fixes(tops: Iterable[Mount], by_id: Mapping[int, Mount], live_dev: in
         if m.dev not in stale_devs:
             continue
         if m.submounts:
-            refusals.append(TargetError(m.target, errno.EBUSY, "other mounts sit inside this stale directory "
-                                        "bind; detaching it would take them: left alone"))
+            refusals.append(
+                TargetError(
+                    m.target,
+                    errno.EBUSY,
+                    "other mounts sit inside this stale directory bind; detaching it would take them: left alone",
+                )
+            )
         else:
             fixes.append(stale_fix(m, by_id, live_dev, detach_under))
     return fixes, refusals
@@ -211,12 +234,20 @@ def plan(
         start_time, mntns = identities.get(entry.id, (None, None))
         problem = identity_problem(entry, start_time, mntns)
         if problem:
-            done.append(NamespaceReport(entry.id, entry.pid, entry.mntns, GONE,
-                                        errors=[TargetError("-", errno.ESRCH, problem)]))
+            done.append(
+                NamespaceReport(entry.id, entry.pid, entry.mntns, GONE, errors=[TargetError("-", errno.ESRCH, problem)])
+            )
             continue
         if entry.mntns == host_ns:
-            done.append(NamespaceReport(entry.id, entry.pid, entry.mntns, REFUSED, errors=[
-                TargetError("-", errno.EPERM, "registered pid is in the host's own mount namespace")]))
+            done.append(
+                NamespaceReport(
+                    entry.id,
+                    entry.pid,
+                    entry.mntns,
+                    REFUSED,
+                    errors=[TargetError("-", errno.EPERM, "registered pid is in the host's own mount namespace")],
+                )
+            )
             continue
         claimed.add(entry.mntns)
         view = namespaces.get(entry.mntns)
@@ -235,8 +266,13 @@ def plan(
             elif m.dev in stale_devs:
                 stale.append(m)
             elif m.dev != live_dev:
-                refusals.append(TargetError(bind.target, errno.EBUSY,
-                                            f"bound to another live connection ({fmt_dev(m.dev)}), not ours to replace"))
+                refusals.append(
+                    TargetError(
+                        bind.target,
+                        errno.EBUSY,
+                        f"bound to another live connection ({fmt_dev(m.dev)}), not ours to replace",
+                    )
+                )
         stale += [m for m in tops.values() if m.target not in wanted or m.dev == live_dev]
         more, refused = _stale_fixes(stale, by_id, live_dev, stale_devs, detach_under)
         fixes += more

@@ -31,8 +31,18 @@ def _frame(kind: bytes, index: int, body: bytes = b"") -> bytes:
 
 
 def _encode(rep: NamespaceReport) -> bytes:
-    return marshal.dumps((rep.id, rep.pid, rep.mntns, rep.action, rep.repaired,
-                          [(e.target, e.errno, e.message) for e in rep.errors], rep.duration_ms, rep.detached))
+    return marshal.dumps(
+        (
+            rep.id,
+            rep.pid,
+            rep.mntns,
+            rep.action,
+            rep.repaired,
+            [(e.target, e.errno, e.message) for e in rep.errors],
+            rep.duration_ms,
+            rep.detached,
+        )
+    )
 
 
 def _decode(body: bytes) -> NamespaceReport:
@@ -44,9 +54,13 @@ def _run_job_safe(ctx: Context, job: Job) -> NamespaceReport:
     try:
         return run_job(ctx, job)
     except Exception as e:  # noqa: BLE001 - report it against the namespace, keep going
-        return NamespaceReport(job.id, job.pid, job.mntns, FAILED,
-                               errors=[TargetError("-", getattr(e, "errno", None) or errno.EIO,
-                                                   f"{type(e).__name__}: {e}")])
+        return NamespaceReport(
+            job.id,
+            job.pid,
+            job.mntns,
+            FAILED,
+            errors=[TargetError("-", getattr(e, "errno", None) or errno.EIO, f"{type(e).__name__}: {e}")],
+        )
 
 
 def _worker_main(ctx: Context, jobs: Sequence[Job], w: int, threads: int) -> None:  # pragma: no cover - child
@@ -68,7 +82,7 @@ def _worker_main(ctx: Context, jobs: Sequence[Job], w: int, threads: int) -> Non
 
         def send(data: bytes) -> None:  # with `lock` held
             while data:
-                data = data[os.write(w, data):]
+                data = data[os.write(w, data) :]
 
         def loop() -> None:
             try:
@@ -91,7 +105,7 @@ def _worker_main(ctx: Context, jobs: Sequence[Job], w: int, threads: int) -> Non
         for _ in range(running[0]):
             _thread.start_new_thread(loop, ())
         finished.acquire()
-    except BaseException:  # noqa: BLE001
+    except BaseException:  # noqa: BLE001 - nothing may escape a forked child: it exits 1
         code = 1
     finally:
         os._exit(code)
@@ -134,8 +148,8 @@ class _Worker:
         self.buf += data
         out = []
         while len(self.buf) >= 9 and len(self.buf) >= 9 + (size := int.from_bytes(self.buf[5:9], "little")):
-            kind, i, body = self.buf[:1], int.from_bytes(self.buf[1:5], "little"), self.buf[9:9 + size]
-            self.buf = self.buf[9 + size:]
+            kind, i, body = self.buf[:1], int.from_bytes(self.buf[1:5], "little"), self.buf[9 : 9 + size]
+            self.buf = self.buf[9 + size :]
             if kind == b"S":
                 self.started[i] = time.monotonic()
             else:
@@ -144,8 +158,14 @@ class _Worker:
         return out
 
 
-def run_jobs(ctx: Context, jobs: Sequence[Job], workers: int, timeout: float,
-             threads: int = THREADS, stuck: dict[int, int] | None = None) -> list[NamespaceReport]:
+def run_jobs(
+    ctx: Context,
+    jobs: Sequence[Job],
+    workers: int,
+    timeout: float,
+    threads: int = THREADS,
+    stuck: dict[int, int] | None = None,
+) -> list[NamespaceReport]:
     """Run `jobs` on up to `workers` forked workers of `threads` threads; each namespace gets `timeout`
     seconds from its start. A worker with a namespace past its deadline is killed: that namespace fails
     with ETIMEDOUT, any other it had under way fails as interrupted (a later run finishes it: see UNCOVER),
@@ -164,8 +184,9 @@ def run_jobs(ctx: Context, jobs: Sequence[Job], workers: int, timeout: float,
             poller.register(wk.fd, select.POLLIN)
 
     def fail(job: Job, errno_: int, message: str, ms: float = 0.0) -> None:
-        results[index[id(job)]] = NamespaceReport(job.id, job.pid, job.mntns, FAILED,
-                                                  errors=[TargetError("-", errno_, message)], duration_ms=ms)
+        results[index[id(job)]] = NamespaceReport(
+            job.id, job.pid, job.mntns, FAILED, errors=[TargetError("-", errno_, message)], duration_ms=ms
+        )
 
     def retire(wk: _Worker, late: int | None) -> None:
         poller.unregister(wk.fd)
@@ -177,8 +198,12 @@ def run_jobs(ctx: Context, jobs: Sequence[Job], workers: int, timeout: float,
             if not reaped and stuck is not None:
                 stuck[wk.jobs[i].mntns] = wk.pid
             if late is not None and wk.started[i] + timeout <= now:
-                fail(wk.jobs[i], errno.ETIMEDOUT,
-                     f"this namespace did not finish within {timeout:g} s; worker killed{why}", timeout * 1000)
+                fail(
+                    wk.jobs[i],
+                    errno.ETIMEDOUT,
+                    f"this namespace did not finish within {timeout:g} s; worker killed{why}",
+                    timeout * 1000,
+                )
             elif late is not None:
                 fail(wk.jobs[i], errno.EINTR, "interrupted: its worker was killed for another namespace's deadline")
             else:

@@ -87,8 +87,12 @@ class Entry:
         self.binds = tuple(Bind.from_obj(b) for b in binds)
 
     def to_dict(self) -> dict[str, object]:
-        return {"pid": self.pid, "start_time": self.start_time, "mntns": self.mntns,
-                "binds": [b.to_dict() for b in self.binds]}
+        return {
+            "pid": self.pid,
+            "start_time": self.start_time,
+            "mntns": self.mntns,
+            "binds": [b.to_dict() for b in self.binds],
+        }
 
     @classmethod
     def from_dict(cls, id: str, obj: dict) -> Entry:
@@ -98,7 +102,10 @@ class Entry:
         return isinstance(other, Entry) and (self.id, self.to_dict()) == (other.id, other.to_dict())
 
     def __repr__(self) -> str:
-        return f"Entry({self.id!r}, pid={self.pid}, start_time={self.start_time}, mntns={self.mntns}, binds={len(self.binds)})"
+        return (
+            f"Entry({self.id!r}, pid={self.pid}, start_time={self.start_time}, mntns={self.mntns}, "
+            f"binds={len(self.binds)})"
+        )
 
 
 class RegistryError(Exception):
@@ -267,8 +274,11 @@ class Registry:
         meanwhile under the same id is kept. Returns the ids removed."""
         with self.locked():
             self.load()
-            removed = [cid for cid, ident in gone.items()
-                       if cid in self.entries and (self.entries[cid].pid, self.entries[cid].start_time) == ident]
+            removed = [
+                cid
+                for cid, ident in gone.items()
+                if cid in self.entries and (self.entries[cid].pid, self.entries[cid].start_time) == ident
+            ]
             for cid in removed:
                 del self.entries[cid]
             if removed:

@@ -48,8 +48,12 @@ class TargetError:
         self.message = message
 
     def to_dict(self) -> dict[str, object]:
-        return {"target": self.target, "errno": self.errno,
-                "errname": _errno.errorcode.get(self.errno, str(self.errno)), "message": self.message}
+        return {
+            "target": self.target,
+            "errno": self.errno,
+            "errname": _errno.errorcode.get(self.errno, str(self.errno)),
+            "message": self.message,
+        }
 
     def __str__(self) -> str:
         return f"{printable(self.target)}: {_errno.errorcode.get(self.errno, self.errno)} ({printable(self.message)})"
@@ -64,9 +68,17 @@ class NamespaceReport:
 
     __slots__ = ("id", "pid", "mntns", "action", "repaired", "errors", "duration_ms", "detached")
 
-    def __init__(self, id: str, pid: int, mntns: int, action: str, repaired: list[str] | None = None,
-                 errors: list[TargetError] | None = None, duration_ms: float = 0.0,
-                 detached: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        id: str,
+        pid: int,
+        mntns: int,
+        action: str,
+        repaired: list[str] | None = None,
+        errors: list[TargetError] | None = None,
+        duration_ms: float = 0.0,
+        detached: list[str] | None = None,
+    ) -> None:
         self.id = id
         self.pid = pid
         self.mntns = mntns
@@ -81,10 +93,16 @@ class NamespaceReport:
         return self.action in OK_ACTIONS
 
     def to_dict(self) -> dict[str, object]:
-        return {"id": self.id, "pid": self.pid, "mntns": self.mntns, "action": self.action,
-                "repaired": list(self.repaired), "detached": list(self.detached),
-                "errors": [e.to_dict() for e in self.errors],
-                "duration_ms": round(self.duration_ms, 3)}
+        return {
+            "id": self.id,
+            "pid": self.pid,
+            "mntns": self.mntns,
+            "action": self.action,
+            "repaired": list(self.repaired),
+            "detached": list(self.detached),
+            "errors": [e.to_dict() for e in self.errors],
+            "duration_ms": round(self.duration_ms, 3),
+        }
 
     def line(self, dry_run: bool = False) -> str:
         what = self.action.replace("_", " ")
@@ -109,8 +127,19 @@ class RemountReport:
     """The whole run: `ok` is False when anything is left broken (failed or refused) or the run itself
     could not start (`error`)."""
 
-    __slots__ = ("live_root", "live_dev", "fstype", "mode", "dry_run", "namespaces", "warnings", "error",
-                 "duration_ms", "phases_ms", "left_behind")
+    __slots__ = (
+        "live_root",
+        "live_dev",
+        "fstype",
+        "mode",
+        "dry_run",
+        "namespaces",
+        "warnings",
+        "error",
+        "duration_ms",
+        "phases_ms",
+        "left_behind",
+    )
 
     def __init__(self, live_root: str, fstype: str, dry_run: bool = False) -> None:
         self.live_root = live_root
@@ -144,13 +173,22 @@ class RemountReport:
 
     def to_dict(self) -> dict[str, object]:
         dev = self.live_dev
-        return {"ok": self.ok, "live_root": self.live_root, "fstype": self.fstype,
-                "live_dev": None if dev is None else fmt_dev(dev),
-                "mode": self.mode, "dry_run": self.dry_run, "error": self.error, "warnings": list(self.warnings),
-                "counts": {a: self.count(a) for a in ACTIONS},
-                "broken": self.broken(), "left_behind": list(self.left_behind),
-                "namespaces": [ns.to_dict() for ns in self.namespaces], "duration_ms": round(self.duration_ms, 3),
-                "phases_ms": {k: round(v, 3) for k, v in self.phases_ms.items()}}
+        return {
+            "ok": self.ok,
+            "live_root": self.live_root,
+            "fstype": self.fstype,
+            "live_dev": None if dev is None else fmt_dev(dev),
+            "mode": self.mode,
+            "dry_run": self.dry_run,
+            "error": self.error,
+            "warnings": list(self.warnings),
+            "counts": {a: self.count(a) for a in ACTIONS},
+            "broken": self.broken(),
+            "left_behind": list(self.left_behind),
+            "namespaces": [ns.to_dict() for ns in self.namespaces],
+            "duration_ms": round(self.duration_ms, 3),
+            "phases_ms": {k: round(v, 3) for k, v in self.phases_ms.items()},
+        }
 
     def to_json(self) -> str:
         import json
@@ -163,7 +201,9 @@ class RemountReport:
             lines.append(f"error: {printable(self.error)}")
         lines += [ns.line(self.dry_run) for ns in self.namespaces]
         counts = ", ".join(f"{self.count(a)} {a.replace('_', ' ')}" for a in ACTIONS if self.count(a))
-        lines.append(f"{len(self.namespaces)} container(s){': ' + counts if counts else ''}"
-                     f"{' (dry run)' if self.dry_run else ''} in {self.duration_ms:.1f} ms"
-                     f"{' via ' + self.mode if self.mode else ''}")
+        lines.append(
+            f"{len(self.namespaces)} container(s){': ' + counts if counts else ''}"
+            f"{' (dry run)' if self.dry_run else ''} in {self.duration_ms:.1f} ms"
+            f"{' via ' + self.mode if self.mode else ''}"
+        )
         return "\n".join(lines)

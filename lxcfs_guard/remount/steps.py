@@ -54,8 +54,15 @@ class _Vanished(Exception):
 class Context:
     """What every worker inherits through fork: fds opened once in the host namespace."""
 
-    def __init__(self, proc_fd: int, live_dev: int, live_attrs: int, live_shared: bool,
-                 sources: dict[str, int | OSError], beneath: bool) -> None:
+    def __init__(
+        self,
+        proc_fd: int,
+        live_dev: int,
+        live_attrs: int,
+        live_shared: bool,
+        sources: dict[str, int | OSError],
+        beneath: bool,
+    ) -> None:
         self.proc_fd = proc_fd
         self.host_ns_fd = os.open("self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd)
         self.host_ns = os.fstat(self.host_ns_fd).st_ino
@@ -122,9 +129,11 @@ def _check_kind(mode: int, want: int | None) -> None:
     if kind not in _KIND:
         raise _Refusal(errno.EINVAL, f"the target is neither a file nor a directory (mode {oct(mode)})")
     if want is not None and kind != want:
-        raise _Refusal(errno.EISDIR if kind == _S_IFDIR else errno.ENOTDIR,
-                       f"the target is {_KIND[kind]}, the live source {_KIND.get(want, oct(want))}: "
-                       "its kind changed; not replaced")
+        raise _Refusal(
+            errno.EISDIR if kind == _S_IFDIR else errno.ENOTDIR,
+            f"the target is {_KIND[kind]}, the live source {_KIND.get(want, oct(want))}: "
+            "its kind changed; not replaced",
+        )
 
 
 def source_kind(fd: int) -> int:
@@ -152,7 +161,7 @@ def _apply(ctx: Context, rootfd: int, fix: Fix, clone: int) -> bool:
             sc.move_mount(clone, tfd, "", _MOVE)
             return True
         if dev != fix.expect_dev:  # detached, or covered by someone else's mount, since discovery read it:
-            raise _Vanished()      # nothing of ours is left on top there (never replace another's mount)
+            raise _Vanished()  # nothing of ours is left on top there (never replace another's mount)
         if fix.how in (UNCOVER, DETACH) or ctx.beneath:
             if fix.how == BENEATH:
                 step = "move_mount beneath the stale mount"
@@ -172,7 +181,8 @@ def _apply(ctx: Context, rootfd: int, fix: Fix, clone: int) -> bool:
             os.close(under)
         return True
     except OSError as e:
-        raise OSError(e.errno, f"{step}: {os.strerror(e.errno)}") from None
+        code = e.errno or errno.EIO  # every OSError here is a syscall's; EIO only for the type checker
+        raise OSError(code, f"{step}: {os.strerror(code)}") from None
     finally:
         os.close(tfd)
 
@@ -218,7 +228,7 @@ def run_job(ctx: Context, job: Job) -> NamespaceReport:
                     fds.append(clones[-1][1])
             except OSError as e:
                 failed = True
-                rep.errors.append(TargetError(fix.target, e.errno, f"cloning the live file: {e.strerror}"))
+                rep.errors.append(TargetError(fix.target, e.errno or errno.EIO, f"cloning the live file: {e.strerror}"))
         done: list[Fix] = []
         vanished = 0
         sc.setns(nsfd, sc.CLONE_NEWNS)
@@ -236,12 +246,18 @@ def run_job(ctx: Context, job: Job) -> NamespaceReport:
                     rep.errors.append(TargetError(fix.target, r.errno, r.message))
                 except _Vanished:
                     vanished += 1
-                    rep.errors.append(TargetError(fix.target, errno.ENOENT, "the stale mount is no longer there "
-                                                  "(the namespace changed since it was read): nothing to repair"))
+                    rep.errors.append(
+                        TargetError(
+                            fix.target,
+                            errno.ENOENT,
+                            "the stale mount is no longer there "
+                            "(the namespace changed since it was read): nothing to repair",
+                        )
+                    )
                 except OSError as e:
                     if not (fix.optional and e.errno == errno.ENOENT):
                         failed = True
-                        rep.errors.append(TargetError(fix.target, e.errno, str(e.strerror)))
+                        rep.errors.append(TargetError(fix.target, e.errno or errno.EIO, str(e.strerror)))
         finally:
             try:
                 sc.setns(ctx.host_ns_fd, sc.CLONE_NEWNS)

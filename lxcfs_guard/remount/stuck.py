@@ -13,6 +13,7 @@ whatever is left over: plan.UNCOVER and the live-on-live case.)
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 from lxcfs_guard.kernel import procfs
@@ -49,7 +50,7 @@ def _still_there(pid: int) -> bool:
                 data = f.read()
         except OSError:
             continue
-        if data[data.rindex(b")") + 2:][:1] != b"Z":
+        if data[data.rindex(b")") + 2 :][:1] != b"Z":
             return True
     return False
 
@@ -86,8 +87,6 @@ def active(state_dir: str) -> dict[str, int]:
         if pid > 0 and _start_time(pid) == start and _still_there(pid):
             out[name] = pid
         else:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(path)
-            except OSError:
-                pass
     return out

@@ -33,8 +33,15 @@ from lxcfs_guard.testing.procs import wait_for
 
 MiB = 1 << 20
 BUSYBOX = "/bin/busybox"
-FILES: tuple[str, ...] = ("proc/cpuinfo", "proc/diskstats", "proc/loadavg", "proc/meminfo", "proc/stat",
-                          "proc/swaps", "proc/uptime")
+FILES: tuple[str, ...] = (
+    "proc/cpuinfo",
+    "proc/diskstats",
+    "proc/loadavg",
+    "proc/meminfo",
+    "proc/stat",
+    "proc/swaps",
+    "proc/uptime",
+)
 
 
 class LightContainer:
@@ -78,7 +85,7 @@ class LightContainer:
                 except OSError as e:
                     data = bytes((e.errno or 255,))
                 while data:
-                    data = data[os.write(w, data):]
+                    data = data[os.write(w, data) :]
                 code = 0
             finally:
                 os._exit(code)
@@ -113,7 +120,7 @@ class LightContainer:
                 os.close(r)
                 enter(self, chroot=chroot)
                 fn()
-            except BaseException as e:  # noqa: BLE001
+            except BaseException as e:  # noqa: BLE001 - the forked child reports anything to the parent
                 os.write(w, f"{type(e).__name__}: {e}".encode()[:4000])
             finally:
                 os._exit(0)
@@ -173,7 +180,7 @@ def _init_child(root: str, cgroup: TestCgroup, binds: Sequence[tuple[str, str, i
                 os.dup2(devnull, fd)
         os.closerange(3, 65536)
         os.execv("/bin/busybox", ["busybox", "sleep", "1000000"])
-    except BaseException as e:  # noqa: BLE001
+    except BaseException as e:  # noqa: BLE001 - the forked child reports anything to the parent
         with contextlib.suppress(OSError):
             os.write(ready, f"{type(e).__name__}: {e}".encode()[:4000])
     finally:
@@ -270,8 +277,9 @@ def light_containers(
             for i in range(n):
                 mib = memory_mib[i] if memory_mib else 64 + i
                 cg = stack.enter_context(make_cgroup(memory=mib * MiB))
-                out.append(start(cg, mib * MiB, bind_from=bind_from, files=files, flags=flags, slave=slave,
-                                 parent=parent))
+                out.append(
+                    start(cg, mib * MiB, bind_from=bind_from, files=files, flags=flags, slave=slave, parent=parent)
+                )
             yield out
         finally:
             for c in out:
@@ -320,7 +328,7 @@ class LoopingReader:
                         pass
                 data = json.dumps(runs).encode()
                 while data:
-                    data = data[os.write(out_w, data):]
+                    data = data[os.write(out_w, data) :]
                 code = 0
             finally:
                 os._exit(code)

@@ -114,9 +114,14 @@ def lxcfs_reference(mountpoint: str | None = None, args: tuple[str, ...] = (), t
         mountpoint = tempfile.mkdtemp(prefix="lxcfs-ref-")
     # --pidfile keeps it off /run/lxcfs.pid, which a host's own lxcfs may hold
     pidfile = os.path.join(tempfile.gettempdir(), f"lxcfs-ref-{os.getpid()}-{time.monotonic_ns()}.pid")
-    proc = subprocess.Popen([LXCFS, "--pidfile", pidfile, *args, mountpoint],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [LXCFS, "--pidfile", pidfile, *args, mountpoint],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
+
         def ready() -> bool:
             if proc.poll() is not None:
                 raise RuntimeError(f"lxcfs exited with {proc.returncode}")

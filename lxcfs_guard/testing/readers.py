@@ -148,7 +148,7 @@ class Fleet:
             if all(v is not None for v in rec.values()) and now - since_ns >= settle * 1e9:
                 last_bad = max((e[0] for r in self.readers for e in r.events if e[1] != "ok"), default=0)
                 if now - max(last_bad, since_ns) >= settle * 1e9:
-                    return {k: v / 1e6 for k, v in rec.items()}  # type: ignore[operator]
+                    return {k: v / 1e6 for k, v in rec.items() if v is not None}  # all are, checked above
             if time.monotonic() > deadline:
                 late = {r.id: r.events[-3:] for r in self.readers if rec[r.id] is None}
                 raise TimeoutError(f"containers not reading correctly {timeout}s after the fault: {late}")
@@ -230,10 +230,19 @@ def reader_fleet(
         for i in range(n):
             limit_mib = base_mib + i
             cg = stack.enter_context(cgroup(limit_mib << 20) if cgroup else make_cgroup(memory=limit_mib << 20))
-            argv = [*enter, "unshare", "-m", "--propagation", "private",
-                    sys.executable, os.path.abspath(__file__), file, str(limit_mib * 1024), str(interval)]
-            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    preexec_fn=_joins(cg))
+            argv = [
+                *enter,
+                "unshare",
+                "-m",
+                "--propagation",
+                "private",
+                sys.executable,
+                os.path.abspath(__file__),
+                file,
+                str(limit_mib * 1024),
+                str(interval),
+            ]
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, preexec_fn=_joins(cg))
             readers.append(Reader(id=f"rd-{uuid.uuid4().hex[:8]}-{i}", proc=proc, expect_kb=limit_mib * 1024))
         for r in readers:
             assert r.proc.stdin is not None and r.proc.stdout is not None

@@ -24,8 +24,9 @@ class Adoption(SupervisorState):
         for record in rec.get("instances", []):
             if not isinstance(record, dict):
                 continue
+            role_name = record.get("role")
             try:
-                role = Role(record.get("role"))
+                role = Role(role_name) if isinstance(role_name, str) else Role.LEFT
             except ValueError:
                 role = Role.LEFT  # a record this version does not know: never adopted, stopped like a left-over
             inst = instance.adopt(role, record, self.o.fstype)
@@ -78,5 +79,5 @@ class Adoption(SupervisorState):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             left.dev = left.find_mount()
-            log(f"left-over instance {name}: {'dead mount ' + left.dev_str if left.dev is not None else 'no mount'}")
+            log(f"left-over instance {name}: {f'dead mount {left.dev_str}' if left.dev is not None else 'no mount'}")
             self.dead.append(left)

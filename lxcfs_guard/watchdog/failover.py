@@ -121,8 +121,10 @@ class Failover(SupervisorState):
             self.retiring.append(sb)
             self.standby_at = time.monotonic()
         self.reload_pending = False
-        log(f"reload done: serve pid {new.pid} serves, old pid {old.pid} retires {self.o.reload_grace:.1f} s "
-            "after the containers are moved")
+        log(
+            f"reload done: serve pid {new.pid} serves, old pid {old.pid} retires {self.o.reload_grace:.1f} s "
+            "after the containers are moved"
+        )
         notify.notify("READY=1")
         self._write_status()
 
@@ -164,7 +166,10 @@ class Failover(SupervisorState):
             self.backoff.failed_before_ready()
             self.crash_loop.record(now)
             delay = self.backoff.next_delay()
-            log(f"new instance pid {inst.pid} exited before answering (status {inst.exit_status}); retry in {delay:.1f} s")
+            log(
+                f"new instance pid {inst.pid} exited before answering (status {inst.exit_status}); "
+                f"retry in {delay:.1f} s"
+            )
             if self.next_reason == "reload" and self.primary is not None:
                 log("reload abandoned: the running instance keeps serving")
                 self.reload_pending = False

@@ -51,9 +51,8 @@ def waiting(dev: int, path: str = FUSECTL_DIR) -> int | None:
     """Requests the daemon has not answered yet (a growing number is another sign of a hang)."""
     if not ensure_mounted(path):
         return None
-    with contextlib.suppress(OSError, ValueError):
-        with open(f"{path}/{connection_name(dev)}/waiting") as f:
-            return int(f.read().strip())
+    with contextlib.suppress(OSError, ValueError), open(f"{path}/{connection_name(dev)}/waiting") as f:
+        return int(f.read().strip())
     return None
 
 

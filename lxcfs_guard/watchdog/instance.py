@@ -197,10 +197,9 @@ def pids_serving(mountpoint: str) -> list[int]:
     want = mountpoint.encode()
     out = []
     for pid in procfs.list_pids():
-        with contextlib.suppress(OSError):
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if want in f.read().split(b"\0"):
-                    out.append(pid)
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/cmdline", "rb") as f:
+            if want in f.read().split(b"\0"):
+                out.append(pid)
     return out
 
 

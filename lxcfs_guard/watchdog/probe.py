@@ -109,7 +109,7 @@ class Probe:
                 _strays.add(self.pid)
             self._result = ProbeResult(Outcome.TIMEOUT, time.monotonic() - self.started)
             self._close()
-        return self._result  # type: ignore[return-value]
+        return self._result
 
     def _close(self) -> None:
         if self._pidfd >= 0:

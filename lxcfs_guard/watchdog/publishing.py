@@ -55,11 +55,12 @@ class Publishing(SupervisorState):
 
     def _write_status(self) -> None:
         p = self.primary
+        daemon_pid = p.pid if p is not None else None
         data = {
             "mode": "supervise",
             "supervisor_pid": os.getpid(),
             "supervisor_start_time": procfs.pid_start_time(os.getpid()),
-            "daemon_pid": p.pid if p is not None else None,
+            "daemon_pid": daemon_pid,
             "daemon_mountpoint": p.mnt if p is not None else None,
             "dev": p.dev_str if p is not None else None,
             "standby_pid": self.standby.pid if self.standby is not None and self.standby.ready else None,
@@ -81,6 +82,6 @@ class Publishing(SupervisorState):
         notify.notify(
             "STATUS="
             + policy.status_line(
-                data["daemon_pid"], self.containers_live, self.containers_total, self.restarts, self.last_recovery_ms
+                daemon_pid, self.containers_live, self.containers_total, self.restarts, self.last_recovery_ms
             )
         )

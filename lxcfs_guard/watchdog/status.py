@@ -112,15 +112,17 @@ def format_text(report: dict[str, Any]) -> str:
     workers = report.get("workers")
     if workers:
         pids = " ".join(str(w.get("pid")) for w in workers)
-        lines.append(f"workers:          {len(workers)} worker{'s' if len(workers) != 1 else ''} (pids {pids}), "
-                     f"{report.get('worker_restarts', 0)} restarted")
+        lines.append(
+            f"workers:          {len(workers)} worker{'s' if len(workers) != 1 else ''} (pids {pids}), "
+            f"{report.get('worker_restarts', 0)} restarted"
+        )
     containers = report.get("containers", [])
     lines.append(f"containers:       {len(containers)}")
     if containers:
         ids = [printable(c["id"]) for c in containers]
         width = max(len(i) for i in ids)
         lines.append(f"  {'ID':<{width}}  {'PID':>7}  STATE")
-        lines += [f"  {i:<{width}}  {c['pid']:>7}  {c['state']}" for i, c in zip(ids, containers)]
+        lines += [f"  {i:<{width}}  {c['pid']:>7}  {c['state']}" for i, c in zip(ids, containers, strict=True)]
     return "\n".join(lines)
 
 
@@ -232,9 +234,7 @@ def gather(state_dir: str, mountpoint: str, fstype: str, probe_timeout: float = 
     if report["mode"] == "serve":
         from lxcfs_guard.watchdog.probe import probe
 
-        report["healthy"] = live_dev is not None and probe(
-            os.path.join(mountpoint, "proc/uptime"), probe_timeout
-        ).ok
+        report["healthy"] = live_dev is not None and probe(os.path.join(mountpoint, "proc/uptime"), probe_timeout).ok
     report["mount_dev"] = f"{os.major(live_dev)}:{os.minor(live_dev)}" if live_dev is not None else None
     report["containers"] = [c.to_json() for c in container_states(registered_containers(state_dir), fstype, live_dev)]
     report["checked"] = time.time()
@@ -245,8 +245,12 @@ def gather(state_dir: str, mountpoint: str, fstype: str, probe_timeout: float = 
 
 
 def configure_status(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--state-dir", default=config.default_state_dir(), help="state directory (default: %(default)s)")
-    parser.add_argument("--mountpoint", default=config.default_mountpoint(), help="host mountpoint (default: %(default)s)")
+    parser.add_argument(
+        "--state-dir", default=config.default_state_dir(), help="state directory (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--mountpoint", default=config.default_mountpoint(), help="host mountpoint (default: %(default)s)"
+    )
     parser.add_argument("--fstype", default=config.FSTYPE, help="FUSE type of the guarded mount (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--timeout", type=float, default=1.0, help="probe timeout in plain-serve mode (seconds)")

@@ -143,8 +143,12 @@ class Supervisor(Loop, Failover, Tracking, Adoption, Publishing):
 
 
 def configure_supervise(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--mountpoint", default=config.default_mountpoint(), help="host mountpoint (default: %(default)s)")
-    parser.add_argument("--state-dir", default=config.default_state_dir(), help="state directory (default: %(default)s)")
+    parser.add_argument(
+        "--mountpoint", default=config.default_mountpoint(), help="host mountpoint (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--state-dir", default=config.default_state_dir(), help="state directory (default: %(default)s)"
+    )
     parser.add_argument(
         "--exec",
         dest="command",
@@ -154,24 +158,53 @@ def configure_supervise(parser: argparse.ArgumentParser) -> None:
         "(also {state_dir}, {instance_dir}); with --standby every instance needs its own pidfile, e.g. "
         "'lxcfs -p {instance_dir}/lxcfs.pid {mountpoint}' --fstype fuse.lxcfs",
     )
-    parser.add_argument("--fstype", default=Options.fstype, help="FUSE type of the guarded mount (default: %(default)s)")
+    parser.add_argument(
+        "--fstype", default=Options.fstype, help="FUSE type of the guarded mount (default: %(default)s)"
+    )
     parser.add_argument("--serve-args", default="", help="extra arguments for `serve` (one string)")
     parser.add_argument("--workers", type=int, default=0, help="serving processes per `serve` (default: serve's)")
     parser.add_argument(
-        "--standby", action=argparse.BooleanOptionalAction, default=Options.standby,
+        "--standby",
+        action=argparse.BooleanOptionalAction,
+        default=Options.standby,
         help="keep a second daemon mounted privately to take over at once after a crash (default: on)",
     )
-    parser.add_argument("--probe-interval", type=float, default=Options.probe_interval,
-                        help="seconds between health probes (default: %(default)s)")
-    parser.add_argument("--probe-timeout", type=float, default=Options.probe_timeout,
-                        help="a probe read slower than this is a hang (default: %(default)s)")
-    parser.add_argument("--probe-file", default=Options.probe_file, help="file read by the probe, relative to the mount")
-    parser.add_argument("--start-timeout", type=float, default=Options.start_timeout, help="seconds a new daemon has to answer")
-    parser.add_argument("--max-restarts", type=int, default=Options.max_restarts, help="give up after this many restarts ... (0: never)")
-    parser.add_argument("--restart-window", type=float, default=Options.restart_window, help="... within this many seconds")
-    parser.add_argument("--reload-grace", type=float, default=Options.reload_grace, help="seconds the old daemon keeps serving in-flight reads on reload")
-    parser.add_argument("--remount-timeout", type=float, default=Options.remount_timeout, help="per-container repair timeout")
-    parser.add_argument("--jobs", type=int, default=Options.jobs, help="parallel repair workers (default: the engine's)")
+    parser.add_argument(
+        "--probe-interval",
+        type=float,
+        default=Options.probe_interval,
+        help="seconds between health probes (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--probe-timeout",
+        type=float,
+        default=Options.probe_timeout,
+        help="a probe read slower than this is a hang (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--probe-file", default=Options.probe_file, help="file read by the probe, relative to the mount"
+    )
+    parser.add_argument(
+        "--start-timeout", type=float, default=Options.start_timeout, help="seconds a new daemon has to answer"
+    )
+    parser.add_argument(
+        "--max-restarts", type=int, default=Options.max_restarts, help="give up after this many restarts ... (0: never)"
+    )
+    parser.add_argument(
+        "--restart-window", type=float, default=Options.restart_window, help="... within this many seconds"
+    )
+    parser.add_argument(
+        "--reload-grace",
+        type=float,
+        default=Options.reload_grace,
+        help="seconds the old daemon keeps serving in-flight reads on reload",
+    )
+    parser.add_argument(
+        "--remount-timeout", type=float, default=Options.remount_timeout, help="per-container repair timeout"
+    )
+    parser.add_argument(
+        "--jobs", type=int, default=Options.jobs, help="parallel repair workers (default: the engine's)"
+    )
 
 
 def run_supervise(args: argparse.Namespace) -> int:

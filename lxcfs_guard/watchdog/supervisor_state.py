@@ -8,13 +8,17 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lxcfs_guard import config
 from lxcfs_guard.kernel import notify
 from lxcfs_guard.text import printable
 from lxcfs_guard.watchdog import instance, policy, status
 from lxcfs_guard.watchdog.instance import Instance
+
+if TYPE_CHECKING:
+    from lxcfs_guard.watchdog.procevents import ProcEvents
+    from lxcfs_guard.watchdog.repair import RepairJob
 
 LOCK_FILE = "supervise.lock"
 STATUS_EVERY = 10.0  # seconds between periodic status/registry refreshes
@@ -57,7 +61,10 @@ def _load_engine() -> Any:
         return None
     return engine
 
+
 class SupervisorState:
+    events: ProcEvents | None  # set by Supervisor.run (the proc connector, or None without one)
+
     def __init__(self, opts: Options) -> None:
         self.o = opts
         self.mountpoint = status.mountpoint_path(opts.mountpoint)
@@ -77,8 +84,10 @@ class SupervisorState:
             self.pinger = policy.WatchdogPinger(usec / 4e6)
             interval, timeout = policy.fit_probe_to_watchdog(opts.probe_interval, opts.probe_timeout, usec / 1e6)
             if (interval, timeout) != (opts.probe_interval, opts.probe_timeout):
-                log(f"WatchdogSec={usec / 1e6:g}s: probing every {interval:.2f} s with a {timeout:.2f} s timeout, "
-                    "so a hang of serve is handled here before systemd's watchdog fires")
+                log(
+                    f"WatchdogSec={usec / 1e6:g}s: probing every {interval:.2f} s with a {timeout:.2f} s timeout, "
+                    "so a hang of serve is handled here before systemd's watchdog fires"
+                )
                 opts.probe_interval, opts.probe_timeout = interval, timeout
         self.next_at: float | None = None  # when to launch `next` (backoff)
         self.standby_at: float | None = None
@@ -106,5 +115,34 @@ class SupervisorState:
         self.internal_errors = 0  # bugs of ours caught by Loop._guarded (also in the status file)
         self._signals: list[int] = []
         self.started = time.time()
+
     def _instances(self) -> list[Instance]:
         return [i for i in (self.primary, self.standby, self.next) if i is not None] + self.retiring
+
+    if TYPE_CHECKING:
+        # What the parts call on each other through `self`; each is defined by one part (named here) and
+        # the whole exists only in `Supervisor`. Declared for the type checker alone: at run time the
+        # parts' own methods are the only ones.
+        # failover
+        def _launch_next(self, reason: str) -> None: ...
+        def _launch_standby(self) -> None: ...
+        def _on_ready(self, inst: Instance) -> None: ...
+        def _promote(self, inst: Instance, reload_from: Instance | None = None) -> None: ...
+        def _after_first_repair(self) -> None: ...
+        def _on_exit(self, inst: Instance) -> None: ...
+        # tracking
+        def _start_repair(self, inst: Instance, stale: set[int], ids: list[str], retire: list[Instance]) -> None: ...
+        def _on_repair_output(self) -> None: ...
+        def _check_repair(self, now: float) -> None: ...
+        def _cancel_repair(self, why: str) -> None: ...
+        def _repair_finished(self, job: RepairJob | None, retire: list[Instance]) -> None: ...
+        def _refresh_registry(self) -> None: ...
+        def _on_proc_events(self) -> None: ...
+        def _count_containers(self) -> None: ...
+        # publishing
+        def _publish(self, inst: Instance) -> None: ...
+        def _ensure_published(self) -> None: ...
+        def _healthy(self, ok: bool, force_status: bool = False) -> None: ...
+        def _write_status(self) -> None: ...
+        # loop
+        def _drop_retired(self, inst: Instance) -> None: ...

@@ -24,15 +24,23 @@ class Tracking(SupervisorState):
         if self.engine is None:
             self._repair_finished(None, retire)
             return
-        engine, kwargs = self.engine, dict(fstype=self.o.fstype, stale_devs=stale, timeout=self.o.remount_timeout,
-                                           jobs=self.o.jobs)
+        engine, kwargs = (
+            self.engine,
+            dict(fstype=self.o.fstype, stale_devs=stale, timeout=self.o.remount_timeout, jobs=self.o.jobs),
+        )
         passes = [(repair.ALL, lambda: engine.remount(inst.mnt, self.o.state_dir, ids=None, **kwargs))]
         if ids:
             passes.insert(0, (repair.REGISTERED, lambda: engine.remount(inst.mnt, self.o.state_dir, ids=ids, **kwargs)))
         self.repair = repair.RepairJob(passes, timeout=self.o.remount_timeout * 4 + 10)
-        self.repair_context = {"stale": stale, "dead": list(self.dead), "retire": retire, "inst": inst,
-                               "fault_at": self.fault_at, "ids": bool(ids),
-                               "fault_kind": self.fault_kind if self.fault_at is not None else None}
+        self.repair_context = {
+            "stale": stale,
+            "dead": list(self.dead),
+            "retire": retire,
+            "inst": inst,
+            "fault_at": self.fault_at,
+            "ids": bool(ids),
+            "fault_kind": self.fault_kind if self.fault_at is not None else None,
+        }
         self.fault_at = None
 
     def _on_repair_output(self) -> None:
@@ -58,11 +66,17 @@ class Tracking(SupervisorState):
             return
         self.repair = None
         job.cancel()
-        log(f"repair {why}: its child pid {job.pid} was killed; containers it did not reach stay on their old "
-            "connection until the next repair")
+        log(
+            f"repair {why}: its child pid {job.pid} was killed; containers it did not reach stay on their old "
+            "connection until the next repair"
+        )
         self.start_stale |= ctx.get("stale", set())  # not repaired: still to move off at the next repair
-        self.last_repair = {"ok": False, "ms": round((time.monotonic() - job.started) * 1000, 1), "scope": "all",
-                            "broken": why}
+        self.last_repair = {
+            "ok": False,
+            "ms": round((time.monotonic() - job.started) * 1000, 1),
+            "scope": "all",
+            "broken": why,
+        }
         for inst in ctx.get("retire", []):  # a reload's old instance does not serve on forever
             inst.retire_at = time.monotonic() + self.o.reload_grace
         self.repair_context = {}

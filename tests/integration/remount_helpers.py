@@ -68,9 +68,15 @@ def assert_exit_code(rc: int, report: dict, pids: set[int]) -> None:
     """The exit code is 0 exactly when nothing is left broken. A full scan of this shared host may meet
     another test run's broken containers (theirs to fix, and possibly refused): then 1 is right too, but
     never because of ours."""
-    ours_ok = all(ns["action"] in ("repaired", "already_live", "gone") for ns in report["namespaces"] if ns["pid"] in pids)
-    others_ok = all(ns["action"] in ("repaired", "already_live", "gone") for ns in report["namespaces"]
-                    if ns["pid"] not in pids) and report["error"] is None
+    ours_ok = all(
+        ns["action"] in ("repaired", "already_live", "gone") for ns in report["namespaces"] if ns["pid"] in pids
+    )
+    others_ok = (
+        all(
+            ns["action"] in ("repaired", "already_live", "gone") for ns in report["namespaces"] if ns["pid"] not in pids
+        )
+        and report["error"] is None
+    )
     assert ours_ok, report
     assert rc == (0 if others_ok else 1) and report["ok"] == others_ok, report
 
@@ -85,9 +91,14 @@ def pivot_container(cgroup: TestCgroup, limit: int, binds: list[tuple[str, str]]
     for d in ("proc", "sys", "bin", "oldroot", "tmp"):
         os.mkdir(f"{root}/{d}")
     open(f"{root}/bin/busybox", "w").close()
-    lines = ["set -e", "mount --make-rprivate /", f"mount --bind {root} {root}",
-             f"mount --bind /proc {root}/proc", f"mount --bind /sys {root}/sys",
-             f"mount --bind /bin/busybox {root}/bin/busybox"]
+    lines = [
+        "set -e",
+        "mount --make-rprivate /",
+        f"mount --bind {root} {root}",
+        f"mount --bind /proc {root}/proc",
+        f"mount --bind /sys {root}/sys",
+        f"mount --bind /bin/busybox {root}/bin/busybox",
+    ]
     for source, target in binds:
         path = root + target
         if os.path.isdir(source):
@@ -96,10 +107,15 @@ def pivot_container(cgroup: TestCgroup, limit: int, binds: list[tuple[str, str]]
             os.makedirs(os.path.dirname(path), exist_ok=True)
             open(path, "w").close()
         lines.append(f"mount --bind {shlex.quote(source)} {shlex.quote(path)}")
-    lines += [f"cd {root}", "pivot_root . oldroot", "/bin/busybox umount -l /oldroot",
-              "exec /bin/busybox sleep 1000000"]
-    proc = subprocess.Popen(["unshare", "-m", "sh", "-c", "\n".join(lines)], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL)
+    lines += [
+        f"cd {root}",
+        "pivot_root . oldroot",
+        "/bin/busybox umount -l /oldroot",
+        "exec /bin/busybox sleep 1000000",
+    ]
+    proc = subprocess.Popen(
+        ["unshare", "-m", "sh", "-c", "\n".join(lines)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL
+    )
     c = LightContainer(proc.pid, root, cgroup, limit)
 
     def ready() -> bool:
@@ -122,13 +138,21 @@ def plain_namespaces(n: int, cgroup: TestCgroup, limit: int) -> Iterator[list[Li
     """`n` processes in namespaces copied from ours by a plain `unshare -m` (no pivot_root, no chroot:
     as sandboxes and systemd services with PrivateMounts are): each holds a copy of every mount the host
     had then, ours included. Ended by pid."""
-    procs = [subprocess.Popen(["unshare", "-m", "--propagation", "private", "/bin/busybox", "sleep", "1000000"])
-             for _ in range(n)]
+    procs = [
+        subprocess.Popen(["unshare", "-m", "--propagation", "private", "/bin/busybox", "sleep", "1000000"])
+        for _ in range(n)
+    ]
     try:
         host = os.stat("/proc/self/ns/mnt").st_ino
-        wait_for(lambda: all(os.readlink(f"/proc/{p.pid}/exe").endswith("busybox")
-                             and os.stat(f"/proc/{p.pid}/ns/mnt").st_ino != host for p in procs),
-                 timeout=10, what="plain namespaces")
+        wait_for(
+            lambda: all(
+                os.readlink(f"/proc/{p.pid}/exe").endswith("busybox")
+                and os.stat(f"/proc/{p.pid}/ns/mnt").st_ino != host
+                for p in procs
+            ),
+            timeout=10,
+            what="plain namespaces",
+        )
         yield [LightContainer(p.pid, "/", cgroup, limit) for p in procs]
     finally:
         for p in procs:

@@ -36,8 +36,11 @@ def test_docker_container_reads_its_own_memtotal_after_each_kill() -> None:
         binds = []
         for rel in config.DEFAULT_BINDS:
             binds += ["-v", f"{g.mountpoint}/{rel}:{config.target_for(rel)}:rw"]
-        cid = dk.cli("run", "-d", "-m", "64m", "--cpuset-cpus", "0", "--network", "none", *binds, image,
-                     "sleep", "3600").stdout.decode().strip()
+        cid = (
+            dk.cli("run", "-d", "-m", "64m", "--cpuset-cpus", "0", "--network", "none", *binds, image, "sleep", "3600")
+            .stdout.decode()
+            .strip()
+        )
         pid = int(dk.cli("inspect", "-f", "{{.State.Pid}}", cid).stdout)
         want = "65536|0|0|0"
 

@@ -19,7 +19,9 @@ from lxcfs_guard.config import FSTYPE
 from tests.support.guards import check_remount_all, diagnose, guard, mntns_of, read_mountinfo
 from tests.support.lxc import VARLIB, lxc_available, lxc_container, varlib_lock
 
-pytestmark = pytest.mark.skipif(not lxc_available(), reason="lxc, busybox-static and lxcfs's hook are installed by make setup")
+pytestmark = pytest.mark.skipif(
+    not lxc_available(), reason="lxc, busybox-static and lxcfs's hook are installed by make setup"
+)
 
 LIMIT_KB = 65536
 # One line: MemTotal via /proc, cpu/online, processors in cpuinfo, uevent in the bound cpu directory,
@@ -78,8 +80,9 @@ def _kill_serve_and_wait_restart(g) -> None:
 @pytest.mark.parametrize("unprivileged", [False, True], ids=["privileged", "unprivileged"])
 def test_lxc_container_recovers_every_lxcfs_mount(unprivileged: bool) -> None:
     with varlib_lock():
-        assert not any(m.mount_point == VARLIB for m in read_mountinfo()), \
+        assert not any(m.mount_point == VARLIB for m in read_mountinfo()), (
             f"{VARLIB} is mounted by someone who does not hold the varlib lock"
+        )
         with guard(mountpoint=VARLIB) as g, lxc_container(unprivileged=unprivileged) as c:
             pid = c.pid()
             with open(f"/proc/{pid}/uid_map") as f:
@@ -98,7 +101,8 @@ def test_lxc_container_recovers_every_lxcfs_mount(unprivileged: bool) -> None:
                 # NEEDS-DIR-REPAIR: the cpu directory bind (online, uevent, cpu0/...) and the nesting bind
                 # (/var/lib/lxcfs/proc/meminfo) come back only with the remount helper's directory repair.
                 assert got == want, f"round {round_}: {got!r} after {took:.1f} s\n{g.log()[-3000:]}" + diagnose(
-                    g, lambda: _probe(c))
+                    g, lambda: _probe(c)
+                )
                 assert _our_mounts(pid) == before, "a mount was stacked or lost"
                 # NEEDS-DIR-REPAIR (exit codes, issue 10 item 2): 0 when nothing is left broken
                 check_remount_all(g, {mntns_of(pid)})

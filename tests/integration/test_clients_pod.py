@@ -65,10 +65,23 @@ def _app_mounts(node: str):
     def customize(c) -> None:
         mounts = c.config["mounts"]
         for rel in config.DEFAULT_BINDS:  # pod-volumes.yaml: hostPath type File, readOnly: true
-            mounts.append({"destination": config.target_for(rel), "type": "bind", "source": f"{node}/{rel}",
-                           "options": ["rbind", "ro", "rprivate"]})
-        mounts.append({"destination": "/var/lib/lxcfs", "type": "bind", "source": node,  # a hostPath directory
-                       "options": ["rbind", "ro", "rprivate"]})
+            mounts.append(
+                {
+                    "destination": config.target_for(rel),
+                    "type": "bind",
+                    "source": f"{node}/{rel}",
+                    "options": ["rbind", "ro", "rprivate"],
+                }
+            )
+        mounts.append(
+            {
+                "destination": "/var/lib/lxcfs",
+                "type": "bind",
+                "source": node,  # a hostPath directory
+                "options": ["rbind", "ro", "rprivate"],
+            }
+        )
+
     return customize
 
 
@@ -81,8 +94,11 @@ def test_pod_layout_file_and_directory_hostpaths_are_repaired() -> None:
         os.environ["NODE"] = node
         try:
             pod = guard(prepare=POD_NS, ready_at=node)  # ready only once the mount reached the node
-            with pod as g, container(customize=_app_mounts(node)) as app1, \
-                    container(customize=_app_mounts(node), cpus="0-1") as app2:
+            with (
+                pod as g,
+                container(customize=_app_mounts(node)) as app1,
+                container(customize=_app_mounts(node), cpus="0-1") as app2,
+            ):
                 _run(g, node, [(app1, "65536|0|65536"), (app2, "65536|0-1|65536")])
         finally:
             os.environ.pop("NODE", None)
@@ -106,7 +122,8 @@ def _run(g, node: str, apps) -> None:
                 time.sleep(0.05)
             # NEEDS-DIR-REPAIR: the third field reads through the directory hostPath (/var/lib/lxcfs)
             assert got == want, f"round {round_} {app.id}: {got!r}\n{g.log()}" + diagnose(
-                g, lambda: app.exec("sh", "-c", PROBE, check=False).stdout.strip(), in_guard_ns=True)
+                g, lambda app=app: app.exec("sh", "-c", PROBE, check=False).stdout.strip(), in_guard_ns=True
+            )
             assert _ours(app.pid) == before[app.id], "a mount was stacked or lost"
         assert _fuse_at(node), "the node's directory lost the live mount"
         # kubectl exec into the guard's pod; NEEDS-DIR-REPAIR (exit codes): 0 when all of ours is repaired

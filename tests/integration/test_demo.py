@@ -23,8 +23,10 @@ def test_make_demo() -> None:
     assert p.returncode == 0, out + p.stderr
     assert took < 60, f"make demo took {took:.0f} s"
 
-    rows = {m.group(1).strip(): (m.group(2), m.group(3))
-            for m in re.finditer(r"^ {6}(\S.{0,21}?)\s{2,}(\S.*?)\s{3,}(\S.*)$", out, re.M)}
+    rows = {
+        m.group(1).strip(): (m.group(2), m.group(3))
+        for m in re.finditer(r"^ {6}(\S.{0,21}?)\s{2,}(\S.*?)\s{3,}(\S.*)$", out, re.M)
+    }
     assert rows["MemTotal"][1] == "65536 kB", out
     assert rows["processors (cpuinfo)"][1] == "1", out
     assert rows["cpu/online"][1] == "0", out
@@ -37,8 +39,12 @@ def test_make_demo() -> None:
     failed = re.search(r"inside, \d+ reads? failed:  (.*)$", out, re.M)
     # ENOTCONN once the connection is gone; ECONNABORTED for a read in flight when it went; EIO (seen once
     # in four runs) for a request the kernel could not finish as the workers died with their holder
-    assert "no read failed" in out or (failed and failed.group(1).endswith(
-        ("Transport endpoint is not connected", "Software caused connection abort", "Input/output error"))), out
+    assert "no read failed" in out or (
+        failed
+        and failed.group(1).endswith(
+            ("Transport endpoint is not connected", "Software caused connection abort", "Input/output error")
+        )
+    ), out
     assert "poststop hook unregistered it" in out and "mount gone" in out
 
     work = re.search(r"on (/\S+)/mnt$", out, re.M)

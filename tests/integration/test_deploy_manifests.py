@@ -197,8 +197,12 @@ def test_opt_in_hooks_d_matches_the_annotation_the_hook_reads() -> None:
 
 def test_hooks_d_schema_can_fail() -> None:
     doc = json.loads(hooks_d_files()[0].read_text())
-    for broken in ({**doc, "stages": ["poststopp"]}, {**doc, "when": {}}, {**doc, "version": "2"},
-                   {**doc, "hook": {"args": ["x"]}}):
+    for broken in (
+        {**doc, "stages": ["poststopp"]},
+        {**doc, "when": {}},
+        {**doc, "version": "2"},
+        {**doc, "hook": {"args": ["x"]}},
+    ):
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(broken, HOOKS_D_SCHEMA)
 
@@ -238,8 +242,7 @@ def test_daemonset_command_and_probe_run_for_real() -> None:
     env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
     env.update({e["name"]: moved.get(e["value"], e["value"]) for e in c["env"]})
     probe = c["livenessProbe"]["exec"]["command"]
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     tree: list[int] = []
     try:
         deadline = time.monotonic() + 30
@@ -272,14 +275,31 @@ def test_make_install_oci_hook(tmp_path: Path, hook_json: str) -> None:
     """`make install-oci-hook` writes a valid hooks.d file whose path follows PREFIX."""
     import subprocess
 
-    p = subprocess.run(["make", "-s", "-C", str(REPO), "install-oci-hook", f"DESTDIR={tmp_path}", "PREFIX=/opt/lg",
-                        f"HOOK_JSON={hook_json}"], capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        [
+            "make",
+            "-s",
+            "-C",
+            str(REPO),
+            "install-oci-hook",
+            f"DESTDIR={tmp_path}",
+            "PREFIX=/opt/lg",
+            f"HOOK_JSON={hook_json}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode == 0, p.stderr
     installed = tmp_path / "etc/containers/oci/hooks.d/lxcfs-guard.json"
     doc = json.loads(installed.read_text())
     jsonschema.validate(doc, HOOKS_D_SCHEMA)
     assert doc["hook"]["path"] == "/opt/lg/bin/lxcfs-guard"
     assert doc["when"] == json.loads((REPO / hook_json).read_text())["when"]
-    subprocess.run(["make", "-s", "-C", str(REPO), "uninstall-oci-hook", f"DESTDIR={tmp_path}"], check=True,
-                   capture_output=True, timeout=60)
+    subprocess.run(
+        ["make", "-s", "-C", str(REPO), "uninstall-oci-hook", f"DESTDIR={tmp_path}"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     assert not installed.exists()

@@ -17,15 +17,22 @@ MiB = 1 << 20
 
 # In its own pid namespace (unshare --pid --fork: the child is the namespace's init), print the namespace's
 # inode and the MemTotal line read through the mount, then exit: the namespace dies with it.
-_CONTAINER = 'for p in "$@"; do echo $$ > "$p"; done; exec unshare --pid --fork sh -c ' \
-             '"stat -L -c %i /proc/self/ns/pid; grep MemTotal: $MEMINFO"'
+_CONTAINER = (
+    'for p in "$@"; do echo $$ > "$p"; done; exec unshare --pid --fork sh -c '
+    '"stat -L -c %i /proc/self/ns/pid; grep MemTotal: $MEMINFO"'
+)
 
 
 def _run_container(cg, meminfo: str) -> tuple[int, int]:
     """(pid-namespace inode, MemTotal kB) seen by a one-shot container in cgroup `cg`."""
     procs = [f"{p}/cgroup.procs" for p in cg.paths.values()]
-    r = subprocess.run(["sh", "-c", _CONTAINER, "sh", *procs], capture_output=True, text=True, timeout=20,
-                       env={**os.environ, "MEMINFO": meminfo})
+    r = subprocess.run(
+        ["sh", "-c", _CONTAINER, "sh", *procs],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        env={**os.environ, "MEMINFO": meminfo},
+    )
     assert r.returncode == 0, r.stderr
     ino, line = r.stdout.splitlines()
     return int(ino), int(line.split()[1])
@@ -70,8 +77,11 @@ def test_a_cgroup_whose_name_is_not_utf8_gets_its_own_view() -> None:
             body = f"grep MemTotal: {d.path('proc/meminfo')}"
             if container:
                 body = f'exec unshare --pid --fork sh -c "{body}"'
-            r = subprocess.run(["sh", "-c", 'for p in "$@"; do echo $$ > "$p"; done; ' + body, "sh", *procs],
-                               capture_output=True, timeout=20)
+            r = subprocess.run(
+                ["sh", "-c", 'for p in "$@"; do echo $$ > "$p"; done; ' + body, "sh", *procs],
+                capture_output=True,
+                timeout=20,
+            )
             assert r.returncode == 0, r.stderr
             assert int(r.stdout.split()[1]) == 123 * 1024, (container, r.stdout)
         assert "Traceback" not in d.log()

@@ -35,16 +35,26 @@ def test_mount_shape_tree_and_state_file() -> None:
     with serve() as d:
         m = top_mount(d.mountpoint)
         assert m.fstype == "fuse.lxcfs-guard" and m.source == "lxcfs-guard"
-        assert m.read_only  # PSI triggers are opt-in (--enable-psi-poll): by default nothing takes writes
+        assert m.read_only  # PSI triggers are opt-in (--enable-psi-poll): without them nothing takes writes
         assert "allow_other" in m.super_options.split(",")
         assert sorted(os.listdir(d.mountpoint)) == ["proc", "sys"]
         assert sorted(os.listdir(d.path("proc"))) == sorted(
-            ["cpuinfo", "diskstats", "loadavg", "meminfo", "stat", "swaps", "uptime", "slabinfo", "pressure"])
+            ["cpuinfo", "diskstats", "loadavg", "meminfo", "stat", "swaps", "uptime", "slabinfo", "pressure"]
+        )
         # the whole cpu directory, like LXCFS 5.x-7.0: LXC's hook binds it whole when `uevent` is a file in it
         assert sorted(os.listdir(d.path("sys/devices/system/cpu"))) == sorted(os.listdir("/sys/devices/system/cpu"))
         assert os.path.isfile(d.path("sys/devices/system/cpu/uevent"))
-        for name in ("proc/meminfo", "proc/cpuinfo", "proc/stat", "proc/uptime", "proc/loadavg", "proc/swaps",
-                     "proc/diskstats", "proc/slabinfo", "sys/devices/system/cpu/online"):
+        for name in (
+            "proc/meminfo",
+            "proc/cpuinfo",
+            "proc/stat",
+            "proc/uptime",
+            "proc/loadavg",
+            "proc/swaps",
+            "proc/diskstats",
+            "proc/slabinfo",
+            "sys/devices/system/cpu/online",
+        ):
             with open(d.path(name)) as f:
                 assert f.read(), name
         with open(os.path.join(d.state_dir, "serve", f"{d.pid}.json")) as f:
@@ -58,15 +68,24 @@ def test_writes_are_refused_and_unknown_names_are_enoent() -> None:
             with pytest.raises(OSError) as e:
                 os.open(d.path("proc/meminfo"), flags)
             assert e.value.errno in (errno.EROFS, errno.EACCES)
-        for call in (lambda: os.mkdir(d.path("proc/x")), lambda: os.unlink(d.path("proc/meminfo")),
-                     lambda: os.rename(d.path("proc/meminfo"), d.path("proc/m2")),
-                     lambda: os.open(d.path("proc/new"), os.O_CREAT | os.O_WRONLY),
-                     lambda: os.truncate(d.path("proc/stat"), 0), lambda: os.chmod(d.path("proc/stat"), 0o777)):
+        for call in (
+            lambda: os.mkdir(d.path("proc/x")),
+            lambda: os.unlink(d.path("proc/meminfo")),
+            lambda: os.rename(d.path("proc/meminfo"), d.path("proc/m2")),
+            lambda: os.open(d.path("proc/new"), os.O_CREAT | os.O_WRONLY),
+            lambda: os.truncate(d.path("proc/stat"), 0),
+            lambda: os.chmod(d.path("proc/stat"), 0o777),
+        ):
             with pytest.raises(OSError) as e:
                 call()
             assert e.value.errno in (errno.EROFS, errno.EACCES, errno.EPERM)
-        for name in ("proc/nope", "nope", "sys/devices/system/cpu/nope", "sys/devices/system/cpu/cpu0/nope",
-                     "proc/meminfo/x"):
+        for name in (
+            "proc/nope",
+            "nope",
+            "sys/devices/system/cpu/nope",
+            "sys/devices/system/cpu/cpu0/nope",
+            "proc/meminfo/x",
+        ):
             with pytest.raises(OSError) as e:
                 os.stat(d.path(name))
             assert e.value.errno in (errno.ENOENT, errno.ENOTDIR)
@@ -121,8 +140,11 @@ def test_ready_is_notified_once_the_mount_answers() -> None:
         mnt = tempfile.mkdtemp(prefix="lxcfs-guard-mnt-")
         state = tempfile.mkdtemp(prefix="lxcfs-guard-state-")
         env = dict(os.environ, NOTIFY_SOCKET=sock_path)
-        proc = subprocess.Popen([os.path.join(os.path.dirname(PY), "lxcfs-guard"), "serve", "--mountpoint", mnt,
-                                 "--state-dir", state], env=env, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [os.path.join(os.path.dirname(PY), "lxcfs-guard"), "serve", "--mountpoint", mnt, "--state-dir", state],
+            env=env,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             msg = sock.recv(4096).decode()
             assert "READY=1" in msg
@@ -154,8 +176,10 @@ def test_many_concurrent_readers_all_get_whole_files() -> None:
         print("ok")
     """)
     with serve() as d:
-        procs = [subprocess.Popen([PY, "-c", code, d.path("proc/meminfo"), "150"], stdout=subprocess.PIPE, text=True)
-                 for _ in range(24)]
+        procs = [
+            subprocess.Popen([PY, "-c", code, d.path("proc/meminfo"), "150"], stdout=subprocess.PIPE, text=True)
+            for _ in range(24)
+        ]
         outs = [p.communicate(timeout=120)[0] for p in procs]
         assert all(p.returncode == 0 for p in procs)
         assert outs == ["ok\n"] * 24
@@ -187,8 +211,12 @@ def test_a_cgroup_that_vanishes_gives_the_host_file() -> None:
         host_total = f.readline().split()[1]
     with serve(args=["--cache-ttl", "0"]) as d, make_cgroup(memory=64 * 2**20, cpus="0") as cg:
         join = "; ".join(f"echo $$ > {p}/cgroup.procs" for p in cg.paths.values())
-        r = subprocess.run(["sh", "-c", f'{join}; exec "$0" -c "$1" "$2" ' + " ".join(cg.paths.values()),
-                            PY, code, d.mountpoint], capture_output=True, text=True, timeout=60)
+        r = subprocess.run(
+            ["sh", "-c", f'{join}; exec "$0" -c "$1" "$2" ' + " ".join(cg.paths.values()), PY, code, d.mountpoint],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert r.returncode == 0, r.stderr
         before, after = r.stdout.split()
         assert before == "65536"
@@ -243,8 +271,20 @@ def test_sendfile_readers_get_whole_files_like_read() -> None:
             "while os.sendfile(dst.fileno(),src,None,1<<20): pass\n"
             "dst.seek(0); sys.stdout.write(dst.read().decode())\n"
         )
-        p = subprocess.Popen([PY, "-c", "import sys,os; sys.stdin.read(1); os.execv(sys.argv[1], sys.argv[1:])",
-                              PY, "-c", code, d.path("proc/meminfo")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        p = subprocess.Popen(
+            [
+                PY,
+                "-c",
+                "import sys,os; sys.stdin.read(1); os.execv(sys.argv[1], sys.argv[1:])",
+                PY,
+                "-c",
+                code,
+                d.path("proc/meminfo"),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         cg.add(p.pid)
         out = p.communicate("x", timeout=30)[0]
         assert out.splitlines()[0].split() == ["MemTotal:", "65536", "kB"]

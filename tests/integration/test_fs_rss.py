@@ -24,12 +24,23 @@ def pss_kb(pid: int) -> int:
 
 
 def test_rss_bounded_after_100k_reads() -> None:
-    with tempfile.TemporaryDirectory(prefix="lxcfs-guard-rss-") as work, serve() as d, \
-            make_cgroup(memory=64 * 2**20) as cg:
+    with (
+        tempfile.TemporaryDirectory(prefix="lxcfs-guard-rss-") as work,
+        serve() as d,
+        make_cgroup(memory=64 * 2**20) as cg,
+    ):
         exe = read_rate.build_reader(work)
         # every file once per caller kind, so every code path has allocated what it keeps
-        for name in ("proc/meminfo", "proc/cpuinfo", "proc/stat", "proc/uptime", "proc/loadavg", "proc/swaps",
-                     "proc/diskstats", "sys/devices/system/cpu/online"):
+        for name in (
+            "proc/meminfo",
+            "proc/cpuinfo",
+            "proc/stat",
+            "proc/uptime",
+            "proc/loadavg",
+            "proc/swaps",
+            "proc/diskstats",
+            "sys/devices/system/cpu/online",
+        ):
             read_rate.run_readers(exe, cg, d.path(name), 1, 0, 200)
         read_rate.run_readers(exe, cg, d.path("proc/meminfo"), 2, 0, 10_000)
         pids = daemon_pids(d.pid)

@@ -21,8 +21,16 @@ from lxcfs_guard.testing.cgroups import make_cgroup
 from lxcfs_guard.testing.daemon import Daemon, lxcfs_reference, serve
 
 PY = sys.executable
-FILES = ["proc/meminfo", "proc/cpuinfo", "proc/stat", "proc/swaps", "proc/uptime", "proc/loadavg",
-         "proc/diskstats", "sys/devices/system/cpu/online"]
+FILES = [
+    "proc/meminfo",
+    "proc/cpuinfo",
+    "proc/stat",
+    "proc/swaps",
+    "proc/uptime",
+    "proc/loadavg",
+    "proc/diskstats",
+    "sys/devices/system/cpu/online",
+]
 
 READER = textwrap.dedent("""
     import json, sys
@@ -59,8 +67,15 @@ def read_both(cg: cgroups.TestCgroup, ours: str, ref: str, files: list[str] = FI
     argv = ["sh", "-c", cmd, PY, READER, ours, ref]
     if pidns:
         # the shell joins the cgroup first, then becomes init of a new pid namespace
-        argv = ["sh", "-c", f'{join_cmd(cg)}; exec unshare --pid --fork --mount-proc "$0" -c "$1" "$2" "$3" '
-                + " ".join(files), PY, READER, ours, ref]
+        argv = [
+            "sh",
+            "-c",
+            f'{join_cmd(cg)}; exec unshare --pid --fork --mount-proc "$0" -c "$1" "$2" "$3" ' + " ".join(files),
+            PY,
+            READER,
+            ours,
+            ref,
+        ]
     r = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     return {k: tuple(v) for k, v in json.loads(r.stdout).items()}
@@ -95,21 +110,25 @@ def test_agrees_with_lxcfs_field_by_field(mounts, limited) -> None:
         assert abs(o[key] - t[key]) <= 2048, (key, o[key], t[key])
     # cpuinfo: the same processor blocks
     ours, theirs = got["proc/cpuinfo"]
-    count = lambda s: sum(1 for line in s.splitlines() if line.startswith("processor"))  # noqa: E731
+
+    def count(s: str) -> int:
+        return sum(1 for line in s.splitlines() if line.startswith("processor"))
+
     assert count(ours) == count(theirs) == 1
-    assert [l for l in ours.splitlines() if not l.startswith("cpu MHz")] == \
-        [l for l in theirs.splitlines() if not l.startswith("cpu MHz")]
+    assert [line for line in ours.splitlines() if not line.startswith("cpu MHz")] == [
+        line for line in theirs.splitlines() if not line.startswith("cpu MHz")
+    ]
     # stat: the same cpu lines (idle moves with the clock: within 1 s of ticks) and the same other keys
     ours, theirs = got["proc/stat"]
-    ocpu = [l.split() for l in ours.splitlines() if l.startswith("cpu")]
-    tcpu = [l.split() for l in theirs.splitlines() if l.startswith("cpu")]
+    ocpu = [line.split() for line in ours.splitlines() if line.startswith("cpu")]
+    tcpu = [line.split() for line in theirs.splitlines() if line.startswith("cpu")]
     assert [c[0] for c in ocpu] == [c[0] for c in tcpu]
-    for oc, tc in zip(ocpu, tcpu):
+    for oc, tc in zip(ocpu, tcpu, strict=True):
         assert len(oc) == len(tc)
         assert [int(x) for i, x in enumerate(oc[1:]) if i != 3] == [int(x) for i, x in enumerate(tc[1:]) if i != 3]
         assert abs(int(oc[4]) - int(tc[4])) <= 100
-    okeys = [l.split()[0] for l in ours.splitlines() if not l.startswith("cpu")]
-    tkeys = [l.split()[0] for l in theirs.splitlines() if not l.startswith("cpu")]
+    okeys = [line.split()[0] for line in ours.splitlines() if not line.startswith("cpu")]
+    tkeys = [line.split()[0] for line in theirs.splitlines() if not line.startswith("cpu")]
     assert okeys == tkeys
     # swaps, cpu/online, uptime
     ours, theirs = got["proc/swaps"]
@@ -150,13 +169,20 @@ def test_container_view_is_the_init_cgroup_not_the_callers(mounts, limited) -> N
                     own = [l for l in f if ":memory:" in l][0].strip()
                 print(*out, own)
                 os._exit(0)
-            with open("{other.paths['memory']}/cgroup.procs", "w") as f:
+            with open("{other.paths["memory"]}/cgroup.procs", "w") as f:
                 f.write(str(pid))  # cgroup.procs takes pids of the writer's pid namespace
             os.close(r); os.write(w, b"x")
             os.waitpid(pid, 0)
         """)
-        argv = ["sh", "-c", f'{join_cmd(limited)}; exec unshare --pid --fork "$0" -c "$1" "$2" "$3"',
-                PY, code, d.mountpoint, ref]
+        argv = [
+            "sh",
+            "-c",
+            f'{join_cmd(limited)}; exec unshare --pid --fork "$0" -c "$1" "$2" "$3"',
+            PY,
+            code,
+            d.mountpoint,
+            ref,
+        ]
         r = subprocess.run(argv, capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stderr
         ours, theirs, own = r.stdout.split()
@@ -165,13 +191,27 @@ def test_container_view_is_the_init_cgroup_not_the_callers(mounts, limited) -> N
 
 
 def test_cpu_view_quota_cuts_to_ceil_quota_over_period() -> None:
-    with serve(args=["--cpu-view", "quota", "--cache-ttl", "0"]) as d, \
-            make_cgroup(cpus="0-1", quota=(50000, 100000)) as cg, make_cgroup(cpus="0-1") as free:
+    with (
+        serve(args=["--cpu-view", "quota", "--cache-ttl", "0"]) as d,
+        make_cgroup(cpus="0-1", quota=(50000, 100000)) as cg,
+        make_cgroup(cpus="0-1") as free,
+    ):
         code = "import sys; print(open(sys.argv[1]).read().count('processor'), open(sys.argv[2]).read().strip())"
         for group, want_cpus in ((cg, 1), (free, len(os.sched_getaffinity(0) & {0, 1}))):
-            r = subprocess.run(["sh", "-c", f'{join_cmd(group)}; exec "$0" -c "$1" "$2" "$3"', PY, code,
-                                d.path("proc/cpuinfo"), d.path("sys/devices/system/cpu/online")],
-                               capture_output=True, text=True, timeout=60)
+            r = subprocess.run(
+                [
+                    "sh",
+                    "-c",
+                    f'{join_cmd(group)}; exec "$0" -c "$1" "$2" "$3"',
+                    PY,
+                    code,
+                    d.path("proc/cpuinfo"),
+                    d.path("sys/devices/system/cpu/online"),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             assert r.returncode == 0, r.stderr
             n, online = r.stdout.split()
             assert int(n) == want_cpus

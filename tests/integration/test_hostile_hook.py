@@ -28,8 +28,14 @@ def _limit_memory() -> None:  # the old hook read /dev/zero until the OOM killer
 def run_hook(state: dict, *args: str, deadline: float = 3.0) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LXCFS_GUARD_")}
     env["LXCFS_GUARD_HOOK_DEADLINE"] = str(deadline)
-    return subprocess.run([BINARY, "oci-hook", *args], input=json.dumps(state).encode(), capture_output=True,
-                          timeout=30, env=env, preexec_fn=_limit_memory)
+    return subprocess.run(
+        [BINARY, "oci-hook", *args],
+        input=json.dumps(state).encode(),
+        capture_output=True,
+        timeout=30,
+        env=env,
+        preexec_fn=_limit_memory,
+    )
 
 
 @pytest.fixture
@@ -43,8 +49,13 @@ def bundle() -> Iterator[str]:
 
 
 def _state(bundle: str, pid: int | None = None, status: str = "creating") -> dict:
-    return {"ociVersion": "1.0.2", "id": new_id("hostile"), "status": status, "pid": pid or os.getpid(),
-            "bundle": bundle}
+    return {
+        "ociVersion": "1.0.2",
+        "id": new_id("hostile"),
+        "status": status,
+        "pid": pid or os.getpid(),
+        "bundle": bundle,
+    }
 
 
 def test_config_linked_to_dev_zero_is_refused_at_once(bundle: str) -> None:

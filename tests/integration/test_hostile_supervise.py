@@ -24,8 +24,11 @@ def _fusectl_as_found():
 
 
 def _status(s) -> tuple[int, dict]:
-    p = subprocess.run([BINARY, "status", "--json", "--state-dir", s.state_dir, "--mountpoint", s.mountpoint],
-                       capture_output=True, timeout=20)
+    p = subprocess.run(
+        [BINARY, "status", "--json", "--state-dir", s.state_dir, "--mountpoint", s.mountpoint],
+        capture_output=True,
+        timeout=20,
+    )
     return p.returncode, json.loads(p.stdout or b"{}")
 
 
@@ -33,25 +36,24 @@ def test_non_utf8_fuse_mount_of_an_unprivileged_user_does_not_take_supervise_dow
     """H1: `nobody` mounts a FUSE filesystem named b"\\xff" (fsname and subtype) through the setuid
     fusermount3, once while supervise runs and once before a new supervise starts: supervise stays up,
     `status` exits 0, and the containers recover from a SIGKILL of serve."""
-    with supervised() as s, reader_fleet(2, s.mountpoint, s.state_dir) as fleet:
-        with foreign_fuse_mount(b"\xff"):
-            time.sleep(3 * 1.0)  # a few probe ticks and mount checks with the line in the table
-            assert s.proc.poll() is None, s.log()
-            code, st = _status(s)
-            assert code == 0, st
-            assert {c["state"] for c in st["containers"]} == {"live"}
-            old = s.wait_healthy()["daemon_pid"]
-            t = kill_and_time(old)
-            s.wait_healthy(not_pid=old)
-            fleet.wait_recovered(t, timeout=15)
-            # a supervisor killed and started again while the line is there adopts the running daemon
-            s.proc.send_signal(signal.SIGKILL)
-            s.proc.wait(10)
-            s.start()
-            st = s.wait_healthy()
-            assert st["daemon_pid"] != old
-            assert _status(s)[0] == 0
-            assert s.proc.poll() is None, s.log()
+    with supervised() as s, reader_fleet(2, s.mountpoint, s.state_dir) as fleet, foreign_fuse_mount(b"\xff"):
+        time.sleep(3 * 1.0)  # a few probe ticks and mount checks with the line in the table
+        assert s.proc.poll() is None, s.log()
+        code, st = _status(s)
+        assert code == 0, st
+        assert {c["state"] for c in st["containers"]} == {"live"}
+        old = s.wait_healthy()["daemon_pid"]
+        t = kill_and_time(old)
+        s.wait_healthy(not_pid=old)
+        fleet.wait_recovered(t, timeout=15)
+        # a supervisor killed and started again while the line is there adopts the running daemon
+        s.proc.send_signal(signal.SIGKILL)
+        s.proc.wait(10)
+        s.start()
+        st = s.wait_healthy()
+        assert st["daemon_pid"] != old
+        assert _status(s)[0] == 0
+        assert s.proc.poll() is None, s.log()
 
 
 def _state_files(state_dir: str) -> list[str]:
@@ -70,13 +72,20 @@ def test_an_unprivileged_user_can_neither_open_the_state_nor_hold_its_locks():
     with supervised("--no-standby") as s, reader_fleet(1, s.mountpoint, s.state_dir) as fleet:
         os.chmod(s.top, 0o755)  # as /run is: the state directory's own mode is what must keep others out
         names = _state_files(s.state_dir)
-        assert {"registry.json", "registry.lock", "supervise.lock", "status.json"} <= {os.path.basename(n) for n in names}
+        assert {"registry.json", "registry.lock", "supervise.lock", "status.json"} <= {
+            os.path.basename(n) for n in names
+        }
         for path in names:
             p = subprocess.run(as_nobody(["cat", path]), capture_output=True, timeout=10)
             assert p.returncode != 0 and b"Permission denied" in p.stderr, path
-        holders = [subprocess.Popen(as_nobody(["flock", "-s", os.path.join(s.state_dir, name), "sleep", "60"]),
-                                    stderr=subprocess.DEVNULL, start_new_session=True)
-                   for name in ("registry.lock", "supervise.lock", "remount.lock")]
+        holders = [
+            subprocess.Popen(
+                as_nobody(["flock", "-s", os.path.join(s.state_dir, name), "sleep", "60"]),
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            for name in ("registry.lock", "supervise.lock", "remount.lock")
+        ]
         try:
             time.sleep(0.5)
             cid = fleet.readers[0].id
@@ -96,8 +105,12 @@ def test_an_unprivileged_user_can_neither_open_the_state_nor_hold_its_locks():
 
 
 def s_cli(s, *argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([BINARY, *argv, "--state-dir", s.state_dir, "--mountpoint", s.mountpoint],
-                          capture_output=True, text=True, timeout=20)
+    return subprocess.run(
+        [BINARY, *argv, "--state-dir", s.state_dir, "--mountpoint", s.mountpoint],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
 
 
 def test_a_container_wedging_its_repair_does_not_freeze_the_supervisor():
@@ -107,7 +120,10 @@ def test_a_container_wedging_its_repair_does_not_freeze_the_supervisor():
     waited. Now the loop goes on: published at once, status updated, SIGTERM honoured within seconds."""
     from tests.support.hostile import hung_fuse_mount_in
 
-    with supervised("--no-standby", "--remount-timeout", "20") as s, reader_fleet(2, s.mountpoint, s.state_dir) as fleet:
+    with (
+        supervised("--no-standby", "--remount-timeout", "20") as s,
+        reader_fleet(2, s.mountpoint, s.state_dir) as fleet,
+    ):
         wedged = fleet.readers[1]
         with hung_fuse_mount_in(wedged.pid, "/sys/devices/system/cpu"):
             old = s.wait_healthy()["daemon_pid"]
@@ -130,12 +146,29 @@ def test_container_ids_with_control_characters_are_escaped_wherever_printed():
     evil = os.fsdecode(b"evil\x1b[2J\nlxcfs-guard supervise: forged\xff")
     with supervised("--no-standby") as s, reader_fleet(2, s.mountpoint, s.state_dir) as fleet:
         victim = fleet.readers[1]
-        p = subprocess.run([os.fsencode(BINARY), b"register", b"--id", os.fsencode(evil), b"--pid", str(victim.pid).encode(),
-                            b"--state-dir", os.fsencode(s.state_dir), b"--mountpoint", os.fsencode(s.mountpoint)],
-                           capture_output=True, timeout=20)
+        p = subprocess.run(
+            [
+                os.fsencode(BINARY),
+                b"register",
+                b"--id",
+                os.fsencode(evil),
+                b"--pid",
+                str(victim.pid).encode(),
+                b"--state-dir",
+                os.fsencode(s.state_dir),
+                b"--mountpoint",
+                os.fsencode(s.mountpoint),
+            ],
+            capture_output=True,
+            timeout=20,
+        )
         assert p.returncode == 0, p.stderr
-        text = subprocess.run([BINARY, "status", "--state-dir", s.state_dir, "--mountpoint", s.mountpoint],
-                              capture_output=True, timeout=20, env={**os.environ, "PYTHONIOENCODING": "utf-8:strict"})
+        text = subprocess.run(
+            [BINARY, "status", "--state-dir", s.state_dir, "--mountpoint", s.mountpoint],
+            capture_output=True,
+            timeout=20,
+            env={**os.environ, "PYTHONIOENCODING": "utf-8:strict"},
+        )
         assert text.returncode == 0, text.stderr
         out = text.stdout.decode()
         assert "\x1b" not in out and "evil\\x1b[2J\\nlxcfs-guard supervise: forged\\xff" in out

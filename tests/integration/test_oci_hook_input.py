@@ -57,8 +57,13 @@ def test_garbage_stdin_fails_in_strict_mode(how: tuple[str, ...]) -> None:
 
 def test_strict_annotation_in_state_counts_even_when_the_bundle_is_unreadable(empty_dirs: tuple[str, str]) -> None:
     mnt, state_dir = empty_dirs
-    state = {"id": "x", "status": "creating", "pid": os.getpid(), "bundle": "/nonexistent/bundle",
-             "annotations": {"io.lxcfs-guard.strict": "true"}}
+    state = {
+        "id": "x",
+        "status": "creating",
+        "pid": os.getpid(),
+        "bundle": "/nonexistent/bundle",
+        "annotations": {"io.lxcfs-guard.strict": "true"},
+    }
     p = hook(json.dumps(state).encode(), "--mountpoint", mnt, "--state-dir", state_dir)
     assert p.returncode == 1
     assert "/nonexistent/bundle/config.json" in p.stderr.decode()

@@ -37,18 +37,53 @@ class Podman:
     cgroup_parent: str
 
     def __call__(self, *argv: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
-        cmd = [PODMAN, "--root", f"{self.top}/root", "--runroot", f"{self.top}/runroot", "--tmpdir",
-               f"{self.top}/tmp", "--hooks-dir", self.hooks_dir, "--runtime", RUNC, "--cgroup-manager", "cgroupfs",
-               "--events-backend", "file", *argv]
+        cmd = [
+            PODMAN,
+            "--root",
+            f"{self.top}/root",
+            "--runroot",
+            f"{self.top}/runroot",
+            "--tmpdir",
+            f"{self.top}/tmp",
+            "--hooks-dir",
+            self.hooks_dir,
+            "--runtime",
+            RUNC,
+            "--cgroup-manager",
+            "cgroupfs",
+            "--events-backend",
+            "file",
+            *argv,
+        ]
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
         if check and p.returncode != 0:
             raise AssertionError(f"{' '.join(argv[:3])}... failed ({p.returncode}): {p.stderr.strip()}")
         return p
 
     def run_detached(self, name: str, *extra: str) -> str:
-        return self("run", "-d", "--name", name, "--network", "none", "--ulimit", "nofile=1024:1024",
-                    "--ulimit", "nproc=1024:1024", "--cgroup-parent", self.cgroup_parent, "-m", "64m",
-                    "--cpuset-cpus", "0", *extra, "--rootfs", self.rootfs, "sleep", "600").stdout.strip()
+        return self(
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            "none",
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=1024:1024",
+            "--cgroup-parent",
+            self.cgroup_parent,
+            "-m",
+            "64m",
+            "--cpuset-cpus",
+            "0",
+            *extra,
+            "--rootfs",
+            self.rootfs,
+            "sleep",
+            "600",
+        ).stdout.strip()
 
 
 def install_hook(hooks_dir: str, shipped: Path, guard: Supervised) -> None:

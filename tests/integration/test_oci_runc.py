@@ -77,7 +77,7 @@ class LineReader:
         self.thread.start()
 
     def _run(self, fd: int) -> None:
-        with io.open(fd, "rb", buffering=0) as raw, io.BufferedReader(raw) as f:
+        with open(fd, "rb", buffering=0) as raw, io.BufferedReader(raw) as f:
             for line in f:
                 with self.lock:
                     self.lines.append((time.monotonic(), line.decode(errors="replace").strip()))
@@ -113,8 +113,11 @@ def test_container_recovers_by_itself_after_sigkill_of_the_daemon(which: str, re
 
         def settled() -> bool:  # 200 ms of correct reads, all after some read that came after the kill
             seen = reader.since(t_kill)
-            return bool(seen) and seen[-1][0] - t_kill > 0.2 and all(
-                x.split() == MEMTOTAL_64M for ts, x in seen if ts >= seen[-1][0] - 0.2)
+            return (
+                bool(seen)
+                and seen[-1][0] - t_kill > 0.2
+                and all(x.split() == MEMTOTAL_64M for ts, x in seen if ts >= seen[-1][0] - 0.2)
+            )
 
         wait_for(settled, 15, what="the container to read its own MemTotal again")
         seen = reader.since(t_kill)
@@ -167,8 +170,13 @@ def test_symlinked_target_is_refused_lenient_binds_the_rest(guard: Supervised) -
 
 
 def test_symlinked_target_fails_the_start_in_strict_mode(guard: Supervised) -> None:
-    with container(hooks=guard.hooks(), customize=plant_symlink, remove=["sys"],
-                   annotations={"io.lxcfs-guard.strict": "true"}, start=False) as c:
+    with container(
+        hooks=guard.hooks(),
+        customize=plant_symlink,
+        remove=["sys"],
+        annotations={"io.lxcfs-guard.strict": "true"},
+        start=False,
+    ) as c:
         with pytest.raises(RuntimeError) as exc:
             c.run()
         msg = str(exc.value)
@@ -183,9 +191,13 @@ def test_hook_twice_and_again_by_hand_is_idempotent(guard: Supervised) -> None:
         mounts = our_mounts(c)
         assert len(mounts) == len(DEFAULT_BINDS) and all(len(v) == 1 for v in mounts.values()), mounts
         state = {"ociVersion": "1.0.2", "id": c.id, "status": "running", "pid": c.pid, "bundle": c.bundle}
-        p = subprocess.run([BINARY, "oci-hook", "--mountpoint", guard.mountpoint, "--state-dir", guard.state_dir],
-                           input=json.dumps(state).encode(), capture_output=True, timeout=30,
-                           env={**os.environ, "LXCFS_GUARD_HOOK_VERBOSE": "1"})
+        p = subprocess.run(
+            [BINARY, "oci-hook", "--mountpoint", guard.mountpoint, "--state-dir", guard.state_dir],
+            input=json.dumps(state).encode(),
+            capture_output=True,
+            timeout=30,
+            env={**os.environ, "LXCFS_GUARD_HOOK_VERBOSE": "1"},
+        )
         assert p.returncode == 0, p.stderr
         assert b"bound 0 of 8 files" in p.stderr, p.stderr
         assert our_mounts(c).keys() == mounts.keys() and all(len(v) == 1 for v in our_mounts(c).values())
@@ -203,8 +215,11 @@ def test_hook_binds_fast(guard: Supervised) -> None:
         with container() as c:
             state = {"id": c.id, "status": "running", "pid": c.pid, "bundle": c.bundle}
             t = time.monotonic()
-            p = subprocess.Popen([BINARY, "oci-hook", "--strict", "--mountpoint", guard.mountpoint,
-                                  "--state-dir", guard.state_dir], stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+            p = subprocess.Popen(
+                [BINARY, "oci-hook", "--strict", "--mountpoint", guard.mountpoint, "--state-dir", guard.state_dir],
+                stdin=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
             p.stdin.write(json.dumps(state).encode())
             p.stdin.close()
             err = p.stderr.read()
@@ -216,10 +231,15 @@ def test_hook_binds_fast(guard: Supervised) -> None:
             assert p.returncode == 0, err
             assert first_line(c.read("/proc/meminfo")) == MEMTOTAL_64M
             c.delete()
-            subprocess.run([BINARY, "oci-hook", "--state-dir", guard.state_dir],
-                           input=json.dumps({**state, "status": "stopped"}).encode(), capture_output=True)
-    print(f"\nhook (bind 8 files + register): wall {', '.join(f'{t * 1000:.0f}' for t in walls)} ms; "
-          f"cpu {', '.join(f'{t * 1000:.0f}' for t in cpus)} ms")
+            subprocess.run(
+                [BINARY, "oci-hook", "--state-dir", guard.state_dir],
+                input=json.dumps({**state, "status": "stopped"}).encode(),
+                capture_output=True,
+            )
+    print(
+        f"\nhook (bind 8 files + register): wall {', '.join(f'{t * 1000:.0f}' for t in walls)} ms; "
+        f"cpu {', '.join(f'{t * 1000:.0f}' for t in cpus)} ms"
+    )
     assert min(cpus) < 0.1, cpus
     assert min(walls) < 0.25, walls
 
@@ -255,9 +275,21 @@ def test_hook_gives_up_by_its_deadline_while_a_repair_holds_the_lock(guard: Supe
             fcntl.flock(fd, fcntl.LOCK_EX)
             state = {"id": c.id, "status": "running", "pid": c.pid, "bundle": c.bundle}
             t = time.monotonic()
-            p = subprocess.run([BINARY, "oci-hook", "--mountpoint", guard.mountpoint, "--state-dir", guard.state_dir,
-                                *(["--strict"] if strict else [])], input=json.dumps(state).encode(),
-                               capture_output=True, timeout=30, env={**os.environ, "LXCFS_GUARD_HOOK_DEADLINE": "0.5"})
+            p = subprocess.run(
+                [
+                    BINARY,
+                    "oci-hook",
+                    "--mountpoint",
+                    guard.mountpoint,
+                    "--state-dir",
+                    guard.state_dir,
+                    *(["--strict"] if strict else []),
+                ],
+                input=json.dumps(state).encode(),
+                capture_output=True,
+                timeout=30,
+                env={**os.environ, "LXCFS_GUARD_HOOK_DEADLINE": "0.5"},
+            )
             took = time.monotonic() - t
         finally:
             os.close(fd)

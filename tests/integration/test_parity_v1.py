@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 from lxcfs_guard.testing.cgroups import TestCgroup, make_cgroup
 from lxcfs_guard.testing.daemon import serve
@@ -21,8 +22,12 @@ def join_cmd(*groups: TestCgroup) -> str:
 
 def read_in(group: TestCgroup, *paths: str) -> list[str]:
     code = "import sys, json; print(json.dumps([open(p).read() for p in sys.argv[1:]]))"
-    r = subprocess.run(["sh", "-c", f'{join_cmd(group)}; exec "$0" "$@"', PY, "-c", code, *paths],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        ["sh", "-c", f'{join_cmd(group)}; exec "$0" "$@"', PY, "-c", code, *paths],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
 
@@ -30,18 +35,23 @@ def read_in(group: TestCgroup, *paths: str) -> list[str]:
 def test_quota_of_a_parent_cuts_every_cpu_file() -> None:
     """Quota on the parent only (0.5 CPU), the child's own is -1: the quota view shows 1 CPU everywhere."""
     parent = f"lxcfs-guard-quota-{uuid.uuid4().hex[:8]}"
-    with serve(args=["--cpu-view", "quota", "--cache-ttl", "0"]) as d, \
-            make_cgroup(name=parent, quota=(50000, 100000)), make_cgroup(name=f"{parent}/child", cpus="0-1") as child:
+    with (
+        serve(args=["--cpu-view", "quota", "--cache-ttl", "0"]) as d,
+        make_cgroup(name=parent, quota=(50000, 100000)),
+        make_cgroup(name=f"{parent}/child", cpus="0-1") as child,
+    ):
         with open(f"{child.paths['cpu']}/cpu.cfs_quota_us") as f:
             assert f.read().strip() == "-1"
-        cpuinfo, stat, online = read_in(child, d.path("proc/cpuinfo"), d.path("proc/stat"),
-                                        d.path("sys/devices/system/cpu/online"))
+        cpuinfo, stat, online = read_in(
+            child, d.path("proc/cpuinfo"), d.path("proc/stat"), d.path("sys/devices/system/cpu/online")
+        )
         assert cpuinfo.count("processor") == 1
         assert [line.split()[0] for line in stat.splitlines() if line.startswith("cpu")] == ["cpu", "cpu0"]
         assert online.strip() == "0"
 
 
 # -- pressure files -------------------------------------------------------------------------------------
+
 
 def busy(group: TestCgroup, seconds: float, n: int = 3) -> subprocess.Popen:
     """`n` busy loops inside `group` (cpuset 0): they wait for each other, so the cgroup has CPU pressure."""
@@ -64,20 +74,24 @@ def test_pressure_files_are_the_containers_own_in_psi_format() -> None:
         load.wait(30)
         own = cg.paths["unified"]
         files = [d.path(f"proc/pressure/{r}") for r in ("cpu", "io", "memory")]
-        before = open(f"{own}/cpu.pressure").read()
+        before = Path(f"{own}/cpu.pressure").read_text()
         code = "import sys, json; print(json.dumps([open(p).read() for p in sys.argv[1:]]))"
-        r = subprocess.run(["sh", "-c", f'{join_cmd(cg)}; exec unshare --pid --fork --mount-proc "$0" "$@"',
-                            PY, "-c", code, *files], capture_output=True, text=True, timeout=60)
+        r = subprocess.run(
+            ["sh", "-c", f'{join_cmd(cg)}; exec unshare --pid --fork --mount-proc "$0" "$@"', PY, "-c", code, *files],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert r.returncode == 0, r.stderr
         cpu, io, memory = json.loads(r.stdout)
-        after = open(f"{own}/cpu.pressure").read()
+        after = Path(f"{own}/cpu.pressure").read_text()
         for text in (cpu, io, memory):
             assert [line.split()[0] for line in text.splitlines()] == ["some", "full"]
             assert all(line.split()[1].startswith("avg10=") and "total=" in line for line in text.splitlines())
         assert psi_total(before) > 0  # the busy loops waited on each other
         assert psi_total(before) <= psi_total(cpu) <= psi_total(after)
-        assert psi_total(cpu) < psi_total(open("/proc/pressure/cpu").read())  # not the host's
-        assert psi_total(memory) == psi_total(open(f"{own}/memory.pressure").read())
+        assert psi_total(cpu) < psi_total(Path("/proc/pressure/cpu").read_text())  # not the host's
+        assert psi_total(memory) == psi_total(Path(f"{own}/memory.pressure").read_text())
 
 
 def test_trigger_written_through_the_file_fires_and_poll_returns() -> None:
@@ -106,9 +120,13 @@ print("poll", events[0][1] if events else 0, round(time.monotonic() - t, 2))
     import select
 
     with serve(args=["--cache-ttl", "0", "--enable-psi-poll"]) as d, make_cgroup(cpus="0", unified=True) as cg:
-        proc = subprocess.Popen(["sh", "-c", f'{join_cmd(cg)}; exec "$0" "$@"', PY, "-c", code,
-                                 d.path("proc/pressure/cpu")],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            ["sh", "-c", f'{join_cmd(cg)}; exec "$0" "$@"', PY, "-c", code, d.path("proc/pressure/cpu")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             assert proc.stdout is not None and proc.stdin is not None
             assert proc.stdout.readline().split() == ["second", "16"]  # EBUSY, as the kernel answers
@@ -147,15 +165,21 @@ def test_only_pressure_files_take_writes() -> None:
                 except OSError as e:
                     assert e.errno in (errno.EROFS, errno.EPERM), (rel, e)
             assert not os.access(d.path(rel), os.W_OK)
-        for make in (lambda: open(d.path("proc/new"), "w"), lambda: os.mkdir(d.path("proc/dir"))):
+        for make in (
+            lambda: os.close(os.open(d.path("proc/new"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC)),
+            lambda: os.mkdir(d.path("proc/dir")),
+        ):
             try:
                 make()
                 raise AssertionError("created")
             except OSError as e:
                 assert e.errno == errno.EROFS
         # `echo ... > file` (O_TRUNC) works on a pressure file; nonsense is EINVAL, as from the kernel
-        r = subprocess.run(["sh", "-c", 'echo "some 100000 2000000" > "$0"', d.path("proc/pressure/memory")],
-                           capture_output=True, text=True)
+        r = subprocess.run(
+            ["sh", "-c", 'echo "some 100000 2000000" > "$0"', d.path("proc/pressure/memory")],
+            capture_output=True,
+            text=True,
+        )
         assert r.returncode == 0, r.stderr
         for nonsense in (b"nonsense\n", b"some 0 2000000\n", b"full 3000000 2000000\n", b"some 1 20000000\n"):
             fd = os.open(d.path("proc/pressure/memory"), os.O_WRONLY)
@@ -180,12 +204,13 @@ def test_only_pressure_files_take_writes() -> None:
 
 # -- meminfo zswap on v1 ------------------------------------------------------------------------------------
 
+
 def test_meminfo_zswap_lines_read_zero_on_v1() -> None:
     """v1 keeps no per-cgroup zswap figures: the lines stay where the kernel prints them and read 0."""
     with serve(args=["--cache-ttl", "0"]) as d, make_cgroup(memory=64 << 20) as cg:
         (text,) = read_in(cg, d.path("proc/meminfo"))
         keys = [line.split(":")[0] for line in text.splitlines()]
-        host_keys = [line.split(":")[0] for line in open("/proc/meminfo").read().splitlines()]
+        host_keys = [line.split(":")[0] for line in Path("/proc/meminfo").read_text().splitlines()]
         assert keys == host_keys
         assert keys[keys.index("SwapFree") + 1 : keys.index("SwapFree") + 3] == ["Zswap", "Zswapped"]
         values = {line.split(":")[0]: line.split()[1] for line in text.splitlines()}
@@ -194,8 +219,23 @@ def test_meminfo_zswap_lines_read_zero_on_v1() -> None:
 
 # -- LXCFS's command line -------------------------------------------------------------------------------------
 
-LXCFS_FLAGS = ("--enable-loadavg", "--disable-swap", "--disable-zswap", "--enable-cfs", "--enable-psi-poll",
-               "--pidfile", "--foreground", "--runtime-dir", "--enable-pidfd", "-o", "-d", "-s", "-u", "-z", "-l")
+LXCFS_FLAGS = (
+    "--enable-loadavg",
+    "--disable-swap",
+    "--disable-zswap",
+    "--enable-cfs",
+    "--enable-psi-poll",
+    "--pidfile",
+    "--foreground",
+    "--runtime-dir",
+    "--enable-pidfd",
+    "-o",
+    "-d",
+    "-s",
+    "-u",
+    "-z",
+    "-l",
+)
 
 
 def test_serve_help_lists_lxcfs_flags() -> None:
@@ -213,7 +253,7 @@ def exec_start_lines() -> dict[str, list[str]]:
 
     from tests.support.lxcfs7 import tarball
 
-    units = {"debian": open("/lib/systemd/system/lxcfs.service").read()}
+    units = {"debian": Path("/lib/systemd/system/lxcfs.service").read_text()}
     with tarfile.open(tarball()) as tf:
         member = next(m for m in tf.getmembers() if m.name.endswith("config/init/systemd/lxcfs.service.in"))
         units["upstream"] = tf.extractfile(member).read().decode().replace("{{LXCFSTARGETDIR}}", "/var/lib/lxcfs")
@@ -252,12 +292,19 @@ def test_lxcfs_service_exec_start_runs_us_unchanged(tmp_path) -> None:
         for name, argv in lines.items():
             os.makedirs(argv[1], exist_ok=True)  # upstream's ExecStartPre=/bin/mkdir -p
             assert _mount_fstype(argv[1]) is None, f"{argv[1]} is already mounted"
-            proc = subprocess.Popen([str(link), *argv[1:]], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                [str(link), *argv[1:]], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+            )
             try:
-                wait_for(lambda: _mount_fstype(argv[1]) == "fuse.lxcfs-guard" and _answers(f"{argv[1]}/proc/meminfo"),
-                         30, 0.1, f"{name} ExecStart to mount")
-                assert open("/run/lxcfs.pid").read().strip() == str(proc.pid)
+                wait_for(
+                    lambda argv=argv: (
+                        _mount_fstype(argv[1]) == "fuse.lxcfs-guard" and _answers(f"{argv[1]}/proc/meminfo")
+                    ),
+                    30,
+                    0.1,
+                    f"{name} ExecStart to mount",
+                )
+                assert Path("/run/lxcfs.pid").read_text().strip() == str(proc.pid)
                 os.kill(proc.pid, signal.SIGUSR1)  # ExecReload=/bin/kill -USR1 $MAINPID
                 time.sleep(0.3)
                 assert proc.poll() is None and _answers(f"{argv[1]}/proc/meminfo")
@@ -278,16 +325,24 @@ def test_runc_container_reads_its_own_pressure_through_the_oci_hook() -> None:
     from lxcfs_guard.testing.supervise import supervised
     from tests.support.runc import container
 
-    with supervised() as guard, container(memory=64 << 20, cpus="0", hooks=guard.hooks(),
-                                         annotations={"io.lxcfs-guard.files": "cpu,io,memory"}) as c:
+    with (
+        supervised() as guard,
+        container(
+            memory=64 << 20, cpus="0", hooks=guard.hooks(), annotations={"io.lxcfs-guard.files": "cpu,io,memory"}
+        ) as c,
+    ):
         own = f"/sys/fs/cgroup/unified/{c.id}"
-        assert open(f"/proc/{c.pid}/cgroup").read().splitlines()[-1] == f"0::/{c.id}"
-        c.exec("sh", "-c", "timeout 1 sh -c 'while :; do :; done' & timeout 1 sh -c 'while :; do :; done' & wait",
-               timeout=30)
-        before = open(f"{own}/cpu.pressure").read()
+        assert Path(f"/proc/{c.pid}/cgroup").read_text().splitlines()[-1] == f"0::/{c.id}"
+        c.exec(
+            "sh",
+            "-c",
+            "timeout 1 sh -c 'while :; do :; done' & timeout 1 sh -c 'while :; do :; done' & wait",
+            timeout=30,
+        )
+        before = Path(f"{own}/cpu.pressure").read_text()
         inside = {r: c.read(f"/proc/pressure/{r}") for r in ("cpu", "io", "memory")}
-        after = open(f"{own}/cpu.pressure").read()
+        after = Path(f"{own}/cpu.pressure").read_text()
         for text in inside.values():
             assert [line.split()[0] for line in text.splitlines()] == ["some", "full"], text
         assert 0 < psi_total(before) <= psi_total(inside["cpu"]) <= psi_total(after)
-        assert psi_total(inside["cpu"]) < psi_total(open("/proc/pressure/cpu").read())
+        assert psi_total(inside["cpu"]) < psi_total(Path("/proc/pressure/cpu").read_text())

@@ -18,9 +18,11 @@ RO = sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV
 
 def test_twenty_containers_attached_and_discovered_all_recover_and_a_second_run_changes_nothing() -> None:
     tag = uuid.uuid4().hex[:8]
-    with daemon() as d, \
-            light_containers(10, memory_mib=[64 + 8 * i for i in range(10)], bind_from=d.mountpoint, flags=RO) as found, \
-            light_containers(10, memory_mib=[200 + 8 * i for i in range(10)]) as bare:
+    with (
+        daemon() as d,
+        light_containers(10, memory_mib=[64 + 8 * i for i in range(10)], bind_from=d.mountpoint, flags=RO) as found,
+        light_containers(10, memory_mib=[200 + 8 * i for i in range(10)]) as bare,
+    ):
         ids = {}
         for i, c in enumerate(bare):
             ids[c.pid] = f"att-{tag}-{i}"
@@ -49,7 +51,7 @@ def test_twenty_containers_attached_and_discovered_all_recover_and_a_second_run_
         by_pid = {ns["pid"]: ns for ns in report["namespaces"]}
         assert all(by_pid[p]["id"] == ids[p] for p in ids)  # attached: reported under their registry id
         assert all(by_pid[c.pid]["id"].startswith("mntns:") for c in found)  # found by discovery
-        live = f"{d.dev >> 8}:{d.dev & 0xff}"
+        live = f"{d.dev >> 8}:{d.dev & 0xFF}"
         for c in everyone:
             assert c.memtotal_kb() == c.limit // 1024
             now = our_mounts(c, d.fstype)
@@ -86,7 +88,7 @@ def test_looping_reader_sees_enotconn_then_its_own_values_never_the_hosts_nor_en
             d.kill()
             time.sleep(0.3)
             d.start()
-            rc, report = remount_json(d, "--all", "--stale-dev", f"{old >> 8}:{old & 0xff}")
+            rc, report = remount_json(d, "--all", "--stale-dev", f"{old >> 8}:{old & 0xFF}")
             time.sleep(0.3)
         finally:
             runs = reader.stop()
@@ -139,13 +141,15 @@ def test_clones_of_a_shared_live_mount_are_private() -> None:
     the daemon is mounted under a shared tunnel (so its mount is shared); the repaired binds must carry no
     propagation tag at all, and many containers repaired at once must all succeed."""
     with tunnel() as top, daemon(parent=top) as d, light_containers(12, bind_from=d.mountpoint) as cs:
-        assert any(m.mount_point == d.mountpoint and any(o.startswith("shared:") for o in m.optional)
-                   for m in procfs.read_mountinfo())
+        assert any(
+            m.mount_point == d.mountpoint and any(o.startswith("shared:") for o in m.optional)
+            for m in procfs.read_mountinfo()
+        )
         pids = {c.pid for c in cs}
         old = d.dev
         d.kill()
         d.start()
-        rc, report = remount_json(d, "--all", "--stale-dev", f"{old >> 8}:{old & 0xff}")
+        rc, report = remount_json(d, "--all", "--stale-dev", f"{old >> 8}:{old & 0xFF}")
         assert rc == 0 and actions(report, pids) == {p: "repaired" for p in pids}, report
         for c in cs:
             lines = c.mounts_of(d.fstype)

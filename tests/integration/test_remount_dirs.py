@@ -46,8 +46,13 @@ def _reads(c: LightContainer, path: str) -> int:
 def test_whole_mount_proc_and_cpu_directory_binds_and_plain_unshare_copies_are_repaired() -> None:
     with daemon() as d, make_cgroup(memory=80 * MiB) as cg, make_cgroup(memory=96 * MiB) as plain_cg:
         m = d.mountpoint
-        binds = [(m, "/var/lib/lxcfs"), (m + "/proc", "/lxcfs-proc"), (m + "/sys/devices/system/cpu", "/lxcfs-cpu"),
-                 (m + "/proc/meminfo", "/proc/meminfo"), (m + "/proc/uptime", "/proc/uptime")]
+        binds = [
+            (m, "/var/lib/lxcfs"),
+            (m + "/proc", "/lxcfs-proc"),
+            (m + "/sys/devices/system/cpu", "/lxcfs-cpu"),
+            (m + "/proc/meminfo", "/proc/meminfo"),
+            (m + "/proc/uptime", "/proc/uptime"),
+        ]
         with pivot_container(cg, 80 * MiB, binds) as p, plain_namespaces(20, plain_cg, 96 * MiB) as plain:
             everyone = [p, *plain]
             pids = {c.pid for c in everyone}

@@ -22,7 +22,7 @@ from tests.support import stub_fuse
 
 
 def _state(pid: int) -> str:
-    """"D" if a thread of `pid` is in uninterruptible sleep, else the one-letter state of its leader."""
+    """ "D" if a thread of `pid` is in uninterruptible sleep, else the one-letter state of its leader."""
     states = []
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
@@ -30,7 +30,7 @@ def _state(pid: int) -> str:
                 data = f.read()
         except FileNotFoundError:
             continue
-        states.append(data[data.rindex(b")") + 2:][:1].decode())
+        states.append(data[data.rindex(b")") + 2 :][:1].decode())
     return "D" if "D" in states else states[0] if states else ""
 
 
@@ -49,8 +49,11 @@ def test_a_containers_fake_dead_mount_of_our_type_is_left_alone() -> None:
     """L2: the stub answers statfs with ENOTCONN, as a dead connection would; its device was never ours
     (not recorded in the state dir), so `remount --all` repairs the container's real binds and leaves the
     fake one as it is, with a warning naming the device."""
-    with daemon() as d, light_containers(1, bind_from=d.mountpoint) as (c,), \
-            stub_fuse.running(statfs_errno=errno.ENOTCONN) as (top, dev):
+    with (
+        daemon() as d,
+        light_containers(1, bind_from=d.mountpoint) as (c,),
+        stub_fuse.running(statfs_errno=errno.ENOTCONN) as (top, dev),
+    ):
         _fake_bind(c, top)
         d.kill()
         d.start()
@@ -69,8 +72,11 @@ def test_a_wedged_daemon_of_our_type_holds_up_neither_the_run_nor_the_lock() -> 
     connection is aborted. By default its device is not ours and is never asked; with --any-device it is
     asked, from a child that then cannot die: the child is left behind (the run returns), it does not
     hold the remount lock (the next run starts at once), and the other binds are repaired."""
-    with daemon() as d, light_containers(2, bind_from=d.mountpoint) as (c, other), \
-            stub_fuse.running(hang="statfs") as (top, dev):
+    with (
+        daemon() as d,
+        light_containers(2, bind_from=d.mountpoint) as (c, other),
+        stub_fuse.running(hang="statfs") as (top, dev),
+    ):
         _fake_bind(c, top)
         pids = {c.pid, other.pid}
         d.kill()
@@ -112,8 +118,13 @@ def test_with_serve_stopped_every_command_answers_within_5_s_naming_the_mount() 
         before = {c.pid: our_mounts(c, d.fstype) for c in cs}
         signal_daemon(d.pid, signal.SIGSTOP)  # the holder and every worker: a hang of the whole daemon
         try:
-            for args in (["list"], ["list", "--json"], ["remount", "--all", "--dry-run"], ["remount", "--all"],
-                         ["remount", "--all", "--json"]):
+            for args in (
+                ["list"],
+                ["list", "--json"],
+                ["remount", "--all", "--dry-run"],
+                ["remount", "--all"],
+                ["remount", "--all", "--json"],
+            ):
                 t0 = time.monotonic()
                 proc = cli(d, *args, timeout=30)
                 took = time.monotonic() - t0
@@ -190,8 +201,7 @@ def test_a_move_mount_blocked_on_an_inode_lock_a_container_holds_is_left_behind(
     with daemon() as d, light_containers(2, bind_from=d.mountpoint) as (c, other):
         pids = {c.pid, other.pid}
         open(c.host_path("/tmp/f"), "w").close()
-        c.call(lambda: sc.mount(d.mountpoint + "/proc/meminfo", c.host_path("/tmp/f"), None, sc.MS_BIND),
-               chroot=False)
+        c.call(lambda: sc.mount(d.mountpoint + "/proc/meminfo", c.host_path("/tmp/f"), None, sc.MS_BIND), chroot=False)
         writer = 0
         try:
             with stub_fuse.running(hang="read") as (top, _):

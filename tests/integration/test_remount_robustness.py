@@ -24,7 +24,7 @@ def test_two_concurrent_runs_are_serialised_and_never_stack() -> None:
         cmd = [LXCFS_GUARD, "remount", "--all", "--json", "--mountpoint", d.mountpoint, "--state-dir", d.state_dir]
         procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(2)]
         reports = [json.loads(p.communicate(timeout=60)[0]) for p in procs]
-        for p, r in zip(procs, reports):
+        for p, r in zip(procs, reports, strict=True):
             assert_exit_code(p.returncode, r, pids)
         for pid in pids:  # each container repaired by exactly one run; the other found it live
             assert sorted(actions(r, {pid}).get(pid, "-") for r in reports) == ["already_live", "repaired"], reports
@@ -36,6 +36,7 @@ def test_two_concurrent_runs_are_serialised_and_never_stack() -> None:
 def _wedge_and_bind(d, hung, w, others) -> None:
     """W gets the (soon hung) daemon's tree at /tmp/h with our meminfo bound inside it, so resolving W's
     target blocks in FUSE once `hung` is stopped; every other container gets a plain meminfo bind."""
+
     def nest() -> None:
         sc.mount(hung.mountpoint, w.host_path("/tmp/h"), None, sc.MS_BIND)
         sc.mount(d.mountpoint + "/proc/meminfo", w.host_path("/tmp/h/proc/meminfo"), None, sc.MS_BIND)
@@ -43,8 +44,10 @@ def _wedge_and_bind(d, hung, w, others) -> None:
     os.mkdir(w.host_path("/tmp/h"))
     w.call(nest, chroot=False)
     for c in others:
-        c.call(lambda c=c: sc.mount(d.mountpoint + "/proc/meminfo", c.host_path("/proc/meminfo"), None,
-                                    sc.MS_BIND), chroot=False)
+        c.call(
+            lambda c=c: sc.mount(d.mountpoint + "/proc/meminfo", c.host_path("/proc/meminfo"), None, sc.MS_BIND),
+            chroot=False,
+        )
 
 
 def test_wedged_namespace_times_out_and_a_container_dying_mid_run_is_reported() -> None:
@@ -60,9 +63,24 @@ def test_wedged_namespace_times_out_and_a_container_dying_mid_run_is_reported() 
         signal_daemon(hung.pid, signal.SIGSTOP)
         try:
             time.sleep(1.2)  # let the hung daemon's cached entries expire
-            cmd = [LXCFS_GUARD, "remount", "--all", "--json", "--jobs", "1", "--threads", "1", "--timeout", "2",
-                   "--stale-dev", f"{os.major(old)}:{os.minor(old)}",
-                   "--mountpoint", d.mountpoint, "--state-dir", d.state_dir]
+            cmd = [
+                LXCFS_GUARD,
+                "remount",
+                "--all",
+                "--json",
+                "--jobs",
+                "1",
+                "--threads",
+                "1",
+                "--timeout",
+                "2",
+                "--stale-dev",
+                f"{os.major(old)}:{os.minor(old)}",
+                "--mountpoint",
+                d.mountpoint,
+                "--state-dir",
+                d.state_dir,
+            ]
             t0 = time.monotonic()
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
             time.sleep(1.0)  # the single worker is stuck on W by now (W is first: lowest pid)
@@ -95,8 +113,18 @@ def test_with_threads_a_wedged_namespace_holds_up_no_other() -> None:
         try:
             time.sleep(1.2)
             t0 = time.monotonic()
-            proc = cli(d, "remount", "--all", "--json", "--jobs", "1", "--timeout", "1.5",
-                       "--stale-dev", f"{os.major(old)}:{os.minor(old)}")
+            proc = cli(
+                d,
+                "remount",
+                "--all",
+                "--json",
+                "--jobs",
+                "1",
+                "--timeout",
+                "1.5",
+                "--stale-dev",
+                f"{os.major(old)}:{os.minor(old)}",
+            )
             took = time.monotonic() - t0
         finally:
             signal_daemon(hung.pid, signal.SIGCONT)
@@ -113,6 +141,7 @@ def test_probe_tells_dead_from_hung_from_live() -> None:
     from lxcfs_guard.remount import discovery
 
     with daemon() as live, daemon() as dead, daemon() as hung, light_containers(1) as (c,):
+
         def bind() -> None:
             for i, dd in enumerate((live, dead, hung)):
                 open(c.host_path(f"/tmp/{i}"), "w").close()

@@ -8,6 +8,7 @@ import errno
 import glob
 import os
 import uuid
+from pathlib import Path
 
 from lxcfs_guard.kernel import procfs
 from lxcfs_guard.kernel import syscalls as sc
@@ -56,7 +57,12 @@ def test_symlinked_and_directory_targets_are_refused_and_nothing_is_mounted_else
     with daemon() as d, light_containers(1) as (c,):
         for name in ("a", "b", "c", "d"):
             open(f"{c.root}/tmp/{name}", "w").close()
-        binds = [("proc/meminfo", "/tmp/a"), ("proc/uptime", "/tmp/b"), ("proc/stat", "/tmp/c"), ("proc/loadavg", "/tmp/d")]
+        binds = [
+            ("proc/meminfo", "/tmp/a"),
+            ("proc/uptime", "/tmp/b"),
+            ("proc/stat", "/tmp/c"),
+            ("proc/loadavg", "/tmp/d"),
+        ]
         engine.attach(c.pid, d.mountpoint, binds)
         Registry(d.state_dir).add_container("victim", c.pid, binds)
         assert [t for t, _, _ in our_mounts(c, d.fstype)] == ["/tmp/a", "/tmp/b", "/tmp/c", "/tmp/d"]
@@ -97,15 +103,20 @@ def test_corrupt_registry_is_set_aside_with_a_message_and_discovery_still_repair
         (warning,) = [w for w in report["warnings"] if "registry" in w]
         assert "corrupt" in warning and "moved to" in warning and "discovery only" in warning
         (aside,) = glob.glob(f"{d.state_dir}/registry.json.corrupt-*")
-        assert open(aside).read().startswith('{"schema": 1')
+        assert Path(aside).read_text().startswith('{"schema": 1')
         assert all(c.memtotal_kb() == c.limit // 1024 for c in cs)
 
 
 def test_the_host_namespace_is_never_entered() -> None:
     with daemon() as d:
         me = os.getpid()
-        entry = Entry(f"host-{uuid.uuid4().hex[:6]}", me, procfs.pid_start_time(me), procfs.ns_inode(me),
-                      [("proc/meminfo", "/proc/meminfo")])
+        entry = Entry(
+            f"host-{uuid.uuid4().hex[:6]}",
+            me,
+            procfs.pid_start_time(me),
+            procfs.ns_inode(me),
+            [("proc/meminfo", "/proc/meminfo")],
+        )
         Registry(d.state_dir).add(entry)  # written by hand: add_container() itself refuses this
         assert "/proc/meminfo" not in _host_mount_points()
         rc, report = remount_json(d, "--id", entry.id)

@@ -66,8 +66,9 @@ def _stalled_read(extra_args: list[str]) -> tuple[str, str, str]:
     marker = os.path.join(tempfile.mkdtemp(prefix="lxcfs-guard-stall-"), "stalled")
     with serve(args=["--workers", "2", *extra_args], env={"LXCFS_GUARD_TEST_STALL": f"proc/uptime:{marker}"}) as d:
         workers = worker_pids(d.state_dir, d.pid)
-        reader = subprocess.Popen([sys.executable, "-c", READ_ONE, d.path("proc/uptime")], stdout=subprocess.PIPE,
-                                  text=True)
+        reader = subprocess.Popen(
+            [sys.executable, "-c", READ_ONE, d.path("proc/uptime")], stdout=subprocess.PIPE, text=True
+        )
         try:
             wait_for(lambda: any(proc_state(p) == "T" for p in workers), 10, 0.01, "a worker to stall on the OPEN")
             stalled = next(p for p in workers if proc_state(p) == "T")
@@ -129,8 +130,12 @@ def test_chunked_reads_see_one_snapshot_whichever_worker_answers() -> None:
                         before = serve_record(d.state_dir, d.pid)["worker_restarts"]
                         for pid in worker_pids(d.state_dir, d.pid):
                             os.kill(pid, signal.SIGKILL)
-                        wait_for(lambda: serve_record(d.state_dir, d.pid)["worker_restarts"] == before + 2, 10,
-                                 0.01, "both workers replaced")
+                        wait_for(
+                            lambda before=before: serve_record(d.state_dir, d.pid)["worker_restarts"] == before + 2,
+                            10,
+                            0.01,
+                            "both workers replaced",
+                        )
                     while True:
                         b = os.read(fd, 7)
                         if not b:
@@ -178,8 +183,15 @@ def test_twenty_worker_kills_under_supervise_no_reader_sees_one(_fusectl_as_foun
         for i in range(20):
             time.sleep(rnd.uniform(0.02, 0.3))
             os.kill(rnd.choice(worker_pids(s.state_dir, holder)), signal.SIGKILL)
-            wait_for(lambda i=i: serve_record(s.state_dir, holder)["worker_restarts"] == i + 1
-                     and len(serve_record(s.state_dir, holder)["workers"]) == 2, 10, 0.005, "a replacement")
+            wait_for(
+                lambda i=i: (
+                    serve_record(s.state_dir, holder)["worker_restarts"] == i + 1
+                    and len(serve_record(s.state_dir, holder)["workers"]) == 2
+                ),
+                10,
+                0.005,
+                "a replacement",
+            )
         time.sleep(0.3)
         reads, failed, wrong = fleet.counts()
         print(f"20 worker kills: {reads} reads, {failed} failed, {wrong} wrong")
@@ -210,8 +222,10 @@ def test_a_live_workers_request_resent_meanwhile_is_answered_once_and_its_late_r
     stall = f"proc/uptime:{tmp}/a,proc/loadavg:{tmp}/b"
     with serve(args=["--workers", "2", "--debug"], env={"LXCFS_GUARD_TEST_STALL": stall}) as d:
         workers = worker_pids(d.state_dir, d.pid)
-        readers = [subprocess.Popen([sys.executable, "-c", READ_ONE, d.path(f)], stdout=subprocess.PIPE, text=True)
-                   for f in ("proc/uptime", "proc/loadavg")]
+        readers = [
+            subprocess.Popen([sys.executable, "-c", READ_ONE, d.path(f)], stdout=subprocess.PIPE, text=True)
+            for f in ("proc/uptime", "proc/loadavg")
+        ]
         try:
             wait_for(lambda: all(proc_state(p) == "T" for p in workers), 10, 0.01, "both workers to stall")
             os.kill(workers[0], signal.SIGKILL)
@@ -241,7 +255,7 @@ def test_a_crash_loop_of_workers_ends_serve_and_unmounts() -> None:
             pid = worker_pids(d.state_dir, d.pid)[0]
             os.kill(pid, signal.SIGKILL)
             if i < 3:
-                wait_for(lambda i=i: pid not in worker_pids(d.state_dir, d.pid), 10, 0.01, "a replacement")
+                wait_for(lambda pid=pid: pid not in worker_pids(d.state_dir, d.pid), 10, 0.01, "a replacement")
         assert d.proc.wait(10) == 1
         assert "a crash loop, giving up" in d.log()
         assert not os.path.ismount(d.mountpoint)

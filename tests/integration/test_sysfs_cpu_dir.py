@@ -25,7 +25,8 @@ READER = textwrap.dedent(f"""
       l=$(ls {CPU} | grep -E '^cpu[0-9]+$' | tr '\\n' ' ')
       c1=- ; [ -e {CPU}/cpu1 ] && c1=cpu1
       core=$(cat {CPU}/cpu1/topology/core_id 2>/dev/null || echo -)
-      echo "$l|$(cat {CPU}/possible)|$(cat {CPU}/present)|$(cat {CPU}/online)|$(cat {CPU}/offline)|$(getconf _NPROCESSORS_CONF)|$(getconf _NPROCESSORS_ONLN)|$c1|$core"
+      s="$l|$(cat {CPU}/possible)|$(cat {CPU}/present)|$(cat {CPU}/online)|$(cat {CPU}/offline)"
+      echo "$s|$(getconf _NPROCESSORS_CONF)|$(getconf _NPROCESSORS_ONLN)|$c1|$core"
       i=$((i+1))
     done
 """)
@@ -35,7 +36,11 @@ def _start_reader(cg, mountpoint: str) -> subprocess.Popen:
     join = "; ".join(f"echo $$ > {p}/cgroup.procs" for p in cg.paths.values())
     return subprocess.Popen(
         ["sh", "-c", f"{join}; exec unshare -m --propagation private sh -c {shlex.quote(READER)}"],
-        env={**os.environ, "MNT": mountpoint}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        env={**os.environ, "MNT": mountpoint},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _host(name: str) -> str:
@@ -43,8 +48,10 @@ def _host(name: str) -> str:
         return f.read().strip()
 
 
-pytestmark = pytest.mark.skipif(os.cpu_count() is None or os.cpu_count() < 2 or not os.path.isdir(f"{CPU}/cpu1"),
-                                reason="needs a host with cpu0 and cpu1")
+pytestmark = pytest.mark.skipif(
+    os.cpu_count() is None or os.cpu_count() < 2 or not os.path.isdir(f"{CPU}/cpu1"),
+    reason="needs a host with cpu0 and cpu1",
+)
 
 
 def test_container_view_is_per_caller_under_concurrent_readers() -> None:
@@ -52,11 +59,14 @@ def test_container_view_is_per_caller_under_concurrent_readers() -> None:
     kernel's dentries are shared by both: a cached positive `cpu1` from the second reader would show up in
     the first one's walk if the entry were cached (entry_timeout > 0)."""
     core1 = _host("cpu1/topology/core_id")
-    with serve(args=["--cpu-dir-view", "container", "--cache-ttl", "0"]) as d, \
-            make_cgroup(cpus="0") as one, make_cgroup(cpus="0-1") as two:
+    with (
+        serve(args=["--cpu-dir-view", "container", "--cache-ttl", "0"]) as d,
+        make_cgroup(cpus="0") as one,
+        make_cgroup(cpus="0-1") as two,
+    ):
         readers = [_start_reader(one, d.mountpoint), _start_reader(two, d.mountpoint)]
         outs = [r.communicate(timeout=120) for r in readers]
-        for r, (out, err) in zip(readers, outs):
+        for r, (_out, err) in zip(readers, outs, strict=True):
             assert r.returncode == 0, err
         lines_one, lines_two = (out.splitlines() for out, _ in outs)
         assert len(lines_one) == len(lines_two) == ROUNDS
@@ -67,8 +77,12 @@ def test_container_view_is_per_caller_under_concurrent_readers() -> None:
 
 def test_host_view_is_lxcfs_compatible() -> None:
     """The default: online is the caller's, the rest the host's (what LXCFS 5.x-7.0 serve)."""
-    host_cpus = " ".join(sorted((n for n in os.listdir(CPU) if n[3:].isdigit() and n.startswith("cpu")),
-                                key=lambda n: int(n[3:]))) + " "
+    host_cpus = (
+        " ".join(
+            sorted((n for n in os.listdir(CPU) if n[3:].isdigit() and n.startswith("cpu")), key=lambda n: int(n[3:]))
+        )
+        + " "
+    )
     possible, present = _host("possible"), _host("present")
     with serve(args=["--cache-ttl", "0"]) as d, make_cgroup(cpus="0") as one:
         r = _start_reader(one, d.mountpoint)

@@ -79,8 +79,13 @@ def test_fusectl_names_the_connection_of_a_mount(tmp_path):
 def test_proc_connector_reports_process_exits():
     events = ProcEvents()
     try:
-        child = subprocess.Popen([sys.executable, "-c", "import threading, time; "
-                                  "t = threading.Thread(target=time.sleep, args=(0.05,)); t.start(); t.join()"])
+        child = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import threading, time; t = threading.Thread(target=time.sleep, args=(0.05,)); t.start(); t.join()",
+            ]
+        )
         child.wait(10)
         deadline = time.monotonic() + 5
         seen: list[int] = []
@@ -94,8 +99,12 @@ def test_proc_connector_reports_process_exits():
 
 
 def _status(state_dir: str, mountpoint: str, *extra: str) -> tuple[int, dict]:
-    p = subprocess.run([BINARY, "status", "--json", "--state-dir", state_dir, "--mountpoint", mountpoint, *extra],
-                       capture_output=True, text=True, timeout=20)
+    p = subprocess.run(
+        [BINARY, "status", "--json", "--state-dir", state_dir, "--mountpoint", mountpoint, *extra],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
     return p.returncode, json.loads(p.stdout)
 
 
@@ -130,8 +139,9 @@ def test_status_under_supervise_lists_containers(tmp_path):
         code, st = _status(s.state_dir, s.mountpoint)
         assert code == 0 and st["restarts"] == 1 and st["last_recovery_ms"] > 0
         assert all(c["state"] == "live" for c in st["containers"])
-        text = subprocess.run([BINARY, "status", "--state-dir", s.state_dir], capture_output=True, text=True,
-                              timeout=20).stdout
+        text = subprocess.run(
+            [BINARY, "status", "--state-dir", s.state_dir], capture_output=True, text=True, timeout=20
+        ).stdout
         assert f"daemon_pid:       {st['daemon_pid']}" in text and "healthy:          yes" in text
         for r in fleet.readers:
             assert r.id in text

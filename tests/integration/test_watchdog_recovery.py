@@ -30,7 +30,10 @@ def _fusectl_as_found():
 @pytest.mark.parametrize("standby", [False, True], ids=["restart", "standby"])
 def test_sigkill_of_serve_five_times_in_a_row(standby):
     bound_ms = 1000 if standby else 2000
-    with supervised("--standby" if standby else "--no-standby") as s, reader_fleet(N, s.mountpoint, s.state_dir) as fleet:
+    with (
+        supervised("--standby" if standby else "--no-standby") as s,
+        reader_fleet(N, s.mountpoint, s.state_dir) as fleet,
+    ):
         worst = []
         pids = set()
         for i in range(5):
@@ -53,9 +56,10 @@ def test_sigkill_of_serve_five_times_in_a_row(standby):
 
 def test_sigstop_of_serve_is_a_hang_recovered_within_the_watchdog_period():
     interval, timeout = 0.5, 1.0
-    with supervised("--probe-interval", str(interval), "--probe-timeout", str(timeout)) as s, reader_fleet(
-        N, s.mountpoint, s.state_dir
-    ) as fleet:
+    with (
+        supervised("--probe-interval", str(interval), "--probe-timeout", str(timeout)) as s,
+        reader_fleet(N, s.mountpoint, s.state_dir) as fleet,
+    ):
         st = s.wait_healthy(standby=True)
         stopped = st["daemon_pid"]
         t = kill_and_time(stopped, signal.SIGSTOP)  # the holder and its workers: the whole daemon hangs

@@ -116,7 +116,9 @@ def test_sd_notify_protocol():
             n = len(messages)
             os.kill(s.proc.pid, signal.SIGHUP)
             wait_for(lambda: has("RELOADING=1"), 10, what="RELOADING=1")
-            wait_for(lambda: count("READY=1") and any("READY=1" in m for _, m in messages[n:]), 30, what="READY after reload")
+            wait_for(
+                lambda: count("READY=1") and any("READY=1" in m for _, m in messages[n:]), 30, what="READY after reload"
+            )
             s.wait_healthy(not_pid=st2["daemon_pid"])
             # stop
             os.kill(s.proc.pid, signal.SIGTERM)

@@ -38,10 +38,12 @@ class Docker:
     proc: subprocess.Popen
     cgroup_parent: str
 
-    def cli(self, *argv: str, timeout: float = 60.0, check: bool = True, stdin: bytes | None = None
-            ) -> subprocess.CompletedProcess:
-        r = subprocess.run(["/usr/bin/docker", "-H", f"unix://{self.sock}", *argv], input=stdin,
-                           capture_output=True, timeout=timeout)
+    def cli(
+        self, *argv: str, timeout: float = 60.0, check: bool = True, stdin: bytes | None = None
+    ) -> subprocess.CompletedProcess:
+        r = subprocess.run(
+            ["/usr/bin/docker", "-H", f"unix://{self.sock}", *argv], input=stdin, capture_output=True, timeout=timeout
+        )
         if check and r.returncode != 0:
             raise AssertionError(f"docker {' '.join(argv)}: {r.stderr.decode(errors='replace')}\n{self.log()}")
         return r
@@ -68,8 +70,11 @@ class Docker:
 
 
 def _cgroup_paths(name: str) -> list[str]:
-    return [f"/sys/fs/cgroup/{c}/{name}" for c in os.listdir("/sys/fs/cgroup")
-            if os.path.isdir(f"/sys/fs/cgroup/{c}/{name}")]
+    return [
+        f"/sys/fs/cgroup/{c}/{name}"
+        for c in os.listdir("/sys/fs/cgroup")
+        if os.path.isdir(f"/sys/fs/cgroup/{c}/{name}")
+    ]
 
 
 def _rmdir_tree(path: str) -> None:
@@ -95,15 +100,35 @@ def dockerd(timeout: float = 60.0) -> Iterator[Docker]:
         f.write("{}\n")  # never /etc/docker/daemon.json
     existed = {d for d in FIXED_DIRS if os.path.exists(d)}
     cgroup_parent = f"lxcfs-guard-docker-{uuid.uuid4().hex[:8]}"
-    cmd = ["dockerd", "--config-file", conf, "--data-root", f"{top}/data", "--exec-root", f"{top}/exec",
-           "--pidfile", f"{top}/dockerd.pid", "-H", f"unix://{sock}", "--iptables=false", "--ip6tables=false",
-           "--ip-forward=false", "--ip-masq=false", "--bridge=none", "--storage-driver=vfs",
-           "--exec-opt", "native.cgroupdriver=cgroupfs", "--userland-proxy=false", "--cgroup-parent",
-           f"/{cgroup_parent}"]
+    cmd = [
+        "dockerd",
+        "--config-file",
+        conf,
+        "--data-root",
+        f"{top}/data",
+        "--exec-root",
+        f"{top}/exec",
+        "--pidfile",
+        f"{top}/dockerd.pid",
+        "-H",
+        f"unix://{sock}",
+        "--iptables=false",
+        "--ip6tables=false",
+        "--ip-forward=false",
+        "--ip-masq=false",
+        "--bridge=none",
+        "--storage-driver=vfs",
+        "--exec-opt",
+        "native.cgroupdriver=cgroupfs",
+        "--userland-proxy=false",
+        "--cgroup-parent",
+        f"/{cgroup_parent}",
+    ]
     with open(os.path.join(top, "dockerd.log"), "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True)
     d = Docker(top, sock, proc, cgroup_parent)
     try:
+
         def up() -> bool:
             if proc.poll() is not None:
                 raise RuntimeError(f"dockerd exited {proc.returncode}:\n{d.log()}")

@@ -86,8 +86,9 @@ def _unmount_under(top: str) -> None:
 
 
 @contextlib.contextmanager
-def guard(mountpoint: str | None = None, prepare: str | None = None, ready_at: str | None = None,
-          extra: tuple[str, ...] = ()) -> Iterator[RunningGuard]:
+def guard(
+    mountpoint: str | None = None, prepare: str | None = None, ready_at: str | None = None, extra: tuple[str, ...] = ()
+) -> Iterator[RunningGuard]:
     """supervise on `mountpoint` (default: a private tempdir). With `prepare` (a shell snippet; $TOP is the
     guard's tempdir, $MP the mountpoint, $STATE the state dir) it runs in a new mount namespace with the
     host's propagation unchanged, after the snippet. Ready once status.json names a daemon and a mount of
@@ -107,11 +108,13 @@ def guard(mountpoint: str | None = None, prepare: str | None = None, ready_at: s
     g = RunningGuard(proc, mp, state, top, log_path)
     where = ready_at or mp
     try:
+
         def ready() -> bool:
             if proc.poll() is not None:
                 raise RuntimeError(f"supervise exited {proc.returncode}:\n{g.log()}")
-            return g.daemon_pid() is not None and any(m.mount_point == where and m.fstype == FSTYPE
-                                                      for m in read_mountinfo())
+            return g.daemon_pid() is not None and any(
+                m.mount_point == where and m.fstype == FSTYPE for m in read_mountinfo()
+            )
 
         wait_for(ready, 30, 0.05, f"a live mount of ours on {where}")
         yield g

@@ -39,8 +39,13 @@ def foreign_fuse_mount(name: bytes = b"\xff") -> Iterator[str]:
     try:
         env = {"PATH": "/usr/bin:/bin", "_FUSE_COMMFD": str(theirs.fileno())}
         opts = b"fsname=" + name + b",subtype=" + name
-        p = subprocess.run(as_nobody(["fusermount3", "-o", opts, "--", mnt]), env=env, pass_fds=[theirs.fileno()],
-                           capture_output=True, timeout=20)
+        p = subprocess.run(
+            as_nobody(["fusermount3", "-o", opts, "--", mnt]),
+            env=env,
+            pass_fds=[theirs.fileno()],
+            capture_output=True,
+            timeout=20,
+        )
         theirs.close()
         assert p.returncode == 0, p.stderr
         _, anc, _, _ = ours.recvmsg(1, socket.CMSG_LEN(4))
@@ -72,8 +77,13 @@ def hung_fuse_mount_in(pid: int, path: str) -> Iterator[None]:
     fuse_fd = -1
     try:
         env = {"PATH": "/usr/bin:/bin", "_FUSE_COMMFD": str(theirs.fileno())}
-        p = subprocess.run(["nsenter", "-t", str(pid), "-m", "--", "fusermount3", "-o", "fsname=wedge", "--", path],
-                           env=env, pass_fds=[theirs.fileno()], capture_output=True, timeout=20)
+        p = subprocess.run(
+            ["nsenter", "-t", str(pid), "-m", "--", "fusermount3", "-o", "fsname=wedge", "--", path],
+            env=env,
+            pass_fds=[theirs.fileno()],
+            capture_output=True,
+            timeout=20,
+        )
         theirs.close()
         assert p.returncode == 0, p.stderr
         _, anc, _, _ = ours.recvmsg(1, socket.CMSG_LEN(4))

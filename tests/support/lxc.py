@@ -45,8 +45,12 @@ def varlib_lock(timeout: float = 600.0) -> Iterator[None]:
 
 
 def lxc_available() -> bool:
-    return shutil.which("lxc-start") is not None and os.path.exists("/usr/share/lxc/templates/lxc-busybox") \
-        and os.path.exists("/usr/share/lxcfs/lxc.mount.hook") and shutil.which("busybox") is not None
+    return (
+        shutil.which("lxc-start") is not None
+        and os.path.exists("/usr/share/lxc/templates/lxc-busybox")
+        and os.path.exists("/usr/share/lxcfs/lxc.mount.hook")
+        and shutil.which("busybox") is not None
+    )
 
 
 @dataclass
@@ -56,13 +60,18 @@ class LxcContainer:
     log_path: str
 
     def pid(self) -> int:
-        r = subprocess.run(["lxc-info", "-P", self.lxcpath, "-n", self.name, "-pH"], capture_output=True,
-                           text=True, timeout=10)
+        r = subprocess.run(
+            ["lxc-info", "-P", self.lxcpath, "-n", self.name, "-pH"], capture_output=True, text=True, timeout=10
+        )
         return int(r.stdout.strip())
 
     def sh(self, script: str, timeout: float = 10.0) -> subprocess.CompletedProcess:
-        return subprocess.run(["lxc-attach", "-P", self.lxcpath, "-n", self.name, "--clear-env", "--",
-                               "/bin/sh", "-c", script], capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            ["lxc-attach", "-P", self.lxcpath, "-n", self.name, "--clear-env", "--", "/bin/sh", "-c", script],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def log(self) -> str:
         with contextlib.suppress(OSError), open(self.log_path, errors="replace") as f:
@@ -89,8 +98,9 @@ def _rmdir_tree(path: str) -> None:
 
 
 @contextlib.contextmanager
-def lxc_container(memory: str = "64M", cpus: str = "0", unprivileged: bool = False,
-                  nesting_dir: bool = True) -> Iterator[LxcContainer]:
+def lxc_container(
+    memory: str = "64M", cpus: str = "0", unprivileged: bool = False, nesting_dir: bool = True
+) -> Iterator[LxcContainer]:
     """A running busybox container with Debian's LXCFS hook (via 00-lxcfs.conf), `memory`/`cpus` limits,
     and (nesting_dir) an empty /var/lib/lxcfs so the hook binds the whole mount into it."""
     top = tempfile.mkdtemp(prefix="lxcfs-guard-lxc-")
@@ -98,8 +108,13 @@ def lxc_container(memory: str = "64M", cpus: str = "0", unprivileged: bool = Fal
     name = f"lg{uuid.uuid4().hex[:8]}"
     log_path = os.path.join(top, "lxc.log")
     conf = os.path.join(top, "base.conf")
-    lines = ["lxc.net.0.type = empty", "lxc.apparmor.profile = unconfined", f"lxc.include = {LXCFS_INCLUDE}",
-             f"lxc.cgroup.memory.limit_in_bytes = {memory}", f"lxc.cgroup.cpuset.cpus = {cpus}"]
+    lines = [
+        "lxc.net.0.type = empty",
+        "lxc.apparmor.profile = unconfined",
+        f"lxc.include = {LXCFS_INCLUDE}",
+        f"lxc.cgroup.memory.limit_in_bytes = {memory}",
+        f"lxc.cgroup.cpuset.cpus = {cpus}",
+    ]
     if unprivileged:
         lines += [f"lxc.idmap = u 0 {IDMAP_BASE} 65536", f"lxc.idmap = g 0 {IDMAP_BASE} 65536"]
     with open(conf, "w") as f:
@@ -107,16 +122,24 @@ def lxc_container(memory: str = "64M", cpus: str = "0", unprivileged: bool = Fal
     pivot_existed = os.path.isdir("/sys/fs/cgroup/memory/lxc.pivot")
     c = LxcContainer(top, name, log_path)
     try:
-        r = subprocess.run(["lxc-create", "-P", top, "-n", name, "-t", "busybox", "-f", conf],
-                           capture_output=True, text=True, timeout=60)
+        r = subprocess.run(
+            ["lxc-create", "-P", top, "-n", name, "-t", "busybox", "-f", conf],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert r.returncode == 0, r.stdout + r.stderr
         rootfs = os.path.join(top, name, "rootfs")
         if nesting_dir:
             os.makedirs(os.path.join(rootfs, "var/lib/lxcfs"), exist_ok=True)
         if unprivileged:
             subprocess.run(["chown", "-R", "-h", f"{IDMAP_BASE}:{IDMAP_BASE}", rootfs], check=True, timeout=60)
-        r = subprocess.run(["lxc-start", "-P", top, "-n", name, "-d", "-l", "INFO", "-o", log_path],
-                           capture_output=True, text=True, timeout=60)
+        r = subprocess.run(
+            ["lxc-start", "-P", top, "-n", name, "-d", "-l", "INFO", "-o", log_path],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert r.returncode == 0, r.stdout + r.stderr + c.log()
         wait_for(lambda: c.sh("true").returncode == 0, 20, 0.1, "the LXC container to run")
         yield c

@@ -32,8 +32,9 @@ def tarball() -> Path:
     for path in candidates:
         if path.is_file():
             return path
-    raise Lxcfs7Missing(f"LXCFS {VERSION} source not found (looked at {', '.join(map(str, candidates))}; "
-                        "set LXCFS7_TARBALL)")
+    raise Lxcfs7Missing(
+        f"LXCFS {VERSION} source not found (looked at {', '.join(map(str, candidates))}; set LXCFS7_TARBALL)"
+    )
 
 
 def build_dir(root: Path | None = None) -> Path:
@@ -48,8 +49,10 @@ def ensure_lxcfs7(root: Path | None = None) -> Path:
         return out
     missing = [t for t in BUILD_TOOLS if shutil.which(t) is None]
     if missing:
-        raise Lxcfs7Missing(f"cannot build LXCFS {VERSION}: {' '.join(missing)} missing "
-                            "(apt-get install meson ninja-build gcc libfuse3-dev python3-jinja2)")
+        raise Lxcfs7Missing(
+            f"cannot build LXCFS {VERSION}: {' '.join(missing)} missing "
+            "(apt-get install meson ninja-build gcc libfuse3-dev python3-jinja2)"
+        )
     src_parent = out.parent
     src_parent.mkdir(parents=True, exist_ok=True)
     src = src_parent / f"lxcfs-{VERSION}"
@@ -60,8 +63,10 @@ def ensure_lxcfs7(root: Path | None = None) -> Path:
         shutil.rmtree(out)
     log = src_parent / f"lxcfs-{VERSION}-build.log"
     with open(log, "wb") as f:
-        for cmd in (["meson", "setup", str(out), "-Dtests=true", "-Ddocs=false", "-Dinit-script=[]"],
-                    ["ninja", "-C", str(out)]):
+        for cmd in (
+            ["meson", "setup", str(out), "-Dtests=true", "-Ddocs=false", "-Dinit-script=[]"],
+            ["ninja", "-C", str(out)],
+        ):
             r = subprocess.run(cmd, cwd=src, stdout=f, stderr=subprocess.STDOUT, timeout=900)
             if r.returncode != 0:
                 raise Lxcfs7Missing(f"building LXCFS {VERSION} failed ({' '.join(cmd)}); see {log}")

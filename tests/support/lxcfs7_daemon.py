@@ -24,7 +24,7 @@ def lxcfs7_build() -> str:
 
         try:
             build = str(ensure_lxcfs7())
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise AssertionError(f"LXCFS 7.0.0 unavailable: {os.environ.get('LXCFS7_MISSING') or e}") from e
     return build
 
@@ -35,9 +35,15 @@ def lxcfs7(args: tuple[str, ...] = (), timeout: float = 120.0) -> Iterator[str]:
     mountpoint = tempfile.mkdtemp(prefix="lxcfs7-")
     pidfile = os.path.join(tempfile.gettempdir(), f"lxcfs7-{os.getpid()}-{time.monotonic_ns()}.pid")
     env = dict(os.environ, LD_LIBRARY_PATH=build)
-    proc = subprocess.Popen([f"{build}/lxcfs", "-p", pidfile, *args, mountpoint], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [f"{build}/lxcfs", "-p", pidfile, *args, mountpoint],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
+
         def ready() -> bool:
             if proc.poll() is not None:
                 raise RuntimeError(f"lxcfs 7.0.0 exited with {proc.returncode}")

@@ -83,7 +83,7 @@ def main() -> None:  # pragma: no cover - runs as its own process
         async def read(self, fh, off, size):
             if args.hang == "read":
                 await trio.sleep_forever()
-            return (b"x" * BIG_SIZE)[off:off + size]
+            return (b"x" * BIG_SIZE)[off : off + size]
 
         async def opendir(self, inode, ctx):
             return inode
@@ -102,7 +102,9 @@ def main() -> None:  # pragma: no cover - runs as its own process
 
 
 @contextlib.contextmanager
-def running(hang: str = "none", statfs_errno: int = 0, tree: str = TREE, subtype: str = "lxcfs-guard") -> Iterator[tuple[str, int]]:
+def running(
+    hang: str = "none", statfs_errno: int = 0, tree: str = TREE, subtype: str = "lxcfs-guard"
+) -> Iterator[tuple[str, int]]:
     """The stub mounted on a fresh host directory; yields (that directory, the device). Hand it to a
     container with `give` (then nothing of it is left on the host: a hung stub must not be met by the
     host's own tools). On exit: the connection is aborted through fusectl (a caller wedged on it is let
@@ -115,11 +117,24 @@ def running(hang: str = "none", statfs_errno: int = 0, tree: str = TREE, subtype
 
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     top = tempfile.mkdtemp(prefix="lxcfs-guard-stub-")
-    cmd = [sys.executable, "-m", "tests.support.stub_fuse", top, "--subtype", subtype, "--hang", hang,
-           "--statfs-errno", str(statfs_errno), "--tree", tree]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tests.support.stub_fuse",
+        top,
+        "--subtype",
+        subtype,
+        "--hang",
+        hang,
+        "--statfs-errno",
+        str(statfs_errno),
+        "--tree",
+        tree,
+    ]
     proc = subprocess.Popen(cmd, cwd=repo, stdin=subprocess.DEVNULL)
     dev: int | None = None
     try:
+
         def mounted() -> bool:
             assert proc.poll() is None, f"stub exited with {proc.returncode}"
             return is_mounted(top)
@@ -151,6 +166,7 @@ def give(c: object, host_dir: str, target: str, bind: tuple[str, str] | None = N
 
     clone = sc.open_tree(host_dir, sc.OPEN_TREE_CLONE | sc.OPEN_TREE_CLOEXEC)
     try:
+
         def inside() -> None:
             sc.move_mount(clone, -100, target, sc.MOVE_MOUNT_F_EMPTY_PATH)
             if bind:

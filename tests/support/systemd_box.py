@@ -38,6 +38,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from lxcfs_guard.kernel import procfs
 from lxcfs_guard.testing.procs import wait_for
@@ -327,14 +328,14 @@ def systemd_box(binds: Sequence[str] = (CHECKOUT,), boot_timeout: float = 90.0) 
         wait_for(lambda: child() is not None or launcher.poll() is not None, timeout=10, what="unshare's child")
         pid = child()
         if pid is None:
-            raise RuntimeError(f"the box did not start:\n{open(log.name).read()}")
+            raise RuntimeError(f"the box did not start:\n{Path(log.name).read_text()}")
         box = SystemdBox(pid=pid, name=name, cgroups=cgroups, console=console)
 
         def systemd_is_pid1() -> bool:
             with contextlib.suppress(OSError):
                 return os.readlink(f"/proc/{pid}/exe").endswith("/systemd")
             if launcher.poll() is not None:
-                raise RuntimeError(f"the box died while booting:\n{open(log.name).read()}")
+                raise RuntimeError(f"the box died while booting:\n{Path(log.name).read_text()}")
             return False
 
         wait_for(systemd_is_pid1, timeout=15, what="systemd to become the box's PID 1")

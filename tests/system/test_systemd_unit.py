@@ -47,8 +47,12 @@ def show(box: SystemdBox, prop: str) -> str:
 
 
 def wait_active(box: SystemdBox, timeout: float = 30.0) -> None:
-    wait_for(lambda: show(box, "ActiveState") == "active" and show(box, "SubState") == "running", timeout, 0.1,
-             "lxcfs-guard.service to be active (running)")
+    wait_for(
+        lambda: show(box, "ActiveState") == "active" and show(box, "SubState") == "running",
+        timeout,
+        0.1,
+        "lxcfs-guard.service to be active (running)",
+    )
 
 
 def wait_serving(box: SystemdBox, not_pid: int | None = None, timeout: float = 30.0) -> dict:
@@ -95,8 +99,11 @@ def box():
     subprocess.run(["make", "-C", CHECKOUT, "setup", "wheelhouse"], check=True, capture_output=True, timeout=900)
     with systemd_box() as b:
         b.run("make", "-C", CHECKOUT, "install", timeout=300)
-        b.run("/bin/sh", "-c", f"mkdir -p /etc/systemd/system/{UNIT}.d && "
-              f"printf '%s' '{DROPIN}' > /etc/systemd/system/{UNIT}.d/test.conf")
+        b.run(
+            "/bin/sh",
+            "-c",
+            f"mkdir -p /etc/systemd/system/{UNIT}.d && printf '%s' '{DROPIN}' > /etc/systemd/system/{UNIT}.d/test.conf",
+        )
         b.systemctl("daemon-reload")
         b.systemctl("start", UNIT, timeout=90)
         try:
@@ -209,8 +216,12 @@ def test_reload_has_zero_failed_reads(box, fleet):
     t = now_ns()
     box.systemctl("reload", UNIT)
     wait_serving(box, not_pid=st["daemon_pid"])
-    wait_for(lambda: box.run("test", "-e", f"/proc/{st['daemon_pid']}", check=False).returncode != 0, 15, 0.1,
-             "the old daemon to be stopped")
+    wait_for(
+        lambda: box.run("test", "-e", f"/proc/{st['daemon_pid']}", check=False).returncode != 0,
+        15,
+        0.1,
+        "the old daemon to be stopped",
+    )
     time.sleep(0.3)
     assert fleet.failed_since(t) == {r.id: 0 for r in fleet.readers}
     assert show(box, "NRestarts") == "3"

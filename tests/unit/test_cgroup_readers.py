@@ -62,9 +62,13 @@ def v1_tree(tmp_path: Path) -> Path:
         f"cpu,cpuacct/{leaf}/cpu.cfs_quota_us": "150000\n",
         f"cpu,cpuacct/{leaf}/cpu.cfs_period_us": "100000\n",
         f"cpu,cpuacct/{leaf}/cpuacct.usage": "4000000000\n",
-        f"cpu,cpuacct/{leaf}/cpuacct.usage_all": "cpu user system\n0 0 0\n1 1000000000 500000000\n2 0 0\n3 2000000000 0\n",
+        f"cpu,cpuacct/{leaf}/cpuacct.usage_all": (
+            "cpu user system\n0 0 0\n1 1000000000 500000000\n2 0 0\n3 2000000000 0\n"
+        ),
         f"cpu,cpuacct/{leaf}/cgroup.procs": "10\n11\n12\n",
-        f"blkio/{leaf}/blkio.throttle.io_service_bytes_recursive": "8:0 Read 4096\n8:0 Write 8192\n8:0 Sync 0\nTotal 12288\n",
+        f"blkio/{leaf}/blkio.throttle.io_service_bytes_recursive": (
+            "8:0 Read 4096\n8:0 Write 8192\n8:0 Sync 0\nTotal 12288\n"
+        ),
         f"blkio/{leaf}/blkio.throttle.io_serviced_recursive": "8:0 Read 1\n8:0 Write 2\nTotal 3\n",
     }
     write_tree(tmp_path, files)

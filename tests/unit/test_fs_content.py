@@ -51,8 +51,12 @@ def test_v1_render_and_host_fallbacks(tmp_path: Path) -> None:
     assert c.render("proc/meminfo", nomem).decode() == HOST_MEMINFO
     assert c.render("proc/stat", nomem).decode() == host_stat(4)
     # a cgroup that vanished between resolution and render: the host file
-    gone = View(ref=reader.parse_proc_cgroup("12:memory:/lxc/gone\n11:cpu,cpuacct:/lxc/gone\n"), init_pid=1,
-                init_start=0, host=True)
+    gone = View(
+        ref=reader.parse_proc_cgroup("12:memory:/lxc/gone\n11:cpu,cpuacct:/lxc/gone\n"),
+        init_pid=1,
+        init_start=0,
+        host=True,
+    )
     assert c.render("proc/meminfo", gone).decode() == HOST_MEMINFO
     assert c.render("proc/stat", gone).decode() == host_stat(4)
 
@@ -65,7 +69,7 @@ def test_v2_render_virtualizes_stat_and_diskstats(tmp_path: Path) -> None:
     assert "MemTotal:         524288 kB" in mem and "Mapped:             2048 kB" in mem
     st = c.render("proc/stat", view).decode().splitlines()
     assert st[0] == "cpu  200 0 100 " + st[0].split()[4] + " 0 0 0 0 0 0"  # cpu.stat, not the host's
-    assert [l.split()[0] for l in st[:3]] == ["cpu", "cpu2", "cpu3"]
+    assert [line.split()[0] for line in st[:3]] == ["cpu", "cpu2", "cpu3"]
     assert c.render("proc/diskstats", view).decode().split()[3] == "10"  # rios from io.stat
     up = c.render("proc/uptime", view).decode().split()
     ticks = content_mod.clock_ticks()
@@ -103,11 +107,14 @@ def test_a_broken_view_serves_the_host_file(tmp_path: Path, monkeypatch) -> None
 def test_loadavg_sampler_counts_running_threads(tmp_path: Path) -> None:
     cg = v2_tree(tmp_path / "cg")
     proc = tmp_path / "proc"
-    write_tree(proc, {
-        "5/task/5/stat": "5 (a b) R 1 2 3\n",
-        "5/task/8/stat": "8 (a b) S 1 2 3\n",
-        "6/task/6/stat": "6 (x) D 1 2 3\n",
-    })
+    write_tree(
+        proc,
+        {
+            "5/task/5/stat": "5 (a b) R 1 2 3\n",
+            "5/task/8/stat": "8 (a b) S 1 2 3\n",
+            "6/task/6/stat": "6 (x) D 1 2 3\n",
+        },
+    )
     assert count_threads([5, 6, 99], str(proc)) == (2, 3)
     reader = V2Reader(str(cg))
     sampler = LoadSampler(reader, proc=str(proc))
@@ -133,7 +140,9 @@ def test_tree_has_the_lxcfs_layout() -> None:
     proc = t.lookup(ROOT_INODE, b"proc")
     assert proc is not None and proc.is_dir
     assert sorted(proc.children) == sorted(
-        n.encode() for n in ("cpuinfo", "diskstats", "loadavg", "meminfo", "stat", "swaps", "uptime", "slabinfo", "pressure"))
+        n.encode()
+        for n in ("cpuinfo", "diskstats", "loadavg", "meminfo", "stat", "swaps", "uptime", "slabinfo", "pressure")
+    )
     node = ROOT_INODE
     for part in (b"sys", b"devices", b"system", b"cpu", b"online"):
         found = t.lookup(node, part)

@@ -16,8 +16,14 @@ from tests.unit.test_cgroup_readers import v2_tree, write_tree
 def test_worker_reads_published_samples_and_registers_new_cgroups(tmp_path: Path) -> None:
     reader = V2Reader(str(v2_tree(tmp_path / "cg")))
     proc = tmp_path / "proc"
-    write_tree(proc, {"5/task/5/stat": "5 (a b) R 1 2 3\n", "5/task/8/stat": "8 (a b) S 1 2 3\n",
-                      "6/task/6/stat": "6 (x) D 1 2 3\n"})
+    write_tree(
+        proc,
+        {
+            "5/task/5/stat": "5 (a b) R 1 2 3\n",
+            "5/task/8/stat": "8 (a b) S 1 2 3\n",
+            "6/task/6/stat": "6 (x) D 1 2 3\n",
+        },
+    )
     ref = reader.parse_proc_cgroup("0::/kubepods/pod1/ctr/leaf\n")
     table = make_table()
     to_sampler, sampler_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)

@@ -13,8 +13,10 @@ from tests.unit.test_view_renderers import HOST_MEMINFO, V1_STAT, parse
 MiB = 2**20
 
 # the order a 6.x kernel prints (fs/proc/meminfo.c): Zswap/Zswapped right after SwapFree
-HOST_6X = HOST_MEMINFO.replace("SwapFree:        8388000 kB\n",
-                               "SwapFree:        8388000 kB\nZswap:              1000 kB\nZswapped:           3000 kB\n")
+HOST_6X = HOST_MEMINFO.replace(
+    "SwapFree:        8388000 kB\n",
+    "SwapFree:        8388000 kB\nZswap:              1000 kB\nZswapped:           3000 kB\n",
+)
 
 
 def keys(text: str) -> list[str]:

@@ -24,21 +24,32 @@ from lxcfs_guard.fs.views.pressure import parse_pressure, render_pressure
 PSI = "some avg10=1.50 avg60=0.20 avg300=0.00 total=123456\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=42\n"
 
 
-@pytest.mark.parametrize(("buf", "privileged", "want"), [
-    (b"some 150000 1000000", True, b"some 150000 1000000\0"),
-    (b"full 20000 2000000\n", False, b"full 20000 2000000\0"),
-    (b"  some 1 2000000\0garbage", False, b"some 1 2000000\0"),
-])
+@pytest.mark.parametrize(
+    ("buf", "privileged", "want"),
+    [
+        (b"some 150000 1000000", True, b"some 150000 1000000\0"),
+        (b"full 20000 2000000\n", False, b"full 20000 2000000\0"),
+        (b"  some 1 2000000\0garbage", False, b"some 1 2000000\0"),
+    ],
+)
 def test_trigger_accepted_and_canonical(buf: bytes, privileged: bool, want: bytes) -> None:
     assert parse_trigger(buf, privileged) == want
 
 
-@pytest.mark.parametrize(("buf", "privileged"), [
-    (b"some 150000 1000000", False),  # an opener without CAP_SYS_RESOURCE: 2 s steps only
-    (b"some 0 2000000", True), (b"some 3000000 2000000", True), (b"some 1 0", True),
-    (b"some 1 10000001", True), (b"avg 1 2000000", True), (b"some x 2000000", True), (b"", True),
-    (b"some 4294967296 2000000", True),
-])
+@pytest.mark.parametrize(
+    ("buf", "privileged"),
+    [
+        (b"some 150000 1000000", False),  # an opener without CAP_SYS_RESOURCE: 2 s steps only
+        (b"some 0 2000000", True),
+        (b"some 3000000 2000000", True),
+        (b"some 1 0", True),
+        (b"some 1 10000001", True),
+        (b"avg 1 2000000", True),
+        (b"some x 2000000", True),
+        (b"", True),
+        (b"some 4294967296 2000000", True),
+    ],
+)
 def test_trigger_rejected_like_the_kernel(buf: bytes, privileged: bool) -> None:
     with pytest.raises(pyfuse3.FUSEError) as e:
         parse_trigger(buf, privileged)
@@ -84,7 +95,9 @@ def fifo_pressure(tmp_path, store=None) -> tuple[Pressure, str]:
     path = str(tmp_path / "memory")  # the "host" pressure file a caller without a view gets
     os.mkfifo(path)
     keep = os.open(path, os.O_RDWR | os.O_NONBLOCK)  # keeps the FIFO open so writes do not block
-    p = Pressure(V2Reader(str(tmp_path)), enabled=True, store=store, proc=str(tmp_path), host_dir=str(tmp_path), watch=False)
+    p = Pressure(
+        V2Reader(str(tmp_path)), enabled=True, store=store, proc=str(tmp_path), host_dir=str(tmp_path), watch=False
+    )
     p._test_keep = keep  # type: ignore[attr-defined]
     return p, path
 
@@ -150,8 +163,20 @@ def serve_args(argv: list[str]) -> argparse.Namespace:
 
 
 def test_lxcfs_flags_map_onto_serve(tmp_path, capsys) -> None:
-    args = serve_args(["-u", "-z", "--enable-cfs", "-d", "-o", "allow_other,default_permissions",
-                       "-p", str(tmp_path / "x.pid"), "-s", "--enable-pidfd"])
+    args = serve_args(
+        [
+            "-u",
+            "-z",
+            "--enable-cfs",
+            "-d",
+            "-o",
+            "allow_other,default_permissions",
+            "-p",
+            str(tmp_path / "x.pid"),
+            "-s",
+            "--enable-pidfd",
+        ]
+    )
     try:
         assert lxcfs_compat.apply(args) is None
         assert (args.swap, args.zswap, args.cpu_view, args.debug) == (False, False, "quota", True)
@@ -160,8 +185,10 @@ def test_lxcfs_flags_map_onto_serve(tmp_path, capsys) -> None:
         err = capsys.readouterr().err
         assert "--enable-pidfd" in err and "-s:" in err and "allow_other" in err
         # a second instance on the same pid file is refused, as LXCFS does (record locks are per process)
-        code = ("import argparse, sys; from lxcfs_guard.fs import lxcfs_compat, daemon; p = argparse.ArgumentParser();"
-                "daemon.configure_serve(p); sys.exit(lxcfs_compat.apply(p.parse_args(['-p', sys.argv[1]])) or 0)")
+        code = (
+            "import argparse, sys; from lxcfs_guard.fs import lxcfs_compat, daemon; p = argparse.ArgumentParser();"
+            "daemon.configure_serve(p); sys.exit(lxcfs_compat.apply(p.parse_args(['-p', sys.argv[1]])) or 0)"
+        )
         r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "x.pid")], capture_output=True, text=True)
         assert r.returncode == 1 and "already locked" in r.stderr
         # (read only now: closing any fd of the file drops a POSIX record lock, as LXCFS's fcntl lock too)

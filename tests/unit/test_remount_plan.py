@@ -93,17 +93,24 @@ def test_registered_container_in_the_host_namespace_is_refused() -> None:
 
 def test_registered_binds_stale_missing_foreign_and_unregistered_stale() -> None:
     e = entry("c1", 42, 5001, "/proc/meminfo", "/proc/uptime", "/proc/stat", "/proc/swaps", flags="ro")
-    ns = view(5001, 42,
-              m(1, 0, DEAD, "/proc/meminfo", "ro,nosuid,relatime"),  # stale: repaired beneath, its own flags
-              m(2, 0, LIVE, "/proc/uptime"),                          # live: nothing to do
-              m(3, 0, OTHER, "/proc/swaps"),                          # another daemon's: refused
-              m(4, 0, DEAD, "/proc/loadavg"))                         # stale, not registered: repaired too
+    ns = view(
+        5001,
+        42,
+        m(1, 0, DEAD, "/proc/meminfo", "ro,nosuid,relatime"),  # stale: repaired beneath, its own flags
+        m(2, 0, LIVE, "/proc/uptime"),  # live: nothing to do
+        m(3, 0, OTHER, "/proc/swaps"),  # another daemon's: refused
+        m(4, 0, DEAD, "/proc/loadavg"),
+    )  # stale, not registered: repaired too
     jobs, done = plan({5001: ns}, [e], {"c1": (1000, 5001)}, LIVE, {DEAD}, HOST_NS)
     assert done == []  # the namespace is the registered container's, not also a discovered one
     (job,) = jobs
     assert (job.id, job.start_time) == ("c1", 1000)
     fixes = {f.target: (f.how, f.attrs) for f in job.fixes}
-    assert fixes == {"/proc/meminfo": (BENEATH, 0x1 | 0x2), "/proc/stat": (ATTACH, 0x1), "/proc/loadavg": (BENEATH, 0x2 | 0x4)}
+    assert fixes == {
+        "/proc/meminfo": (BENEATH, 0x1 | 0x2),
+        "/proc/stat": (ATTACH, 0x1),
+        "/proc/loadavg": (BENEATH, 0x2 | 0x4),
+    }
     assert [(r.target, r.errno) for r in job.refusals] == [("/proc/swaps", errno.EBUSY)]
 
 
@@ -133,8 +140,14 @@ def test_a_stale_mount_right_on_a_live_one_is_just_detached() -> None:
     from lxcfs_guard.remount.plan import UNCOVER
 
     # e.g. a run killed between its BENEATH and its detach, or an nsenter script that stacked binds
-    ns = view(5001, 42, m(10, 1, LIVE, "/proc/meminfo"), m(11, 10, DEAD, "/proc/meminfo"),
-              m(20, 1, OTHER, "/proc/stat"), m(21, 20, DEAD, "/proc/stat"))
+    ns = view(
+        5001,
+        42,
+        m(10, 1, LIVE, "/proc/meminfo"),
+        m(11, 10, DEAD, "/proc/meminfo"),
+        m(20, 1, OTHER, "/proc/stat"),
+        m(21, 20, DEAD, "/proc/stat"),
+    )
     jobs, _ = plan({5001: ns}, [], {}, LIVE, {DEAD}, HOST_NS)
     assert {f.target: f.how for f in jobs[0].fixes} == {"/proc/meminfo": UNCOVER, "/proc/stat": BENEATH}
 
@@ -143,8 +156,10 @@ def test_directory_binds_get_the_same_fix_as_file_binds_with_their_own_root_as_s
     whole = Mount(10, 1, DEAD, "/", "/var/lib/lxcfs", "rw,nosuid")
     proc = Mount(11, 1, DEAD, "/proc", "/lxcfs-proc", "ro,nosuid")
     jobs, _ = plan({7: view(7, 70, whole, proc)}, [], {}, LIVE, {DEAD}, HOST_NS)
-    assert [(f.source, f.target, f.how) for f in jobs[0].fixes] == [("", "/var/lib/lxcfs", BENEATH),
-                                                                   ("proc", "/lxcfs-proc", BENEATH)]
+    assert [(f.source, f.target, f.how) for f in jobs[0].fixes] == [
+        ("", "/var/lib/lxcfs", BENEATH),
+        ("proc", "/lxcfs-proc", BENEATH),
+    ]
 
 
 def test_copies_of_instance_mounts_are_detached_and_of_the_mountpoint_repaired() -> None:
@@ -171,8 +186,10 @@ def test_a_live_mount_right_on_a_live_one_is_uncovered() -> None:
 
 
 def test_parse_ours_sees_submounts_of_any_type() -> None:
-    data = (b"30 1 0:40 / /var/lib/lxcfs rw - fuse.lxcfs-guard lxcfs-guard rw\n"
-            b"31 30 0:50 / /var/lib/lxcfs/proc rw - tmpfs tmpfs rw\n"
-            b"32 1 0:40 /proc/meminfo /proc/meminfo rw - fuse.lxcfs-guard lxcfs-guard rw\n")
+    data = (
+        b"30 1 0:40 / /var/lib/lxcfs rw - fuse.lxcfs-guard lxcfs-guard rw\n"
+        b"31 30 0:50 / /var/lib/lxcfs/proc rw - tmpfs tmpfs rw\n"
+        b"32 1 0:40 /proc/meminfo /proc/meminfo rw - fuse.lxcfs-guard lxcfs-guard rw\n"
+    )
     got = {mnt.target: mnt.submounts for mnt in parse_ours(data, "fuse.lxcfs-guard")}
     assert got == {"/var/lib/lxcfs": True, "/proc/meminfo": False}

@@ -12,8 +12,10 @@ from lxcfs_guard.remount.registry import SCHEMA, Bind, Entry, Registry, Registry
 
 
 def sample() -> dict[str, Entry]:
-    return {"b": Entry("b", 20, 200, 4026532001, [("proc/meminfo", "/proc/meminfo", "ro,nosuid,nodev")]),
-            "a": Entry("a", 10, 100, 4026532000, [Bind("proc/stat", "proc/stat")])}
+    return {
+        "b": Entry("b", 20, 200, 4026532001, [("proc/meminfo", "/proc/meminfo", "ro,nosuid,nodev")]),
+        "a": Entry("a", 10, 100, 4026532000, [Bind("proc/stat", "proc/stat")]),
+    }
 
 
 def test_round_trip_and_stable_text() -> None:
@@ -25,11 +27,14 @@ def test_round_trip_and_stable_text() -> None:
     assert doc["containers"]["a"]["binds"] == [{"source": "proc/stat", "target": "/proc/stat", "flags": ""}]
 
 
-@pytest.mark.parametrize("text, words", [
-    ("{not json", "not JSON"),
-    ('{"schema": 99, "containers": {}}', "schema 99"),
-    ('{"schema": 1}', "containers"),
-])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("{not json", "not JSON"),
+        ('{"schema": 99, "containers": {}}', "schema 99"),
+        ('{"schema": 1}', "containers"),
+    ],
+)
 def test_bad_files_are_rejected_with_the_reason(text: str, words: str) -> None:
     with pytest.raises(RegistryError, match=words):
         parse(text)

@@ -19,8 +19,11 @@ from lxcfs_guard.remount.report import (
 
 def test_ok_only_when_nothing_is_left_broken() -> None:
     r = RemountReport("/var/lib/lxcfs", "fuse.lxcfs-guard")
-    r.namespaces = [NamespaceReport("a", 1, 11, REPAIRED, ["/proc/meminfo"]), NamespaceReport("b", 2, 12, ALREADY_LIVE),
-                    NamespaceReport("c", 3, 13, GONE)]
+    r.namespaces = [
+        NamespaceReport("a", 1, 11, REPAIRED, ["/proc/meminfo"]),
+        NamespaceReport("b", 2, 12, ALREADY_LIVE),
+        NamespaceReport("c", 3, 13, GONE),
+    ]
     assert r.ok
     for bad in (REFUSED, FAILED):
         r.namespaces.append(NamespaceReport("d", 4, 14, bad, errors=[TargetError("/proc/stat", errno.ELOOP, "x")]))
@@ -34,8 +37,11 @@ def test_json_names_container_target_and_errno() -> None:
     r = RemountReport("/mnt", "fuse.lxcfs-guard")
     r.live_dev = (0 << 8) | 52
     r.mode = "beneath"
-    r.namespaces = [NamespaceReport("mntns:7", 9, 7, FAILED, ["/proc/meminfo"],
-                                    [TargetError("/proc/stat", errno.ELOOP, "a symlink")], 1.23456)]
+    r.namespaces = [
+        NamespaceReport(
+            "mntns:7", 9, 7, FAILED, ["/proc/meminfo"], [TargetError("/proc/stat", errno.ELOOP, "a symlink")], 1.23456
+        )
+    ]
     doc = json.loads(r.to_json())
     assert doc["ok"] is False and doc["live_dev"] == "0:52" and doc["counts"][FAILED] == 1
     (ns,) = doc["namespaces"]
@@ -65,7 +71,9 @@ def test_broken_lists_each_target_left_broken_and_why() -> None:
     from lxcfs_guard.remount.report import FAILED, REPAIRED, NamespaceReport, RemountReport, TargetError
 
     r = RemountReport("/var/lib/lxcfs", "fuse.lxcfs-guard")
-    r.namespaces = [NamespaceReport("a", 1, 2, REPAIRED, ["/proc/meminfo"]),
-                    NamespaceReport("b", 3, 4, FAILED, errors=[TargetError("/x", 110, "timed out")])]
+    r.namespaces = [
+        NamespaceReport("a", 1, 2, REPAIRED, ["/proc/meminfo"]),
+        NamespaceReport("b", 3, 4, FAILED, errors=[TargetError("/x", 110, "timed out")]),
+    ]
     assert [(b["id"], b["target"], b["errname"]) for b in r.broken()] == [("b", "/x", "ETIMEDOUT")]
     assert r.to_dict()["broken"] == r.broken() and not r.ok

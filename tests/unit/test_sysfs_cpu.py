@@ -23,7 +23,14 @@ from lxcfs_guard.fs.sysfs_cpu import (
 
 def test_cpu_number_only_for_cpu_directories() -> None:
     assert [cpu_number(n) for n in ("cpu0", "cpu17", "cpufreq", "cpuidle", "cpu01", "cpu", "xcpu1")] == [
-        0, 17, None, None, None, None, None]
+        0,
+        17,
+        None,
+        None,
+        None,
+        None,
+        None,
+    ]
 
 
 def test_name_map_keeps_host_numbers_or_renumbers() -> None:
@@ -71,8 +78,14 @@ def hostdir(tmp_path):
         (root / f"cpu{n}" / "topology" / "core_id").write_text(f"{n}\n")
         os.symlink("../../../../bus/cpu", root / f"cpu{n}" / "subsystem")
     (root / "cpufreq").mkdir()
-    for name, text in (("online", "0-3\n"), ("possible", "0-3\n"), ("present", "0-3\n"), ("offline", "\n"),
-                       ("uevent", ""), ("kernel_max", "8191\n")):
+    for name, text in (
+        ("online", "0-3\n"),
+        ("possible", "0-3\n"),
+        ("present", "0-3\n"),
+        ("offline", "\n"),
+        ("uevent", ""),
+        ("kernel_max", "8191\n"),
+    ):
         (root / name).write_text(text)
     (root / "secret").write_text("root only\n")
     os.chmod(root / "secret", 0o400)
@@ -83,7 +96,10 @@ def hostdir(tmp_path):
 
 
 def _dir(hostdir, mode="host", visible=(0, 1, 2, 3), renumber=False) -> CpuDir:
-    online = lambda view: ("0" if visible == (0,) else "0-3").encode() + b"\n"  # noqa: E731
+
+    def online(view) -> bytes:
+        return ("0" if visible == (0,) else "0-3").encode() + b"\n"
+
     return CpuDir(lambda view: visible, online, mode, renumber=renumber, host_dir=str(hostdir))
 
 
@@ -94,8 +110,19 @@ def _names(d: CpuDir, parent=None, view=None) -> list[str]:
 
 def test_host_mode_passes_everything_but_online_through(hostdir) -> None:
     d = _dir(hostdir)
-    assert _names(d) == ["cpu0", "cpu1", "cpu2", "cpu3", "cpufreq", "kernel_max", "offline", "possible",
-                         "present", "secret", "uevent"]  # `online` is the fixed tree's
+    assert _names(d) == [
+        "cpu0",
+        "cpu1",
+        "cpu2",
+        "cpu3",
+        "cpufreq",
+        "kernel_max",
+        "offline",
+        "possible",
+        "present",
+        "secret",
+        "uevent",
+    ]  # `online` is the fixed tree's
     e = d.lookup(None, "cpu2")
     assert e is not None and stat.S_ISDIR(e.st.st_mode) and e.inode >= INODE_BASE and e.entry_timeout > 0
     core = d.lookup(d.lookup(e.inode, "topology").inode, "core_id")

@@ -44,9 +44,18 @@ Hugepagesize:       2048 kB
 """
 
 V1_STAT = {
-    "cache": 4 * MiB, "rss": 2 * MiB, "rss_huge": 2 * MiB, "shmem": 1 * MiB, "mapped_file": 3 * MiB,
-    "dirty": 8192, "writeback": 4096, "active_anon": 1 * MiB, "inactive_anon": 2 * MiB,
-    "active_file": 1 * MiB, "inactive_file": 3 * MiB, "unevictable": 0,
+    "cache": 4 * MiB,
+    "rss": 2 * MiB,
+    "rss_huge": 2 * MiB,
+    "shmem": 1 * MiB,
+    "mapped_file": 3 * MiB,
+    "dirty": 8192,
+    "writeback": 4096,
+    "active_anon": 1 * MiB,
+    "inactive_anon": 2 * MiB,
+    "active_file": 1 * MiB,
+    "inactive_file": 3 * MiB,
+    "unevictable": 0,
 }
 
 
@@ -55,10 +64,19 @@ def parse(text: str) -> dict[str, str]:
 
 
 def test_meminfo_v1_numbers_and_order() -> None:
-    mem = MemoryFacts(limit=64 * MiB, usage=10 * MiB, stat=V1_STAT, swap_limit=32 * MiB, swap_usage=1 * MiB,
-                      swap_accounting=True, swappiness=60)
+    mem = MemoryFacts(
+        limit=64 * MiB,
+        usage=10 * MiB,
+        stat=V1_STAT,
+        swap_limit=32 * MiB,
+        swap_usage=1 * MiB,
+        swap_accounting=True,
+        swappiness=60,
+    )
     out = meminfo.render_meminfo(HOST_MEMINFO, mem)
-    assert [l.split(":")[0] for l in out.splitlines()] == [l.split(":")[0] for l in HOST_MEMINFO.splitlines()]
+    assert [line.split(":")[0] for line in out.splitlines()] == [
+        line.split(":")[0] for line in HOST_MEMINFO.splitlines()
+    ]
     v = parse(out)
     assert out.splitlines()[0] == "MemTotal:          65536 kB"  # LXCFS's exact format
     assert v["MemTotal"] == "65536 kB" and v["MemFree"] == "55296 kB"
@@ -88,16 +106,18 @@ def test_meminfo_limit_above_host_and_unlimited_use_host_total() -> None:
 
 
 def test_meminfo_usage_above_limit_never_goes_negative_and_swap_capped_by_host() -> None:
-    mem = MemoryFacts(limit=64 * MiB, usage=65 * MiB, stat={}, swap_limit=64 * 2**30, swap_usage=0,
-                      swap_accounting=True)
+    mem = MemoryFacts(
+        limit=64 * MiB, usage=65 * MiB, stat={}, swap_limit=64 * 2**30, swap_usage=0, swap_accounting=True
+    )
     v = parse(meminfo.render_meminfo(HOST_MEMINFO, mem))
     assert v["MemFree"] == "0 kB"
     assert v["SwapTotal"] == "8388604 kB" and v["SwapFree"] == "8388000 kB"
 
 
 def test_meminfo_swappiness_zero_hides_swap() -> None:
-    mem = MemoryFacts(limit=64 * MiB, usage=0, stat={}, swap_limit=32 * MiB, swap_usage=0,
-                      swap_accounting=True, swappiness=0)
+    mem = MemoryFacts(
+        limit=64 * MiB, usage=0, stat={}, swap_limit=32 * MiB, swap_usage=0, swap_accounting=True, swappiness=0
+    )
     v = parse(meminfo.render_meminfo(HOST_MEMINFO, mem))
     assert v["SwapTotal"] == "0 kB" and v["SwapFree"] == "0 kB"
 
@@ -115,8 +135,9 @@ def test_swaps_line_only_with_swap() -> None:
     assert swaps.render_swaps(0, 0) == swaps.HEADER
     out = swaps.render_swaps(32768, 1024)
     assert out.splitlines()[1].split() == ["none", "virtual", "32768", "1024", "0"]
-    mem = MemoryFacts(limit=64 * MiB, usage=10 * MiB, stat={}, swap_limit=32 * MiB, swap_usage=1 * MiB,
-                      swap_accounting=True)
+    mem = MemoryFacts(
+        limit=64 * MiB, usage=10 * MiB, stat={}, swap_limit=32 * MiB, swap_usage=1 * MiB, swap_accounting=True
+    )
     assert meminfo.swap_numbers(HOST_MEMINFO, mem) == (32768, 1024)
 
 
@@ -127,9 +148,9 @@ HOST_CPUINFO = "".join(
 
 def test_cpuinfo_keeps_the_cpuset_and_renumbers() -> None:
     out = cpuinfo.render_cpuinfo(HOST_CPUINFO, (1, 3))
-    procs = [l for l in out.splitlines() if l.startswith("processor")]
+    procs = [line for line in out.splitlines() if line.startswith("processor")]
     assert procs == ["processor\t: 0", "processor\t: 1"]
-    assert [l for l in out.splitlines() if l.startswith("core id")] == ["core id\t\t: 1", "core id\t\t: 3"]
+    assert [line for line in out.splitlines() if line.startswith("core id")] == ["core id\t\t: 1", "core id\t\t: 3"]
     assert out.endswith("flags\t\t: fpu\n\n")
 
 
@@ -148,8 +169,15 @@ def test_visible_cpus_cpuset_and_quota_views() -> None:
 def host_stat(ncpu: int) -> str:
     lines = ["cpu  " + " ".join(["1000"] * 10)]
     lines += [f"cpu{i} 100 5 50 10000 7 1 2 3 0 0" for i in range(ncpu)]
-    lines += ["intr 12345 0 0", "ctxt 999", "btime 1700000000", "processes 77", "procs_running 2",
-              "procs_blocked 0", "softirq 1 2 3"]
+    lines += [
+        "intr 12345 0 0",
+        "ctxt 999",
+        "btime 1700000000",
+        "processes 77",
+        "procs_running 2",
+        "procs_blocked 0",
+        "softirq 1 2 3",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -162,7 +190,7 @@ def test_stat_v1_per_cpu_usage_and_idle_adjustment() -> None:
     assert out[0] == "cpu  30 0 10 20296 0 0 0 0 0 0"
     assert out[3:] == host_stat(4).splitlines()[5:]  # the other keys pass through, in order
     renumbered = stat.render_stat(host_stat(4), (1, 3), usage, renumber=True).splitlines()
-    assert [l.split()[0] for l in renumbered[:3]] == ["cpu", "cpu0", "cpu1"]
+    assert [line.split()[0] for line in renumbered[:3]] == ["cpu", "cpu0", "cpu1"]
 
 
 def test_stat_v2_totals_spread_and_many_cpus_never_truncated() -> None:
@@ -197,9 +225,11 @@ def test_loadavg_kernel_decay() -> None:
 
 
 def test_diskstats_only_devices_the_cgroup_used() -> None:
-    host = ("   8       0 sda 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17\n"
-            "   8       1 sda1 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17\n"
-            " 253       0 dm-0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17\n")
+    host = (
+        "   8       0 sda 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17\n"
+        "   8       1 sda1 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17\n"
+        " 253       0 dm-0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17\n"
+    )
     io = {(8, 0): IoStat(rbytes=1024, wbytes=4096, rios=2, wios=1), (253, 0): IoStat()}
     out = diskstats.render_diskstats(host, io).splitlines()
     assert len(out) == 1

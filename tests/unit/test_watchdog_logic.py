@@ -49,8 +49,14 @@ def test_watchdog_pinger_rate():
 
 
 def test_status_line():
-    assert policy.status_line(123, 9, 10, 2, 41.6) == "serve pid 123, containers 9/10 healthy, restarts 2, last recovery 42 ms"
-    assert policy.status_line(None, 0, 0, 0, None) == "serve pid none, containers 0/0 healthy, restarts 0, last recovery n/a"
+    assert (
+        policy.status_line(123, 9, 10, 2, 41.6)
+        == "serve pid 123, containers 9/10 healthy, restarts 2, last recovery 42 ms"
+    )
+    assert (
+        policy.status_line(None, 0, 0, 0, None)
+        == "serve pid none, containers 0/0 healthy, restarts 0, last recovery n/a"
+    )
 
 
 MOUNTS = """\
@@ -142,9 +148,14 @@ def test_probe_fits_inside_systemds_watchdog():
 def test_status_reads_the_serving_daemons_workers_from_its_state_file(tmp_path):
     (tmp_path / "serve").mkdir()
     me = os.getpid()
-    rec = {"pid": 4242, "workers": [{"slot": 0, "pid": me, "started": 1.0, "restarts": 2},
-                                    {"slot": 1, "pid": 2**22 + 7, "started": 1.0, "restarts": 0}],
-           "worker_restarts": 2}
+    rec = {
+        "pid": 4242,
+        "workers": [
+            {"slot": 0, "pid": me, "started": 1.0, "restarts": 2},
+            {"slot": 1, "pid": 2**22 + 7, "started": 1.0, "restarts": 0},
+        ],
+        "worker_restarts": 2,
+    }
     (tmp_path / "serve" / "4242.json").write_text(__import__("json").dumps(rec))
     got = status.serve_workers(str(tmp_path), 4242)
     assert [w["pid"] for w in got["workers"]] == [me]  # a worker that is gone is not listed

@@ -20,8 +20,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     if IN_VM:
         raise pytest.UsageError("LXCFS_GUARD_VM=1 but /sys/fs/cgroup is not a cgroup v2 root: the VM setup is broken")
-    skip = pytest.mark.skip(reason="needs a cgroup v2-only host (/sys/fs/cgroup/cgroup.controllers); "
-                            "run `make test-v2` to boot one in qemu")
+    skip = pytest.mark.skip(
+        reason="needs a cgroup v2-only host (/sys/fs/cgroup/cgroup.controllers); run `make test-v2` to boot one in qemu"
+    )
     here = os.path.dirname(__file__)
     for item in items:
         if str(item.fspath).startswith(here):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -20,7 +21,8 @@ FILES = ("proc/meminfo", "proc/cpuinfo", "proc/stat", "proc/diskstats", "proc/up
 # meminfo fields LXCFS 5.0.3 computes from the cgroup on v2 (the rest pass the host's through, or are
 # deliberately different: see DIFFERENT).
 AGREED_MEMINFO = ("MemTotal", "MemFree", "MemAvailable", "Buffers", "Cached", "Active", "Inactive",
-                  "Active(anon)", "Inactive(anon)", "Active(file)", "Inactive(file)", "Unevictable", "Shmem")  # fmt: skip
+                  "Active(anon)", "Inactive(anon)", "Active(file)", "Inactive(file)",
+                  "Unevictable", "Shmem")  # fmt: skip
 MEM_SLACK_KB = 1024  # the readers (sh, cat) come and go between the two reads
 
 
@@ -29,7 +31,10 @@ def test_acceptance_case_and_lxcfs_agreement(guard, lxcfs) -> None:
     with make_cgroup(memory=64 * MiB, cpus="0", quota=(50000, 100000)) as cg:
         assert (cgfile(cg, "memory.max").strip(), cgfile(cg, "cpuset.cpus.effective").strip(),
                 cgfile(cg, "cpu.max").strip()) == (str(64 * MiB), "0", "50000 100000")  # fmt: skip
-        join = lambda: open(f"{cg.paths['unified']}/cgroup.procs", "w").write(str(os.getpid()))  # noqa: E731
+
+        def join() -> None:
+            Path(f"{cg.paths['unified']}/cgroup.procs").write_text(str(os.getpid()))
+
         subprocess.run(["sh", "-c", "i=0; while [ $i -lt 30000 ]; do i=$((i+1)); done"], check=True, preexec_fn=join)
         subprocess.run(["dd", "if=/dev/zero", f"of={scratch}", "bs=64k", "count=4", "oflag=direct"],
                        check=True, capture_output=True, preexec_fn=join)  # fmt: skip
@@ -39,7 +44,7 @@ def test_acceptance_case_and_lxcfs_agreement(guard, lxcfs) -> None:
         texts = read_in(cg, *(p for f in FILES for p in (guard.path(f), f"{lxcfs}/{f}")))
         after = keyed(cgfile(cg, "cpu.stat"))
         io = io_stat(cgfile(cg, "io.stat"))
-    ours, ref = dict(zip(FILES, texts[0::2])), dict(zip(FILES, texts[1::2]))
+    ours, ref = dict(zip(FILES, texts[0::2], strict=True)), dict(zip(FILES, texts[1::2], strict=True))
 
     # What the issue says a process in this cgroup must read.
     m = meminfo_kb(ours["proc/meminfo"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -22,7 +23,7 @@ def test_cpuset_one_cpu_renumbered_like_lxcfs(guard, lxcfs) -> None:
         assert cgfile(cg, "cpuset.cpus.effective").strip() == "1"
         files = ("proc/cpuinfo", "sys/devices/system/cpu/online", "proc/stat")
         texts = read_in(cg, *(guard.path(f) for f in files), *(f"{lxcfs}/{f}" for f in files))
-        ours, ref = dict(zip(files, texts[:3])), dict(zip(files, texts[3:]))
+        ours, ref = dict(zip(files, texts[:3], strict=True)), dict(zip(files, texts[3:], strict=True))
         assert processors(ours["proc/cpuinfo"]) == [0]
         assert ours["proc/cpuinfo"] == ref["proc/cpuinfo"]
         assert ours["sys/devices/system/cpu/online"] == ref["sys/devices/system/cpu/online"] == "1\n"
@@ -35,13 +36,20 @@ def test_cpu_max_cuts_the_cpus_with_the_quota_view_like_lxcfs_enable_cfs(guard) 
         effective = cgfile(cg, "cpuset.cpus.effective").strip()
         assert len(effective.split("-")) == 2  # every VM CPU allowed
         n_cpus = int(effective.split("-")[1]) + 1
-        with serve(args=["--cpu-view", "quota"], timeout=120) as quota, lxcfs_reference(args=("--enable-cfs",), timeout=120) as ref:
+        with (
+            serve(args=["--cpu-view", "quota"], timeout=120) as quota,
+            lxcfs_reference(args=("--enable-cfs",), timeout=120) as ref,
+        ):
             files = ("proc/cpuinfo", "sys/devices/system/cpu/online")
-            texts = read_in(cg, *(quota.path(f) for f in files), *(f"{ref}/{f}" for f in files), guard.path("proc/cpuinfo"))
+            texts = read_in(
+                cg, *(quota.path(f) for f in files), *(f"{ref}/{f}" for f in files), guard.path("proc/cpuinfo")
+            )
         assert processors(texts[0]) == [0]  # ceil(50000/100000) = 1 CPU
         assert texts[1] == "0\n"
         assert processors(texts[2]) == [0] and texts[3] == "0\n"
-        assert processors(texts[4]) == list(range(n_cpus))  # the default (cpuset) view ignores the quota, like LXCFS without it
+        assert processors(texts[4]) == list(
+            range(n_cpus)
+        )  # the default (cpuset) view ignores the quota, like LXCFS without it
 
 
 def _cg_user_system(cg) -> tuple[int, int]:
@@ -66,11 +74,11 @@ def test_stat_follows_the_cgroups_cpu_stat_not_the_host(guard) -> None:
 
         # Another cgroup burns CPU 0: the host's user time grows, the container's only by what its own
         # readers (sh, cat: tens of ms under emulation) cost, and still matches its cpu.stat.
-        host0 = stat_cpu_lines(open("/proc/stat").read())["cpu0"]
+        host0 = stat_cpu_lines(Path("/proc/stat").read_text())["cpu0"]
         busy = start_in(other, BUSY)
         time.sleep(2.0)
         stop(busy)
-        host1 = stat_cpu_lines(open("/proc/stat").read())["cpu0"]
+        host1 = stat_cpu_lines(Path("/proc/stat").read_text())["cpu0"]
         u0, s0 = _cg_user_system(cg)
         (text,) = read_in(cg, guard.path("proc/stat"))
         u1, s1 = _cg_user_system(cg)

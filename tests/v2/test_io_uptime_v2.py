@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -25,7 +26,10 @@ def _scratch_dev() -> tuple[str, str]:
 def test_diskstats_follows_io_stat(guard) -> None:
     dev, name = _scratch_dev()
     with make_cgroup() as cg, make_cgroup() as quiet:
-        join = lambda: open(f"{cg.paths['unified']}/cgroup.procs", "w").write(str(os.getpid()))  # noqa: E731
+
+        def join() -> None:
+            Path(f"{cg.paths['unified']}/cgroup.procs").write_text(str(os.getpid()))
+
         # 1 MiB written and 512 KiB read with O_DIRECT: real block I/O, charged to this cgroup.
         subprocess.run(["dd", "if=/dev/zero", f"of={SCRATCH}", "bs=64k", "count=16", "oflag=direct"],
                        check=True, capture_output=True, preexec_fn=join)  # fmt: skip
@@ -42,7 +46,7 @@ def test_diskstats_follows_io_stat(guard) -> None:
         assert row[6] == io["wios"] and row[8] == io["wbytes"] // 512 == 2048, row
 
         # A cgroup that did no I/O sees no disk at all, though the host's diskstats has the scratch disk busy.
-        assert name in diskstats(open("/proc/diskstats").read())
+        assert name in diskstats(Path("/proc/diskstats").read_text())
         (text,) = read_in(quiet, guard.path("proc/diskstats"))
         assert name not in diskstats(text), text
 
@@ -54,7 +58,7 @@ def test_uptime_of_a_new_pid_namespace(guard, lxcfs) -> None:
         t0 = time.monotonic()
         ours, ref = read_in(cg, guard.path("proc/uptime"), f"{lxcfs}/proc/uptime", prefix=prefix)
         elapsed = time.monotonic() - t0
-    host_up = float(open("/proc/uptime").read().split()[0])
+    host_up = float(Path("/proc/uptime").read_text().split()[0])
     up = float(ours.split()[0])
     assert 2.0 <= up <= elapsed + 0.5, (up, elapsed)
     assert host_up > up + 1, (host_up, up)

@@ -14,6 +14,7 @@ import os
 import subprocess
 import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -34,7 +35,8 @@ SCRIPTS = (
 
 
 WARM_UP = """
-ls -l "$1"/proc | grep -q uptime; grep -Eq . "$1"/proc/uptime; grep -q . "$1"/proc/cpuinfo; cat "$1"/proc/stat >/dev/null
+ls -l "$1"/proc | grep -q uptime; grep -Eq . "$1"/proc/uptime; grep -q . "$1"/proc/cpuinfo
+cat "$1"/proc/stat >/dev/null
 head -1 "$1"/proc/stat | grep -q cpu; seq 1 2 | wc -l >/dev/null; mountpoint -q "$1"; d=$(mktemp -d); rmdir "$d"
 awk 'NR == 1' "$1"/proc/meminfo >/dev/null; uuidgen >/dev/null; nproc >/dev/null; unshare --help >/dev/null
 """
@@ -50,11 +52,19 @@ def warm_up(mnt: str) -> None:
 def preamble_seconds(mnt: str) -> float:
     """How long test_proc's steps before its uptime check take here, measured by the host clock around the same
     steps in a fresh pid namespace (cgroup setup, four `ls -l | grep` of the mount)."""
-    pre = ('t0=$(cut -d" " -f1 /proc/uptime); mkdir -p /sys/fs/cgroup/lg_pre; echo 1 > /sys/fs/cgroup/lg_pre/cgroup.procs; '
-           'for i in 1 2 3 4; do ls -l "$1"/proc | grep -q stat; done; echo 1 > /sys/fs/cgroup/cgroup.procs; '
-           'rmdir /sys/fs/cgroup/lg_pre; echo "$t0 $(cut -d" " -f1 /proc/uptime)"')
-    r = subprocess.run(["unshare", "-fmp", "--mount-proc", "sh", "-c", pre, "sh", mnt], capture_output=True,
-                       text=True, timeout=120, check=True)
+    pre = (
+        't0=$(cut -d" " -f1 /proc/uptime); mkdir -p /sys/fs/cgroup/lg_pre; '
+        "echo 1 > /sys/fs/cgroup/lg_pre/cgroup.procs; "
+        'for i in 1 2 3 4; do ls -l "$1"/proc | grep -q stat; done; echo 1 > /sys/fs/cgroup/cgroup.procs; '
+        'rmdir /sys/fs/cgroup/lg_pre; echo "$t0 $(cut -d" " -f1 /proc/uptime)"'
+    )
+    r = subprocess.run(
+        ["unshare", "-fmp", "--mount-proc", "sh", "-c", pre, "sh", mnt],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     t0, t1 = (float(x) for x in r.stdout.split())
     return t1 - t0
 
@@ -72,13 +82,13 @@ def rerun_with_true_uptime_check(argv: list[str], env: dict, mnt: str, first: su
     # the kernel reuses a dead pid namespace's inode number, and the resolver trusts its per-namespace cache
     # for 1 s (fs/caller.py): let the measuring namespace's entry expire before the rerun's may reuse it
     time.sleep(1.5)
-    original = open(argv[-1]).read()
+    original = Path(argv[-1]).read_text()
     strict = 'grep -Eq "^0.[0-9]{2} 0.[0-9]{2}$" "${LXCFSDIR}"/proc/uptime'
     assert original.count(strict) == 1, "test_proc's uptime check changed"
     # shell builtins only between the three reads (a fork+exec takes most of a second under TCG): the host's
     # uptime just before and just after ours brackets the init's true age
     true_age = (
-        'tck=$(getconf CLK_TCK); read st < /proc/1/stat; set -- $st; start=${22}; '
+        "tck=$(getconf CLK_TCK); read st < /proc/1/stat; set -- $st; start=${22}; "
         'read h0 _ < /proc/uptime; read up idle < "${LXCFSDIR}"/proc/uptime; read h1 _ < /proc/uptime; '
         'awk -v u="$up" -v i="$idle" -v h0="$h0" -v h1="$h1" -v s="$start" -v t="$tck" '
         "'BEGIN { lo = h0 - s / t - 0.02; hi = h1 - s / t + 0.02; exit !(u >= lo && u <= hi && i <= u + 0.01) }'"
@@ -89,19 +99,24 @@ def rerun_with_true_uptime_check(argv: list[str], env: dict, mnt: str, first: su
             f.write(original.replace(strict, true_age))
         os.chmod(copy, 0o755)
         r = subprocess.run([*argv[:-1], copy], env=env, capture_output=True, text=True, timeout=600)
-    r.stdout = (f"[original test_proc failed only at its <1 s uptime check; its preamble takes {took:.2f} s "
-                f"here; rerun with the uptime checked against the init's true age]\n" + r.stdout)
+    r.stdout = (
+        f"[original test_proc failed only at its <1 s uptime check; its preamble takes {took:.2f} s "
+        f"here; rerun with the uptime checked against the init's true age]\n" + r.stdout
+    )
     return r
 
 
 def diagnose(mnt: str) -> str:
     """What a fresh pid namespace's init reads as uptime right away, and after test_proc's preamble."""
-    pre = ('t0=$(cut -d" " -f1 /proc/uptime); a=$(cat "$1"/proc/uptime); mkdir -p /sys/fs/cgroup/lg_diag; '
-           'echo 1 > /sys/fs/cgroup/lg_diag/cgroup.procs; for i in 1 2 3 4; do ls -l "$1"/proc | grep -q stat; done; '
-           'b=$(cat "$1"/proc/uptime); echo 1 > /sys/fs/cgroup/cgroup.procs; rmdir /sys/fs/cgroup/lg_diag; '
-           'echo "at start: $a; after the preamble: $b (host uptime at start $t0, now $(cut -d" " -f1 /proc/uptime))"')
-    r = subprocess.run(["unshare", "-fmp", "--mount-proc", "sh", "-c", pre, "sh", mnt], capture_output=True,
-                       text=True, timeout=120)
+    pre = (
+        't0=$(cut -d" " -f1 /proc/uptime); a=$(cat "$1"/proc/uptime); mkdir -p /sys/fs/cgroup/lg_diag; '
+        'echo 1 > /sys/fs/cgroup/lg_diag/cgroup.procs; for i in 1 2 3 4; do ls -l "$1"/proc | grep -q stat; done; '
+        'b=$(cat "$1"/proc/uptime); echo 1 > /sys/fs/cgroup/cgroup.procs; rmdir /sys/fs/cgroup/lg_diag; '
+        'echo "at start: $a; after the preamble: $b (host uptime at start $t0, now $(cut -d" " -f1 /proc/uptime))"'
+    )
+    r = subprocess.run(
+        ["unshare", "-fmp", "--mount-proc", "sh", "-c", pre, "sh", mnt], capture_output=True, text=True, timeout=120
+    )
     return f"diagnosis: {r.stdout.strip()} {r.stderr.strip()}"
 
 
@@ -114,10 +129,16 @@ def test_lxcfs7_script_passes_against_lxcfs_guard(script: str, unshare: bool, mo
     env.pop("NOTIFY_SOCKET", None)
     if mock:
         env["LXCFS_GUARD_PSI_MOCK_EVENTS"] = "1"
-    log = tempfile.TemporaryFile()
-    daemon = subprocess.Popen([LXCFS_GUARD, "lxcfs", "--enable-psi-poll", "--enable-cfs", "-p", pidfile, mnt],
-                              env=env, stdout=log, stderr=log, start_new_session=True)
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - read while the daemon runs, closed in finally
+    daemon = subprocess.Popen(
+        [LXCFS_GUARD, "lxcfs", "--enable-psi-poll", "--enable-cfs", "-p", pidfile, mnt],
+        env=env,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+    )
     try:
+
         def ready() -> bool:
             if daemon.poll() is not None:
                 log.seek(0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -44,7 +45,7 @@ def test_limit_three_levels_up_in_a_seven_level_hierarchy(guard, lxcfs) -> None:
 
 
 def test_swap_max_is_swaptotal_and_real_swapping_shows_as_used(guard) -> None:
-    host_swap = meminfo_kb(open("/proc/meminfo").read())["SwapTotal"]
+    host_swap = meminfo_kb(Path("/proc/meminfo").read_text())["SwapTotal"]
     assert host_swap > 32 * 1024, "the VM's /dev/vdb swap is not on"
     with make_cgroup(memory=32 * MiB, swap=32 * MiB) as cg:
         assert cgfile(cg, "memory.swap.max").strip() == str(32 * MiB)
@@ -90,6 +91,6 @@ def test_unlimited_cgroup_sees_the_host(guard) -> None:
     with make_cgroup() as cg:
         assert cgfile(cg, "memory.max").strip() == "max"
         (meminfo,) = read_in(cg, guard.path("proc/meminfo"))
-        host = meminfo_kb(open("/proc/meminfo").read())
+        host = meminfo_kb(Path("/proc/meminfo").read_text())
         assert meminfo_kb(meminfo)["MemTotal"] == host["MemTotal"]
         assert meminfo_kb(meminfo)["SwapTotal"] == host["SwapTotal"]

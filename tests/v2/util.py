@@ -32,7 +32,7 @@ def read_in(cg: TestCgroup | str, *paths: str, prefix: Sequence[str] = (), timeo
         check=True,
     )
     parts = res.stdout.decode().split("\0")[: len(paths)]
-    for path, text in zip(paths, parts):
+    for path, text in zip(paths, parts, strict=True):
         assert not text.startswith("CAT-FAILED"), f"reading {path} failed: {res.stderr.decode()}"
     return parts
 
@@ -76,11 +76,7 @@ def processors(cpuinfo: str) -> list[int]:
 
 def stat_cpu_lines(text: str) -> dict[str, list[int]]:
     """/proc/stat -> {"cpu": [...], "cpu0": [...], ...}."""
-    return {
-        line.split()[0]: [int(x) for x in line.split()[1:]]
-        for line in text.splitlines()
-        if line.startswith("cpu")
-    }
+    return {line.split()[0]: [int(x) for x in line.split()[1:]] for line in text.splitlines() if line.startswith("cpu")}
 
 
 def io_stat(text: str) -> dict[str, dict[str, int]]:

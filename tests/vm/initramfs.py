@@ -69,9 +69,7 @@ def module_load_order(version: str, names: tuple[str, ...] = MODULES) -> list[tu
     """Every module file `names` need, each once, dependencies first."""
     seen: dict[str, str] = {}
     for name in names:
-        res = subprocess.run(
-            ["modprobe", "-S", version, "--show-depends", name], capture_output=True, text=True
-        )
+        res = subprocess.run(["modprobe", "-S", version, "--show-depends", name], capture_output=True, text=True)
         if res.returncode != 0:
             raise VMSetupError(f"modprobe -S {version} --show-depends {name}: {res.stderr.strip()}")
         for path, opts in parse_show_depends(res.stdout):

@@ -125,8 +125,11 @@ def run_vm(job: dict, collect: Callable[[Path], None] | None = None) -> int:
         (share / "job.json").write_text(json.dumps(job))
         cmd = ["timeout", "--kill-after=10", str(hard_timeout)]
         cmd += qemu_command(kernel, initrd, share, scratch, swap, memory, cpus)
-        print(f"lxcfs-guard-vm: booting {kernel.image} (qemu TCG, {cpus} cpus, {memory} MiB), hard timeout {hard_timeout}s",
-              flush=True)  # fmt: skip
+        print(
+            f"lxcfs-guard-vm: booting {kernel.image} (qemu TCG, {cpus} cpus, {memory} MiB), "
+            f"hard timeout {hard_timeout}s",
+            flush=True,
+        )
         t_boot = time.monotonic()
         ready_at = None
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -23,11 +23,23 @@ def render_diskstats(host: str, io: dict[tuple[int, int], IoStat]) -> str:
         wticks = (st.wtime_ns + st.wwait_ns) // 1_000_000
         io_ticks = (st.rtime_ns + st.wtime_ns) // 1_000_000
         fields = [
-            st.rios, st.rmerged, st.rbytes // 512, rticks,
-            st.wios, st.wmerged, st.wbytes // 512, wticks,
-            0, io_ticks, rticks + wticks,
-            st.dios, 0, st.dbytes // 512, 0,
-            0, 0,
+            st.rios,
+            st.rmerged,
+            st.rbytes // 512,
+            rticks,
+            st.wios,
+            st.wmerged,
+            st.wbytes // 512,
+            wticks,
+            0,
+            io_ticks,
+            rticks + wticks,
+            st.dios,
+            0,
+            st.dbytes // 512,
+            0,
+            0,
+            0,
         ]
         out.append(f"{dev[0]:4d} {dev[1]:7d} {parts[2]} " + " ".join(map(str, fields)))
     return "".join(line + "\n" for line in out)

@@ -52,7 +52,10 @@ def _host_value(line: str) -> int:
 
 def render_meminfo(host: str, mem: MemoryFacts, options: MeminfoOptions = DEFAULT_OPTIONS) -> str:
     s = mem.stat
-    kb = lambda key: max(s.get(key, 0), 0) // 1024  # noqa: E731
+
+    def kb(key: str) -> int:
+        return max(s.get(key, 0), 0) // 1024
+
     host_total = 0
     for line in host.splitlines():
         if line.startswith("MemTotal:"):

@@ -22,7 +22,7 @@ def render_pressure(text: str | None) -> str | None:
 
 
 def parse_pressure(text: str) -> dict[str, dict[str, float]]:
-    """"some avg10=0.00 ... total=12" -> {"some": {"avg10": 0.0, ..., "total": 12.0}} (tests, tools)."""
+    """ "some avg10=0.00 ... total=12" -> {"some": {"avg10": 0.0, ..., "total": 12.0}} (tests, tools)."""
     out: dict[str, dict[str, float]] = {}
     for line in text.splitlines():
         kind, *fields = line.split()
