@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 import random
 import select
@@ -99,17 +100,17 @@ int main(int argc, char **argv) {
             long tot = 0;
             clock_gettime(CLOCK_MONOTONIC, &a);
             int fd = open(files[f], O_RDONLY);
-            if (fd < 0) err = 1;
+            if (fd < 0) err = 1000 + errno;  /* open failed: 1000 + errno */
             else {
                 ssize_t r;
                 while ((r = read(fd, buf + (tot < (long)sizeof buf ? tot : 0),
                                  tot < (long)sizeof buf ? sizeof buf - tot : sizeof buf)) > 0) tot += r;
-                if (r < 0) err = 2;
+                if (r < 0) err = 2000 + errno;  /* read failed: 2000 + errno */
                 close(fd);
             }
             clock_gettime(CLOCK_MONOTONIC, &b);
             if (!err && (tot > (long)sizeof buf || (tot == 0 && !may_be_empty[f]) || (tot > 0 && buf[tot - 1] != '\n')))
-                err = 3;
+                err = 3;  /* short, empty or cut content */
             recs[n].file = f; recs[n].err = err;
             recs[n].ns = (b.tv_sec - a.tv_sec) * 1000000000LL + (b.tv_nsec - a.tv_nsec);
             n++;
@@ -370,6 +371,7 @@ class RoundResult:
     pss_kb: int
     wall_s: float
     per_file: dict[str, tuple[int, int]]  # name -> (reads, errors)
+    kinds: dict[str, int]  # 'open ENFILE' -> count
     verified: str
 
     def pct(self, q: float) -> float:
@@ -455,6 +457,7 @@ def run_round(
     lat: list[int] = []
     errors = 0
     per_file = {f: [0, 0] for f in files}
+    kinds: dict[str, int] = {}
     for i in range(fleet.n):
         if i in killed:
             continue
@@ -466,12 +469,31 @@ def run_round(
             if err:
                 errors += 1
                 per_file[files[fi]][1] += 1
+                kinds[error_kind(err)] = kinds.get(error_kind(err), 0) + 1
     lat.sort()
     verified = verify_dump(dump, fleet.limit(0)) if files[0] == "proc/meminfo" else "first file is not meminfo"
     shutil.rmtree(rdir, ignore_errors=True)
     return RoundResult(
-        d.kind, rnd, len(lat), errors, lat, cpu, pss, wall, {k: (v[0], v[1]) for k, v in per_file.items()}, verified
+        d.kind,
+        rnd,
+        len(lat),
+        errors,
+        lat,
+        cpu,
+        pss,
+        wall,
+        {k: (v[0], v[1]) for k, v in per_file.items()},
+        kinds,
+        verified,
     )
+
+
+def error_kind(err: int) -> str:
+    """The reader's error code as words: which call failed and its errno."""
+    if err == 3:
+        return "content"
+    call = "open" if err < 2000 else "read"
+    return f"{call} {errno.errorcode.get(err % 1000, err % 1000)}"
 
 
 def verify_dump(path: str, limit: int) -> str:
@@ -503,6 +525,7 @@ def print_round(r: RoundResult) -> None:
     bad = {k: v for k, v in r.per_file.items() if v[1]}
     if bad:
         print("    errors per file: " + ", ".join(f"{k} {e}/{n}" for k, (n, e) in bad.items()))
+        print("    error kinds: " + ", ".join(f"{k} {n}" for k, n in sorted(r.kinds.items(), key=lambda kv: -kv[1])))
 
 
 def print_summary(results: list[RoundResult], n: int) -> None:

@@ -104,6 +104,58 @@ class Child:
         return {"slot": self.slot, "pid": self.pid, "started": round(self.started, 3), "restarts": self.restarts}
 
 
+MAX_BACKGROUND = 1024  # RELEASEs the kernel may have queued to us at once (kernel default: 12)
+FUSECTL_DIR = "/sys/fs/fuse/connections"
+
+
+def raise_background_limit(mountpoint: str, value: int = MAX_BACKGROUND, timeout: float = 2.0) -> bool:
+    """Let the kernel queue up to `value` background requests (RELEASE is one) on our connection.
+
+    With the kernel's default of 12, a busy connection releases at most 12 files per queue round trip:
+    at 1,000 containers reading 6 files a second, releases fell behind opens and the snapshots of files
+    already closed by their readers filled the arena (ENFILE, seen in bench/fleet.py at N=1000). libfuse
+    takes no mount option for it; the fusectl file `max_background` does. It is written from a child in
+    a private mount namespace with its own fusectl mount, so the host's mount table is left as it was
+    (fusectl is often not mounted on hosts without systemd). Best effort, bounded by `timeout`."""
+    from lxcfs_guard.kernel import syscalls
+
+    fd = os.open(mountpoint, os.O_PATH | os.O_CLOEXEC)
+    try:
+        dev = syscalls.statx_cached(fd)[1]
+    finally:
+        os.close(fd)
+    conn = f"{FUSECTL_DIR}/{(os.major(dev) << 20) | os.minor(dev)}"
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            syscalls.unshare(syscalls.CLONE_NEWNS)
+            syscalls.mount("none", "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
+            with contextlib.suppress(OSError):
+                syscalls.mount("fusectl", FUSECTL_DIR, "fusectl")
+            for name, v in (("max_background", value), ("congestion_threshold", value * 3 // 4)):
+                with open(f"{conn}/{name}", "w") as f:
+                    f.write(str(v))
+            code = 0
+        except OSError:
+            pass
+        finally:
+            os._exit(code)
+    pidfd = os.pidfd_open(pid)
+    try:
+        if not select.select([pidfd], [], [], timeout)[0]:
+            os.kill(pid, signal.SIGKILL)
+            log.warning("setting the connection's background limit took over %g s: left as it was", timeout)
+            return False
+        _, status = os.waitpid(pid, 0)
+    finally:
+        os.close(pidfd)
+    ok = os.waitstatus_to_exitcode(status) == 0
+    if not ok:
+        log.warning("could not raise the connection's background limit (fusectl); left at the kernel's default")
+    return ok
+
+
 class _InitAnswered(Exception):
     """Raised through pyfuse3's loop to leave it once INIT is answered."""
 
@@ -180,6 +232,7 @@ class Holder:
             del self.ops.init
         if not answered:
             raise RuntimeError("the kernel ended the session before INIT")
+        raise_background_limit(self.mountpoint)
 
     def start(self) -> None:
         # Everything allocated so far is shared with the children: keep the cyclic GC from touching (and so

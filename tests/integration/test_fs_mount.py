@@ -289,3 +289,20 @@ def test_sendfile_readers_get_whole_files_like_read() -> None:
         out = p.communicate("x", timeout=30)[0]
         assert out.splitlines()[0].split() == ["MemTotal:", "65536", "kB"]
         assert out.endswith("kB\n") and len(out.splitlines()) > 20
+
+
+def test_the_connection_takes_many_background_requests_and_the_host_keeps_its_mount_table() -> None:
+    """RELEASE is a background request; at the kernel's default limit of 12 a busy node's releases fell
+    behind its opens and the snapshot arena filled (ENFILE at N=1000 in bench/fleet.py). serve raises the
+    limit through fusectl from a private mount namespace: the host's mount table does not change."""
+    fusectl_before = is_mounted("/sys/fs/fuse/connections")
+    with serve() as d:
+        dev = os.stat(d.path("proc")).st_dev
+        conn = (os.major(dev) << 20) | os.minor(dev)
+        script = (
+            "mount --make-rprivate / && mount -t fusectl none /sys/fs/fuse/connections 2>/dev/null; "
+            f"cat /sys/fs/fuse/connections/{conn}/max_background"
+        )
+        r = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=30)
+        assert r.stdout.split() == ["1024"], r
+        assert is_mounted("/sys/fs/fuse/connections") == fusectl_before
