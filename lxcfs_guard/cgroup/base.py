@@ -36,20 +36,25 @@ class CgroupReader(Protocol):
     def procs(self, ref: CgroupRef) -> list[int] | None: ...
 
 
-def read_text(path: str, errors: str = "replace") -> str | None:
+def read_text(path: str, errors: str = "replace", *, one_record: bool = True) -> str | None:
     """A whole cgroup/proc file, or None if it does not exist (a missing controller file).
 
     `errors="surrogateescape"` keeps bytes that are not UTF-8 (a cgroup named with one in /proc/PID/cgroup):
-    such a str turns back into the same bytes wherever it is used as a path (os.fsencode)."""
+    such a str turns back into the same bytes wherever it is used as a path (os.fsencode).
+
+    `one_record`: the file is one seq_file record (every cgroup file, /proc/PID/cgroup, /proc/meminfo,
+    /proc/stat: one show() call), which the kernel hands over whole in one read when the buffer is big
+    enough, so a short first read is the whole file and no second read is spent to see EOF. Files of many
+    records (/proc/cpuinfo: one per CPU, /proc/diskstats: one per disk) can come back short at a record
+    that did not fit the kernel's buffer, long before their end: pass False to read to EOF (a 4-CPU VM's
+    cpuinfo came back with 3 CPUs)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except (FileNotFoundError, NotADirectoryError):
         return None
     try:
-        # A seq_file (every cgroup and /proc file) hands over all it has in one read when the buffer is big
-        # enough, so a short first read is the whole file: no second read just to see EOF.
         data = os.read(fd, _CHUNK)
-        if len(data) == _CHUNK:
+        if data and (len(data) == _CHUNK or not one_record):
             chunks = [data]
             while True:
                 b = os.read(fd, _CHUNK)

@@ -113,7 +113,7 @@ class Content:
         hit = self._host_cache.get(path)
         if hit is not None and hit[0] > now:
             return hit[1]
-        text = read_text(path) or ""
+        text = read_text(path, one_record=False) or ""  # once a tick, and cpuinfo/diskstats are many records
         self._host_cache[path] = (now + SLOW_HOST_TTL.get(path, self.host_tick), text)
         return text
 
@@ -243,7 +243,7 @@ class Content:
         path = getattr(self.reader, "controller_dir", lambda c: None)("memory")
         rel = view.ref.get("memory")
         if path and rel:
-            text = read_text(f"{path}/{rel.strip('/')}/memory.kmem.slabinfo".replace("//", "/"))
+            text = read_text(f"{path}/{rel.strip('/')}/memory.kmem.slabinfo".replace("//", "/"), one_record=False)
             if text and text.strip():
                 return text
         return None

@@ -16,6 +16,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import select
 import signal
 from collections.abc import Iterable
 from typing import Any, NoReturn
@@ -89,7 +90,8 @@ def run(ops: Any, session_fd: int, clone_fd: int, holder_pid: int, close_fds: It
                     os.close(fd)
         logging.getLogger("pyfuse3").addFilter(_ReplyFailures(ops))
         _stall_hook(ops)
-        code = _serve()
+        # PSI triggers have a watcher thread; pyfuse3 holds the GIL inside its read of the device
+        code = _serve(release_gil_while_idle=bool(getattr(getattr(ops, "pressure", None), "enabled", False)))
     except BaseException:  # a worker never returns into the holder's code
         log.exception("worker failed")
     finally:
@@ -102,7 +104,7 @@ def _exit_quietly(code: int) -> NoReturn:
     os._exit(code)
 
 
-def _serve() -> int:
+def _serve(release_gil_while_idle: bool = False) -> int:
     """pyfuse3's loop, driven by fs/syncloop instead of trio: an idle worker waits inside read(2) on its
     blocking device fd, where the kernel wakes exactly one waiting worker per request, and no scheduler
     runs between requests. SIGTERM interrupts that read (EINTR: Python installs its handlers without
@@ -121,6 +123,13 @@ def _serve() -> int:
     async def wait_readable(fd: int) -> None:
         if stop:
             _exit_quietly(0)
+        if release_gil_while_idle:
+            # pyfuse3 reads the device holding the GIL, which would starve this process's other threads
+            # (the PSI trigger watcher) while idle: wait here instead, where select() lets go of it. Only
+            # with one worker (--enable-psi-poll), so no other worker can take the request in between.
+            while not select.select([fd], [], [], 1.0)[0]:
+                if stop:
+                    _exit_quietly(0)
 
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGINT, on_stop)

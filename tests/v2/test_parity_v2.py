@@ -81,10 +81,11 @@ while time.monotonic() < end:
 """
 
 
-def test_trigger_through_our_file_fires_under_memory_high_pressure(guard) -> None:
+def test_trigger_through_our_file_fires_under_memory_high_pressure() -> None:
     """A trigger written through proc/pressure/memory by a process of the cgroup fires when an allocation
-    loop pushes the cgroup against a small memory.high, and the process's poll() returns POLLPRI."""
-    with make_cgroup(swap=512 * MiB) as cg:
+    loop pushes the cgroup against a small memory.high, and the process's poll() returns POLLPRI (triggers
+    are opt-in, as in LXCFS 7.0: --enable-psi-poll)."""
+    with serve(args=["--enable-psi-poll"], timeout=120) as guard, make_cgroup(swap=512 * MiB) as cg:
         with open(f"{cg.paths['unified']}/memory.high", "w") as f:
             f.write(str(32 * MiB))
         waiter = start_in(
