@@ -50,14 +50,14 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[test,lint]'  # package-dir {"": "."}: a plain path .pth, no import hook at start-up
 	touch $@
 
-test: setup  ## the whole suite but the cgroup v2 VM tests (about 3 min; the first run builds an image)
+test: setup  ## the whole suite but the cgroup v2 VM tests (about 6 min here; the first run also builds an image, ~9 min)
 	$(call apt_install,debootstrap)
 	$(PY) -m pytest -m "not v2" $(PYTEST_ARGS)
 
 test-unit: setup  ## the pure unit tests only (seconds)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-test-v2: setup  ## the cgroup v2 tests in a qemu VM (about a minute)
+test-v2: setup  ## the cgroup v2 tests in a qemu VM (about 10-12 min under software emulation)
 	@missing=$$(for p in $(V2_APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \

@@ -30,7 +30,7 @@ the namespaces it had not started, so one wedged namespace never stalls the othe
 runs; a second run finds everything live and changes nothing.
 
 Modules: steps.py holds the in-namespace steps, pool.py the forked workers and their deadlines, this one
-the run (lock, live mount, discovery, plan, execution), attach and swap_mount.
+the run (lock, discovery, plan, execution) and attach; live.py the live mount and swap_mount.
 
 Scoping: only mounts on a *stale* device are touched: a device in `stale_devs` if the caller names them
 (zero-downtime reload: the old daemon still answers), else a device whose connection is dead (statfs gives
@@ -50,6 +50,7 @@ from lxcfs_guard.kernel import procfs
 from lxcfs_guard.kernel import syscalls as sc
 from lxcfs_guard.kernel.files import LockTimeout, lock, open_lock, private_dir
 from lxcfs_guard.remount import children, discovery, stuck
+from lxcfs_guard.remount.live import live_mount, open_sources, use_beneath
 from lxcfs_guard.remount.plan import ATTACH, Fix, Job, NsView, instance_prefix, plan, top_mounts
 from lxcfs_guard.remount.pool import THREADS, run_jobs
 from lxcfs_guard.remount.registry import Entry, Registry
@@ -64,11 +65,10 @@ from lxcfs_guard.remount.report import (
     TargetError,
     fmt_dev,
 )
-from lxcfs_guard.remount.steps import _AT_FDCWD, _MOVE, _O_PATH, Context
+from lxcfs_guard.remount.steps import Context
 
 FSTYPE = config.FSTYPE
 LOCKNAME = "remount.lock"
-ENV_NO_BENEATH = "LXCFS_GUARD_NO_BENEATH"  # "1": use detach-then-move even where BENEATH exists (tests, 6.1 parity)
 MODE_BENEATH = "beneath"
 MODE_DETACH_MOVE = "detach-move"
 
@@ -105,63 +105,6 @@ def _unlock(fd: int) -> None:
     if fd >= 0:
         children.release(fd)
         os.close(fd)
-
-
-def live_mount(live_root: str, fstype: str, proc_fd: int, answer_timeout: float = 2.0) -> tuple[int, int, bool]:
-    """(device, MOUNT_ATTR bits, shared?) of the live mount at `live_root`; OSError if it is dead, hung
-    (no statfs answer within `answer_timeout` s, asked from a child: see discovery.answers) or not ours.
-    (A clone of a shared mount must be made private; of a private one it already is.)"""
-    fd = discovery.open_mount_root(live_root)
-    try:
-        dev = sc.statx_cached(fd)[1]  # cached attributes: no FUSE request
-        real = os.readlink(f"/proc/self/fd/{fd}")
-        marker = f" - {fstype} ".encode()
-        for line in discovery.read_all("self/mountinfo", proc_fd).split(b"\n"):
-            if marker in line:
-                m = procfs.parse_mountinfo_line(line.decode(errors="surrogateescape"))
-                if m.mount_point == real and m.dev == dev:
-                    break
-        else:
-            raise OSError(errno.ENOENT, f"no {fstype} mount at {live_root}")
-        state = discovery.answers(fd, answer_timeout)
-    finally:
-        os.close(fd)
-    if state == discovery.DEAD:
-        raise OSError(errno.ENOTCONN, f"{os.strerror(errno.ENOTCONN)} (device {fmt_dev(dev)}: its daemon is gone)")
-    if state == discovery.HUNG:
-        raise OSError(
-            errno.ETIMEDOUT,
-            f"device {fmt_dev(dev)} does not answer within {answer_timeout:g} s "
-            "(its daemon is hung or stopped); nothing was done",
-        )
-    if state != discovery.LIVE:
-        err = int(state.partition(":")[2] or errno.EIO)
-        raise OSError(err, f"statfs: {os.strerror(err)}")
-    return dev, sc.attrs_from_options(m.mount_options), any(o.startswith("shared:") for o in m.optional)
-
-
-def _open_sources(live_root: str, sources: Iterable[str]) -> dict[str, int | OSError]:
-    """O_PATH fds of the live files, resolved beneath the live root (a mountinfo root column is data)."""
-    out: dict[str, int | OSError] = {}
-    rootfd = discovery.open_mount_root(live_root)
-    try:
-        for src in sources:
-            if src not in out:
-                try:
-                    out[src] = sc.openat2(
-                        rootfd, src or ".", _O_PATH, sc.RESOLVE_BENEATH | sc.RESOLVE_NO_SYMLINKS | sc.RESOLVE_NO_XDEV
-                    )
-                except OSError as e:
-                    out[src] = e
-    finally:
-        os.close(rootfd)
-    return out
-
-
-def _use_beneath(beneath: bool | None) -> bool:
-    if beneath is None:
-        beneath = os.environ.get(ENV_NO_BENEATH, "") not in ("1", "yes", "true")
-    return beneath and sc.move_mount_beneath_supported()
 
 
 def _default_workers(n_jobs: int) -> int:
@@ -268,7 +211,7 @@ def remount(
             if stuck.ns_key(j.mntns) in held
         ]
         todo = [j for j in todo if stuck.ns_key(j.mntns) not in held]
-        report.mode = MODE_BENEATH if _use_beneath(beneath) else MODE_DETACH_MOVE
+        report.mode = MODE_BENEATH if use_beneath(beneath) else MODE_DETACH_MOVE
         if dry_run:
             report.namespaces += known
             report.namespaces += [
@@ -423,7 +366,7 @@ def _execute(
 ) -> list[NamespaceReport]:
     if not todo:
         return []
-    sources = _open_sources(live_root, {f.source for j in todo for f in j.fixes})
+    sources = open_sources(live_root, {f.source for j in todo for f in j.fixes})
     ctx = Context(proc_fd, live_dev, live_attrs, live_shared, sources, beneath)
     left: dict[int, int] = {}
     try:
@@ -507,7 +450,7 @@ def attach(
                 live_dev,
                 live_attrs,
                 live_shared,
-                _use_beneath(beneath),
+                use_beneath(beneath),
                 proc_fd,
                 1,
                 timeout,
@@ -523,54 +466,3 @@ def attach(
     finally:
         _unlock(lock_fd)
         os.close(proc_fd)
-
-
-# --- swap_mount: the host side of a restart -----------------------------------------------------------------
-
-
-def _top_mount(path: str) -> procfs.MountInfo | None:
-    """The topmost mount on `path` in our own namespace (the one no other mount there sits on: a mount
-    slid beneath is listed after the one above it), None if nothing is mounted there."""
-    with open("/proc/self/mountinfo", "rb") as f:
-        found = [
-            m
-            for m in (
-                procfs.parse_mountinfo_line(line.decode(errors="surrogateescape"))
-                for line in f
-                if f" {path} ".encode() in line
-            )
-            if m.mount_point == path
-        ]
-    under = {m.parent_id for m in found}
-    tops = [m for m in found if m.mount_id not in under]
-    return tops[-1] if tops else None
-
-
-def swap_mount(live_path: str, target: str) -> None:
-    """In the caller's own mount namespace, make `target` serve the mount at `live_path` (a new or standby
-    instance's private mountpoint): a clone of it goes *under* whatever is mounted at `target`
-    (MOVE_MOUNT_BENEATH), then the old top is detached, so a reader on the host never finds the mountpoint
-    empty. Without BENEATH (kernel < 6.5): detach the old top, then move the clone in. With nothing mounted
-    at `target`, or only mounts of another type (the hostPath volume a DaemonSet's pod has there), the clone
-    is attached on top. `live_path` stays mounted; the caller may detach it."""
-    clone = sc.open_tree(live_path, sc.OPEN_TREE_CLONE | sc.OPEN_TREE_CLOEXEC)
-    try:
-        real = os.path.realpath(target)
-        top, live = _top_mount(real), _top_mount(os.path.realpath(live_path))
-        if top is None or live is None or top.fstype != live.fstype:
-            # nothing of ours there, maybe a foreign mount (a pod's hostPath volume, a shared bind that
-            # propagates to the host): attach on top of it, never detach what is not ours
-            sc.move_mount(clone, _AT_FDCWD, real, sc.MOVE_MOUNT_F_EMPTY_PATH)
-            return
-        if _use_beneath(None):
-            tfd = os.open(real, _O_PATH)
-            try:
-                sc.move_mount(clone, tfd, "", _MOVE | sc.MOVE_MOUNT_BENEATH)
-                sc.umount2(f"/proc/self/fd/{tfd}", sc.MNT_DETACH)
-            finally:
-                os.close(tfd)
-        else:
-            sc.umount2(real, sc.MNT_DETACH)
-            sc.move_mount(clone, _AT_FDCWD, real, sc.MOVE_MOUNT_F_EMPTY_PATH)
-    finally:
-        os.close(clone)

@@ -23,8 +23,10 @@ class Publishing(SupervisorState):
         try:
             # Only a mount of ours is ever replaced (swap_mount): anything else on the mountpoint (a
             # DaemonSet's hostPath bind with Bidirectional propagation) is what carries our mount to the node.
-            if self.engine is not None:
-                self.engine.swap_mount(inst.mnt, self.mountpoint)
+            if self.engine is not None:  # loaded up front with the engine: no import cost here
+                from lxcfs_guard.remount.live import swap_mount
+
+                swap_mount(inst.mnt, self.mountpoint)
                 return
             if top is not None:  # no engine: detach, then bind (the host path is briefly empty)
                 syscalls.umount2(self.mountpoint, syscalls.MNT_DETACH)

@@ -55,7 +55,7 @@ class Options:
 def _load_engine() -> Any:
     """The remount engine, imported once up front (a crash is no time to pay for an import)."""
     try:
-        from lxcfs_guard.remount import engine
+        from lxcfs_guard.remount import engine, live  # noqa: F401 - live: swap_mount, used by publishing
     except ImportError as e:
         log(f"remount engine not available ({e}): containers will not be repaired")
         return None

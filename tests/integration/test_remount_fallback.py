@@ -10,7 +10,7 @@ import os
 import pytest
 
 from lxcfs_guard.kernel import procfs
-from lxcfs_guard.remount import engine
+from lxcfs_guard.remount import live
 from lxcfs_guard.testing.containers import light_containers
 from lxcfs_guard.testing.procs import force_unmount, wait_for
 from tests.integration.remount_helpers import actions, assert_exit_code, daemon, our_mounts, remount_json
@@ -24,7 +24,7 @@ def test_detach_then_move_repairs_without_stacking(how: str, monkeypatch: pytest
         d.kill()
         d.start()
         if how == "env":
-            monkeypatch.setenv(engine.ENV_NO_BENEATH, "1")  # inherited by the CLI below
+            monkeypatch.setenv(live.ENV_NO_BENEATH, "1")  # inherited by the CLI below
             rc, report = remount_json(d, "--all")
         else:
             rc, report = remount_json(d, "--all", "--no-beneath")
@@ -41,17 +41,17 @@ def test_detach_then_move_repairs_without_stacking(how: str, monkeypatch: pytest
 @pytest.mark.parametrize("beneath", [True, False])
 def test_swap_mount_replaces_a_dead_host_mount_in_place(beneath: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     if not beneath:
-        monkeypatch.setenv(engine.ENV_NO_BENEATH, "1")
+        monkeypatch.setenv(live.ENV_NO_BENEATH, "1")
     with daemon() as old, daemon() as new:
         os.kill(old.pid, 9)  # dies, and its dead mount stays on the host mountpoint
         wait_for(lambda: _dead(old.mountpoint), 5, 0.01, "the old mount to be dead")
-        engine.swap_mount(new.mountpoint, old.mountpoint)
+        live.swap_mount(new.mountpoint, old.mountpoint)
         (m,) = procfs.mounts_at(old.mountpoint)  # exactly one mount there: the dead one is gone, nothing stacked
         assert m.dev == new.dev
         with open(os.path.join(old.mountpoint, "proc/meminfo")) as f:
             assert f.readline().startswith("MemTotal:")
         assert len(procfs.mounts_at(new.mountpoint)) == 1  # the standby's own mount is left to its owner
-        engine.swap_mount(new.mountpoint, old.mountpoint)  # again: still exactly one
+        live.swap_mount(new.mountpoint, old.mountpoint)  # again: still exactly one
         assert [m.dev for m in procfs.mounts_at(old.mountpoint)] == [new.dev]
 
 
@@ -60,7 +60,7 @@ def test_swap_mount_onto_an_empty_directory_attaches(tmp_path) -> None:
         target = tmp_path / "mnt"
         target.mkdir()
         try:
-            engine.swap_mount(d.mountpoint, str(target))
+            live.swap_mount(d.mountpoint, str(target))
             assert [m.dev for m in procfs.mounts_at(str(target))] == [d.dev]
         finally:
             force_unmount(str(target))

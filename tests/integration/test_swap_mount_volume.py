@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Iterator
 
 from lxcfs_guard.kernel.procfs import mounts_at
-from lxcfs_guard.remount.engine import swap_mount
+from lxcfs_guard.remount.live import swap_mount
 from lxcfs_guard.testing.procs import force_unmount
 
 
