@@ -74,7 +74,7 @@ test-image: setup  ## build deploy/kubernetes/Containerfile and run it like the 
 demo: setup  ## a real runc container, the daemon killed, the container repaired
 	$(PY) -m lxcfs_guard.demo
 
-bench: setup  ## the three benchmarks, each beside its reference
+bench: setup  ## every benchmark (read rate, fleet N=200 and N=1000, remount, recovery), each beside its reference
 	$(PY) bench/read_rate.py
 	$(PY) bench/fleet.py --n 200
 	$(PY) bench/fleet.py --n 1000
