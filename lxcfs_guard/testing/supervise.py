@@ -3,13 +3,16 @@ mountpoint (or a given one) and state dir, with every knob the caller turns; sto
 under it, unmounted and removed afterwards, even when the caller failed (a killed supervisor leaves its serve
 instances running: they are found through the status file and the process tree and killed by pid).
 `s.hooks()` gives a config.json `hooks` object running this installation's `lxcfs-guard oci-hook` against it,
-built from the shipped deploy/runc/config-snippet.json."""
+built from the shipped deploy/runc/config-snippet.json. A real client's shapes are here too: the global
+/var/lib/lxcfs as mountpoint (LXC's hook hard-codes it) and supervise in its own mount namespace prepared by
+a shell snippet (the DaemonSet's), with `cli(..., in_guard_ns=True)` run there as `kubectl exec` would."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -21,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lxcfs_guard.config import FSTYPE
 from lxcfs_guard.kernel import syscalls
 from lxcfs_guard.kernel.procfs import read_mountinfo
 from lxcfs_guard.oci.runc import guard_hooks
@@ -39,6 +43,8 @@ class Supervised:
     state_dir: str
     args: list[str]
     env: dict[str, str]
+    prepare: str | None = None
+    ready_at: str | None = None
     proc: subprocess.Popen[bytes] | None = None
     log_paths: list[str] = field(default_factory=list)
     seen_pids: set[int] = field(default_factory=set)
@@ -46,9 +52,12 @@ class Supervised:
     def start(self) -> None:
         log_path = os.path.join(self.top, f"supervise-{len(self.log_paths)}.log")
         self.log_paths.append(log_path)
+        cmd = [BINARY, "supervise", "--mountpoint", self.mountpoint, "--state-dir", self.state_dir, *self.args]
+        if self.prepare is not None:  # exec keeps the pid: proc.pid is supervise's, in the new namespace
+            cmd = ["unshare", "-m", "--propagation", "unchanged", "sh", "-c", f"{self.prepare}\nexec {shlex.join(cmd)}"]
         with open(log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [BINARY, "supervise", "--mountpoint", self.mountpoint, "--state-dir", self.state_dir, *self.args],
+                cmd,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -90,7 +99,21 @@ class Supervised:
             )
 
         wait_for(ok, timeout, 0.01, "supervise to report a healthy daemon")
+        if self.ready_at is not None:  # healthy in its own namespace; the host sees it only once propagated
+            where = self.ready_at
+            wait_for(
+                lambda: any(m.mount_point == where and m.fstype == self.fstype() for m in read_mountinfo()),
+                timeout,
+                0.01,
+                f"a live mount of ours on {where}",
+            )
         return st
+
+    def fstype(self) -> str:
+        """The fstype supervise guards: ours unless `--fstype` says otherwise (stock LXCFS under --exec)."""
+        if "--fstype" in self.args[:-1]:
+            return self.args[self.args.index("--fstype") + 1]
+        return FSTYPE
 
     def log(self) -> str:
         out = []
@@ -102,10 +125,15 @@ class Supervised:
     def read(self, rel: str = "proc/uptime", timeout: float = 2.0) -> subprocess.CompletedProcess[bytes]:
         return subprocess.run(["cat", os.path.join(self.mountpoint, rel)], capture_output=True, timeout=timeout)
 
-    def cli(self, *argv: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
-        """`lxcfs-guard ARGV` against this instance (its mountpoint and state dir through the environment)."""
+    def cli(self, *argv: str, in_guard_ns: bool = False, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+        """`lxcfs-guard ARGV` against this instance (its mountpoint and state dir through the environment),
+        in supervise's mount namespace with `in_guard_ns` (as `kubectl exec` into the guard's pod runs it)."""
         env = {**self.env, "LXCFS_GUARD_MOUNTPOINT": self.mountpoint, "LXCFS_GUARD_STATE_DIR": self.state_dir}
-        return subprocess.run([BINARY, *argv], capture_output=True, text=True, timeout=timeout, env=env)
+        pre = []
+        if in_guard_ns:
+            assert self.proc is not None, "start() first"
+            pre = ["nsenter", "-t", str(self.proc.pid), "-m"]
+        return subprocess.run([*pre, BINARY, *argv], capture_output=True, text=True, timeout=timeout, env=env)
 
     def listed(self) -> dict[str, dict[str, Any]]:
         """`lxcfs-guard list --json`, by container id."""
@@ -123,24 +151,40 @@ class Supervised:
         return hooks
 
     def cleanup(self) -> None:
+        """Stop supervise and every process under it by pid, then unmount: everything under top, and a
+        mountpoint outside it (the global /var/lib/lxcfs) only of our fstype (never a mount not ours)."""
         self.status()
+        tree: list[int] = []
         if self.proc is not None:
-            self.seen_pids.update(descendants(self.proc.pid))
+            tree = descendants(self.proc.pid)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.proc.pid, signal.SIGCONT)
             stop(self.proc, timeout=10)
-        for pid in self.seen_pids:  # serve instances a killed supervisor left behind
+        for pid in tree:  # whatever supervise started that outlived it (its own session: no group kill)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for pid in self.seen_pids - set(tree):  # serve instances a killed supervisor left behind
             with contextlib.suppress(OSError, ValueError):
                 with open(f"/proc/{pid}/cmdline", "rb") as f:
                     if self.state_dir.encode() not in f.read():
                         continue
                 os.kill(pid, signal.SIGKILL)
-        force_unmount(self.mountpoint)
-        for m in sorted(read_mountinfo(), key=lambda m: -len(m.mount_point)):
-            if m.mount_point.startswith(self.top + "/"):
+        if not _under(self.mountpoint, self.top):
+            for _ in range(4):
+                if not any(m.mount_point == self.mountpoint and m.fstype == self.fstype() for m in read_mountinfo()):
+                    break
+                force_unmount(self.mountpoint)
+        for _ in range(10):
+            mine = [m for m in read_mountinfo() if _under(m.mount_point, self.top)]
+            if not mine:
+                shutil.rmtree(self.top, ignore_errors=True)
+                break
+            for m in sorted(mine, key=lambda m: -len(m.mount_point)):
                 force_unmount(m.mount_point)
-        if not any(m.mount_point.startswith(self.top + "/") for m in read_mountinfo()):
-            shutil.rmtree(self.top, ignore_errors=True)
+
+
+def _under(path: str, top: str) -> bool:
+    return path == top or path.startswith(top + "/")
 
 
 def descendants(pid: int) -> list[int]:
@@ -166,17 +210,28 @@ def supervised(
     mountpoint: str | None = None,
     prefix: str = "lxcfs-guard-wd-",
     show_log: bool = True,
+    prepare: str | None = None,
+    ready_at: str | None = None,
 ) -> Iterator[Supervised]:
     """`lxcfs-guard supervise ARGS` on a private mountpoint (or `mountpoint`, e.g. /var/lib/lxcfs under its
     flock) and state dir, healthy before the body runs unless start=False; its log is printed when the body
-    fails (pytest shows it with the failure) unless show_log=False."""
+    fails (pytest shows it with the failure) unless show_log=False.
+    With `prepare` (a shell snippet; $TOP is the tempdir, $MP the mountpoint, $STATE the state dir)
+    supervise runs in a new mount namespace, the host's propagation unchanged, after the snippet; it is then
+    ready only once a live mount of ours is also at `ready_at` in the host's namespace (default: the
+    mountpoint), which may be given alone too."""
     top = tempfile.mkdtemp(prefix=prefix)
+    mp = mountpoint or os.path.join(top, "mnt")
+    state = os.path.join(top, "state")
+    base = env if env is not None else {k: v for k, v in os.environ.items() if k not in NOTIFY_ENV}
     s = Supervised(
         top=top,
-        mountpoint=mountpoint or os.path.join(top, "mnt"),
-        state_dir=os.path.join(top, "state"),
+        mountpoint=mp,
+        state_dir=state,
         args=list(args),
-        env=env or {k: v for k, v in os.environ.items() if k not in NOTIFY_ENV},
+        env={**base, "TOP": top, "MP": mp, "STATE": state},
+        prepare=prepare,
+        ready_at=ready_at if ready_at is not None or prepare is None else mp,
     )
     os.makedirs(s.mountpoint, exist_ok=mountpoint is not None)
     os.makedirs(s.state_dir)

@@ -13,8 +13,10 @@ import time
 import pytest
 
 from lxcfs_guard import config
+from lxcfs_guard.kernel.procfs import read_mountinfo
+from lxcfs_guard.testing.supervise import supervised
+from tests.integration.client_helpers import check_remount_all, diagnose, mntns_of
 from tests.support.docker import docker_available, dockerd
-from tests.support.guards import check_remount_all, diagnose, guard, mntns_of, read_mountinfo
 
 pytestmark = pytest.mark.skipif(not docker_available(), reason="docker.io and busybox-static come from make setup")
 
@@ -31,7 +33,7 @@ def _mounts(pid: int) -> list[tuple[str, str]]:
 
 
 def test_docker_container_reads_its_own_memtotal_after_each_kill() -> None:
-    with guard() as g, dockerd() as dk:
+    with supervised(prefix="lxcfs-guard-client-") as g, dockerd() as dk:
         image = dk.import_busybox()
         binds = []
         for rel in config.DEFAULT_BINDS:

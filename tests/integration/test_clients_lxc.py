@@ -16,7 +16,9 @@ import time
 import pytest
 
 from lxcfs_guard.config import FSTYPE
-from tests.support.guards import check_remount_all, diagnose, guard, mntns_of, read_mountinfo
+from lxcfs_guard.kernel.procfs import read_mountinfo
+from lxcfs_guard.testing.supervise import supervised
+from tests.integration.client_helpers import check_remount_all, diagnose, mntns_of
 from tests.support.lxc import VARLIB, lxc_available, lxc_container, varlib_lock
 
 pytestmark = pytest.mark.skipif(
@@ -83,7 +85,10 @@ def test_lxc_container_recovers_every_lxcfs_mount(unprivileged: bool) -> None:
         assert not any(m.mount_point == VARLIB for m in read_mountinfo()), (
             f"{VARLIB} is mounted by someone who does not hold the varlib lock"
         )
-        with guard(mountpoint=VARLIB) as g, lxc_container(unprivileged=unprivileged) as c:
+        with (
+            supervised(mountpoint=VARLIB, prefix="lxcfs-guard-client-") as g,
+            lxc_container(unprivileged=unprivileged) as c,
+        ):
             pid = c.pid()
             with open(f"/proc/{pid}/uid_map") as f:
                 assert f.read().split()[:2] == (["0", "100000"] if unprivileged else ["0", "0"])

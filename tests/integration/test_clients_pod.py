@@ -21,7 +21,10 @@ import time
 from collections.abc import Iterator
 
 from lxcfs_guard import config
-from tests.support.guards import check_remount_all, diagnose, force_unmount, guard, mntns_of, read_mountinfo
+from lxcfs_guard.kernel.procfs import read_mountinfo
+from lxcfs_guard.testing.procs import force_unmount
+from lxcfs_guard.testing.supervise import supervised
+from tests.integration.client_helpers import check_remount_all, diagnose, mntns_of
 from tests.support.runc import container
 
 PROBE = r"""
@@ -93,7 +96,9 @@ def test_pod_layout_file_and_directory_hostpaths_are_repaired() -> None:
     with node_dir() as node:
         os.environ["NODE"] = node
         try:
-            pod = guard(prepare=POD_NS, ready_at=node)  # ready only once the mount reached the node
+            pod = supervised(
+                prefix="lxcfs-guard-client-", prepare=POD_NS, ready_at=node
+            )  # ready only once the mount reached the node
             with (
                 pod as g,
                 container(customize=_app_mounts(node)) as app1,

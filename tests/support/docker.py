@@ -18,8 +18,8 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from lxcfs_guard.testing.procs import wait_for
-from tests.support.guards import force_unmount, read_mountinfo
+from lxcfs_guard.kernel.procfs import read_mountinfo
+from lxcfs_guard.testing.procs import force_unmount, wait_for
 
 BUSYBOX = "/bin/busybox"
 APPLETS = ("sh", "cat", "sed", "head", "sleep", "df", "grep", "wc", "ls", "true", "echo")
