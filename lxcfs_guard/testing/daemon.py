@@ -107,15 +107,23 @@ def serve(
 
 
 @contextlib.contextmanager
-def lxcfs_reference(mountpoint: str | None = None, args: tuple[str, ...] = (), timeout: float = 20.0) -> Iterator[str]:
-    """Debian's LXCFS 5.0.3 on its own temp dir, killed by pid and unmounted afterwards."""
+def lxcfs_reference(
+    mountpoint: str | None = None,
+    args: tuple[str, ...] = (),
+    timeout: float = 20.0,
+    binary: str = LXCFS,
+    env: dict[str, str] | None = None,
+) -> Iterator[str]:
+    """Debian's LXCFS 5.0.3 (or another LXCFS `binary`, e.g. a 7.0.0 build) on its own temp dir, killed by
+    pid and unmounted afterwards."""
     made = mountpoint is None
     if mountpoint is None:
         mountpoint = tempfile.mkdtemp(prefix="lxcfs-ref-")
     # --pidfile keeps it off /run/lxcfs.pid, which a host's own lxcfs may hold
     pidfile = os.path.join(tempfile.gettempdir(), f"lxcfs-ref-{os.getpid()}-{time.monotonic_ns()}.pid")
     proc = subprocess.Popen(
-        [LXCFS, "--pidfile", pidfile, *args, mountpoint],
+        [binary, "--pidfile", pidfile, *args, mountpoint],
+        env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -124,7 +132,7 @@ def lxcfs_reference(mountpoint: str | None = None, args: tuple[str, ...] = (), t
 
         def ready() -> bool:
             if proc.poll() is not None:
-                raise RuntimeError(f"lxcfs exited with {proc.returncode}")
+                raise RuntimeError(f"{binary} exited with {proc.returncode}")
             return _mount_fstype(mountpoint) == "fuse.lxcfs" and _answers(os.path.join(mountpoint, "proc", "meminfo"))
 
         wait_for(ready, timeout, 0.05, "lxcfs to mount")
