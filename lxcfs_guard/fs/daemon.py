@@ -151,11 +151,11 @@ def run_serve(args: argparse.Namespace) -> int:
         stream=sys.stderr,
     )
     # Everything a worker needs is imported here, in the holder, before it forks: the workers share
-    # these pages with it instead of each importing its own copy.
+    # these pages with it instead of each importing its own copy (the workers run no event loop:
+    # fs/syncloop; trio is loaded only because pyfuse3 imports it).
     import socket
 
     import pyfuse3
-    import trio  # noqa: F401
 
     from lxcfs_guard.cgroup import open_reader
     from lxcfs_guard.fs import arena, loadavg

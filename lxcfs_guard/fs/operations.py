@@ -3,7 +3,8 @@
 Per open+read+close the kernel sends OPEN, READ (until a short read or EOF) and RELEASE; FLUSH is answered
 ENOSYS once and then never sent again. So the work is done once, in open(): resolve the caller, render (or
 take the cached render), keep the bytes under a fresh fh; read() only slices and release() only drops it.
-Handlers never await: each runs to completion on the trio thread, so a worker has one request in flight.
+Handlers never await: each runs to completion in the worker's blocking loop (fs/syncloop), so a worker has
+one request in flight.
 
 With several workers on one connection (fs/connection.py) the READs and the RELEASE of a file handle can
 reach any worker, so the snapshot is kept in the shared arena (fs/arena.py), which every worker reads.
