@@ -239,11 +239,34 @@ def cgroup_pids(path: str) -> list[int]:
         return []
 
 
+def process_cpu_ticks(pids: list[int]) -> dict[int, int]:
+    """utime + stime (clock ticks) of each process, its threads included."""
+    out = {}
+    for pid in pids:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+            out[pid] = int(fields[11]) + int(fields[12])
+    return out
+
+
 def kill_cgroup_procs(path: str) -> None:
     """SIGKILL, by pid, what is left in one of OUR cgroups (only our readers and daemons ever join them)."""
     for pid in cgroup_pids(path):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+def cpu_user_share(cg: str) -> tuple[int, int]:
+    """(user, system) CPU of the cgroup so far, in any one unit (v1: USER_HZ ticks, v2: microseconds)."""
+    name, keys = ("cpu.stat", ("user_usec", "system_usec")) if is_v2() else ("cpuacct.stat", ("user", "system"))
+    got = dict.fromkeys(keys, 0)
+    with open(f"{cg}/{name}") as f:
+        for line in f:
+            k, _, v = line.partition(" ")
+            if k in got:
+                got[k] = int(v)
+    return got[keys[0]], got[keys[1]]
 
 
 def cpu_usage_ns(cg: str) -> int:
@@ -368,6 +391,8 @@ class RoundResult:
     errors: int
     lat_ns: list[int]
     cpu_ns: int
+    user_pct: float  # of cpu_ns, the share spent in user space (the rest is the kernel's, on our behalf)
+    shares: list[int]  # CPU ticks of each of the daemon's processes over the round, in pid order
     pss_kb: int
     wall_s: float
     per_file: dict[str, tuple[int, int]]  # name -> (reads, errors)
@@ -429,6 +454,8 @@ def run_round(
                 raise RuntimeError(f"readers exited before the start ({len(dead)} failed)")
             got += len(b)
         cpu0 = cpu_usage_ns(d.cgroup)
+        split0 = cpu_user_share(d.cgroup)
+        per_proc0 = process_cpu_ticks(cgroup_pids(d.cgroup))
         t0 = time.monotonic()
         os.close(go_w)  # EOF on every reader's stdin: go
         go_w = -1
@@ -436,6 +463,12 @@ def run_round(
             p.wait(timeout=args.seconds * 4 + 120)
         wall = time.monotonic() - t0
         cpu = cpu_usage_ns(d.cgroup) - cpu0
+        split1 = cpu_user_share(d.cgroup)
+        per_proc1 = process_cpu_ticks(cgroup_pids(d.cgroup))
+        # the share of each process that lived through the round (ours: the holder first, then the workers)
+        shares = [per_proc1[p] - per_proc0[p] for p in per_proc1 if p in per_proc0]
+        user, system = split1[0] - split0[0], split1[1] - split0[1]
+        user_pct = 100.0 * user / (user + system) if user + system else float("nan")
         pss = pss_kb(cgroup_pids(d.cgroup))
         failed = [p for p in procs if p.returncode > 0]
         if failed:
@@ -480,6 +513,8 @@ def run_round(
         errors,
         lat,
         cpu,
+        user_pct,
+        shares,
         pss,
         wall,
         {k: (v[0], v[1]) for k, v in per_file.items()},
@@ -519,9 +554,12 @@ def print_round(r: RoundResult) -> None:
     print(
         f"  round {r.round} {NAMES[r.kind]:<12} reads {r.reads:>6} errors {r.errors:>3}  "
         f"p50 {r.pct(0.5):6.2f}  p99 {r.pct(0.99):6.2f}  max {r.lat_ns[-1] / 1e6 if r.lat_ns else 0:7.2f} ms  "
-        f"CPU {r.cpu_per_1000:6.1f} ms/1000 reads  PSS {r.pss_kb / 1024:5.1f} MB  ({r.wall_s:.1f} s)",
+        f"CPU {r.cpu_per_1000:6.1f} ms/1000 reads ({r.user_pct:3.0f}% user)  PSS {r.pss_kb / 1024:5.1f} MB  ({r.wall_s:.1f} s)",
         flush=True,
     )
+    if len(r.shares) > 1:
+        total = sum(r.shares) or 1
+        print("    CPU by process (pid order): " + ", ".join(f"{100 * t / total:.0f}%" for t in r.shares))
     bad = {k: v for k, v in r.per_file.items() if v[1]}
     if bad:
         print("    errors per file: " + ", ".join(f"{k} {e}/{n}" for k, (n, e) in bad.items()))
@@ -532,13 +570,13 @@ def print_summary(results: list[RoundResult], n: int) -> None:
     print(f"\nsummary, N={n} ({'; '.join(dict.fromkeys(r.verified for r in results))})")
     print(
         f"{'daemon':<12} {'round':>5} {'reads':>7} {'errors':>6} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>8} "
-        f"{'CPU ms/1000':>11} {'PSS MB':>7}"
+        f"{'CPU ms/1000':>11} {'user %':>6} {'PSS MB':>7}"
     )
     for kind in NAMES:
         for r in (x for x in results if x.kind == kind):
             print(
                 f"{NAMES[kind]:<12} {r.round:>5} {r.reads:>7} {r.errors:>6} {r.pct(0.5):>7.2f} {r.pct(0.99):>7.2f} "
-                f"{r.lat_ns[-1] / 1e6 if r.lat_ns else 0:>8.2f} {r.cpu_per_1000:>11.1f} {r.pss_kb / 1024:>7.1f}"
+                f"{r.lat_ns[-1] / 1e6 if r.lat_ns else 0:>8.2f} {r.cpu_per_1000:>11.1f} {r.user_pct:>6.0f} {r.pss_kb / 1024:>7.1f}"
             )
 
 
