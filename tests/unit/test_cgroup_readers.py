@@ -322,3 +322,11 @@ def test_a_file_of_many_records_is_read_to_its_end() -> None:
     whole = read_text("/proc/self/smaps", one_record=False)
     assert whole is not None and len(whole.encode()) > len(first)
     assert whole.count("\nSize:") + whole.startswith("Size:") > first.count(b"\nSize:")
+
+
+def test_flat_keyed_files_keep_only_two_field_integer_lines() -> None:
+    from lxcfs_guard.cgroup.base import parse_flat_keyed
+
+    text = "cache 4096\nrss  -2\n  total_rss 3 \nbad\nx y z\nk notint\n\nhierarchical_memory_limit 9223372036854771712\n"
+    assert parse_flat_keyed(text) == {"cache": 4096, "rss": -2, "total_rss": 3, "hierarchical_memory_limit": 9223372036854771712}
+    assert parse_flat_keyed("") == {}

@@ -4,18 +4,29 @@
 from __future__ import annotations
 
 from lxcfs_guard.cgroup.facts import IoStat
+from lxcfs_guard.fs.views.memo import per_host_text
 
 
-def render_diskstats(host: str, io: dict[tuple[int, int], IoStat]) -> str:
-    out: list[str] = []
+@per_host_text
+def _devices(host: str) -> list[tuple[tuple[int, int], str]]:
+    """The host's devices in its order: ((major, minor), name)."""
+    out = []
     for line in host.splitlines():
         parts = line.split()
         if len(parts) < 4:
             continue
         try:
-            dev = (int(parts[0]), int(parts[1]))
+            out.append(((int(parts[0]), int(parts[1])), parts[2]))
         except ValueError:
             continue
+    return out
+
+
+def render_diskstats(host: str, io: dict[tuple[int, int], IoStat]) -> str:
+    out: list[str] = []
+    if not io:
+        return ""
+    for dev, name in _devices(host):
         st = io.get(dev)
         if st is None or not (st.rbytes or st.wbytes or st.rios or st.wios or st.dbytes or st.dios):
             continue
@@ -41,5 +52,5 @@ def render_diskstats(host: str, io: dict[tuple[int, int], IoStat]) -> str:
             0,
             0,
         ]
-        out.append(f"{dev[0]:4d} {dev[1]:7d} {parts[2]} " + " ".join(map(str, fields)))
+        out.append(f"{dev[0]:4d} {dev[1]:7d} {name} " + " ".join(map(str, fields)))
     return "".join(line + "\n" for line in out)

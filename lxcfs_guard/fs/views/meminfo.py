@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lxcfs_guard.cgroup.facts import MemoryFacts
+from lxcfs_guard.fs.views.memo import per_host_text
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,17 +51,67 @@ def _host_value(line: str) -> int:
         return 0
 
 
-def render_meminfo(host: str, mem: MemoryFacts, options: MeminfoOptions = DEFAULT_OPTIONS) -> str:
-    s = mem.stat
+# What a rendered line is made of: text of the host's to pass through, a figure of the cgroup's, or one of the
+# two swap lines (the host's figure, capped by the cgroup's).
+_PASS, _FIGURE, _SWAP_TOTAL, _SWAP_FREE = range(4)
+_FIGURES = frozenset(
+    (
+        "MemTotal MemFree MemAvailable Buffers Cached SwapCached Active Inactive Active(anon) Inactive(anon) "
+        "Active(file) Inactive(file) Unevictable Dirty Writeback AnonPages Mapped Shmem Slab SReclaimable "
+        "SUnreclaim AnonHugePages ShmemHugePages ShmemPmdMapped Zswap Zswapped"
+    ).split()
+)
 
-    def kb(key: str) -> int:
-        return max(s.get(key, 0), 0) // 1024
 
+@dataclass(frozen=True, slots=True)
+class _Template:
+    """The host file taken apart once (it is the same for every cgroup within a tick): runs of lines that pass
+    through joined into one string, and the keys of the lines to rewrite, in the host's order."""
+
+    parts: tuple[tuple[int, str, int], ...]  # (kind, text: passed-through run or line prefix, host figure)
+    host_total: int
+    has_zswap: bool
+
+
+@per_host_text
+def _compile(host: str) -> _Template:
+    parts: list[tuple[int, str, int]] = []
+    run: list[str] = []
     host_total = 0
     for line in host.splitlines():
-        if line.startswith("MemTotal:"):
+        key = line.split(":", 1)[0]
+        kind = (
+            _FIGURE
+            if key in _FIGURES
+            else _SWAP_TOTAL
+            if key == "SwapTotal"
+            else _SWAP_FREE
+            if key == "SwapFree"
+            else _PASS
+        )
+        if key == "MemTotal" and not host_total:
             host_total = _host_value(line)
-            break
+        if kind == _PASS:
+            run.append(line + "\n")
+            continue
+        if run:
+            parts.append((_PASS, "".join(run), 0))
+            run = []
+        parts.append((kind, key, 0 if kind == _FIGURE else _host_value(line)))
+    if run:
+        parts.append((_PASS, "".join(run), 0))
+    return _Template(tuple(parts), host_total, "\nZswap:" in "\n" + host)
+
+
+def render_meminfo(host: str, mem: MemoryFacts, options: MeminfoOptions = DEFAULT_OPTIONS) -> str:
+    s = mem.stat
+    g = s.get
+
+    def kb(key: str) -> int:
+        return max(g(key, 0), 0) // 1024
+
+    tpl = _compile(host)
+    host_total = tpl.host_total
     eff = effective_limit(mem, options)
     limit = eff // 1024 if eff is not None else host_total
     total = min(limit, host_total) if host_total else limit
@@ -78,14 +129,14 @@ def render_meminfo(host: str, mem: MemoryFacts, options: MeminfoOptions = DEFAUL
     # slab figures) LXCFS 7.0's file LRU + reclaimable slab, closer to the kernel's own estimate (shmem in
     # the cache is not reclaimable without swap).
     if "slab_reclaimable" in s:
-        reclaimable = (s.get("active_file", 0) + s.get("inactive_file", 0) + s.get("slab_reclaimable", 0)) // 1024
+        reclaimable = (g("active_file", 0) + g("inactive_file", 0) + g("slab_reclaimable", 0)) // 1024
     else:
         reclaimable = kb("cache")
     zswap = (mem.zswap or 0) // 1024 if options.zswap else 0
     zswapped = (mem.zswapped or 0) // 1024 if options.zswap else 0
     # the kernel prints Zswap/Zswapped right after SwapFree; a host file without them (no CONFIG_ZSWAP) gets
     # them there only when the cgroup reports zswap figures
-    insert_zswap = options.zswap and mem.zswap is not None and "\nZswap:" not in "\n" + host
+    insert_zswap = options.zswap and mem.zswap is not None and not tpl.has_zswap
 
     replace: dict[str, int] = {
         "MemTotal": total,
@@ -94,8 +145,8 @@ def render_meminfo(host: str, mem: MemoryFacts, options: MeminfoOptions = DEFAUL
         "Buffers": 0,
         "Cached": kb("cache"),
         "SwapCached": 0,
-        "Active": (s.get("active_anon", 0) + s.get("active_file", 0)) // 1024,
-        "Inactive": (s.get("inactive_anon", 0) + s.get("inactive_file", 0)) // 1024,
+        "Active": (g("active_anon", 0) + g("active_file", 0)) // 1024,
+        "Inactive": (g("inactive_anon", 0) + g("inactive_file", 0)) // 1024,
         "Active(anon)": kb("active_anon"),
         "Inactive(anon)": kb("inactive_anon"),
         "Active(file)": kb("active_file"),
@@ -103,10 +154,10 @@ def render_meminfo(host: str, mem: MemoryFacts, options: MeminfoOptions = DEFAUL
         "Unevictable": kb("unevictable"),
         "Dirty": kb("dirty"),
         "Writeback": kb("writeback"),
-        "AnonPages": max(s.get("active_anon", 0) + s.get("inactive_anon", 0) - s.get("shmem", 0), 0) // 1024,
+        "AnonPages": max(g("active_anon", 0) + g("inactive_anon", 0) - g("shmem", 0), 0) // 1024,
         "Mapped": kb("mapped_file"),
         "Shmem": kb("shmem"),
-        "Slab": (s.get("slab_reclaimable", 0) + s.get("slab_unreclaimable", 0)) // 1024,
+        "Slab": (g("slab_reclaimable", 0) + g("slab_unreclaimable", 0)) // 1024,
         "SReclaimable": kb("slab_reclaimable"),
         "SUnreclaim": kb("slab_unreclaimable"),
         "AnonHugePages": kb("rss_huge"),
@@ -116,31 +167,26 @@ def render_meminfo(host: str, mem: MemoryFacts, options: MeminfoOptions = DEFAUL
         "Zswapped": zswapped,
     }
     out: list[str] = []
-    for line in host.splitlines():
-        key = line.split(":", 1)[0]
-        if key in replace:
-            out.append(_line(key, replace[key]))
-        elif key == "SwapTotal":
-            value = _host_value(line)
+    for kind, text, value in tpl.parts:
+        if kind == _PASS:
+            out.append(text)
+        elif kind == _FIGURE:
+            out.append(_line(text, replace[text]))
+        elif kind == _SWAP_TOTAL:
             if swap_total is not None:
                 value = min(value, swap_total)
             if swappiness_zero or not options.swap:
                 value = 0
-            out.append(_line(key, value))
-        elif key == "SwapFree":
-            value = _host_value(line)
+            out.append(_line(text, value))
+        else:  # SwapFree
             if swap_free is not None:
                 value = min(value, swap_free)
-            if swappiness_zero:
+            if swappiness_zero or not options.swap:
                 value = 0
-            if not options.swap:
-                value = 0
-            out.append(_line(key, value))
+            out.append(_line(text, value))
             if insert_zswap:
                 out.append(_line("Zswap", zswap))
                 out.append(_line("Zswapped", zswapped))
-        else:
-            out.append(line + "\n")
     return "".join(out)
 
 

@@ -8,6 +8,7 @@ Built as a list of lines, never into a buffer sized from the host file (LXCFS #6
 from __future__ import annotations
 
 from lxcfs_guard.cgroup.facts import CpuUsage
+from lxcfs_guard.fs.views.memo import per_host_text
 
 NS_PER_TICK = 10_000_000  # USER_HZ is 100 on every Linux ABI
 
@@ -23,9 +24,9 @@ def _cpu_fields(line: str) -> tuple[str, list[int]]:
     return parts[0], nums
 
 
-def render_stat(host: str, cpus: tuple[int, ...] | list[int], usage: CpuUsage, renumber: bool = False) -> str:
-    """`renumber` False keeps the host's cpuN names (LXCFS 5.0.3 does, while cpuinfo is renumbered);
-    True names them cpu0..N-1 (the quota view, where the container sees CPUs 0..N-1 everywhere)."""
+@per_host_text
+def _parse_host(host: str) -> tuple[dict[int, list[int]], str]:
+    """(host CPU number -> its ten counters, the lines after the cpu lines as one text)."""
     host_cpu: dict[int, list[int]] = {}
     rest: list[str] = []
     for line in host.splitlines():
@@ -38,12 +39,21 @@ def render_stat(host: str, cpus: tuple[int, ...] | list[int], usage: CpuUsage, r
                     pass
         else:
             rest.append(line)
+    for nums in host_cpu.values():
+        nums += [0] * (10 - len(nums))
+    return host_cpu, "".join(line + "\n" for line in rest)
+
+
+def render_stat(host: str, cpus: tuple[int, ...] | list[int], usage: CpuUsage, renumber: bool = False) -> str:
+    """`renumber` False keeps the host's cpuN names (LXCFS 5.0.3 does, while cpuinfo is renumbered);
+    True names them cpu0..N-1 (the quota view, where the container sees CPUs 0..N-1 everywhere)."""
+    host_cpu, rest = _parse_host(host)
     shown = [c for c in cpus if c in host_cpu]
     n = len(shown) or 1
     rows: list[list[int]] = []
     names = [f"cpu{i}" for i in range(len(shown))] if renumber else [f"cpu{c}" for c in shown]
     for cpu in shown:
-        h = host_cpu[cpu] + [0] * (10 - len(host_cpu[cpu]))
+        h = host_cpu[cpu]
         if usage.per_cpu:
             u_ns, s_ns = usage.per_cpu.get(cpu, (0, 0))
         else:
@@ -58,5 +68,4 @@ def render_stat(host: str, cpus: tuple[int, ...] | list[int], usage: CpuUsage, r
     total = [sum(col) for col in zip(*rows, strict=True)] if rows else [0] * 10
     out = ["cpu  " + " ".join(map(str, total))]
     out += [f"{name} " + " ".join(map(str, row)) for name, row in zip(names, rows, strict=True)]
-    out += rest
-    return "\n".join(out) + "\n"
+    return "\n".join(out) + "\n" + rest
