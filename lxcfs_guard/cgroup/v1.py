@@ -151,7 +151,9 @@ class V1Reader:
             swappiness=read_int(f"{path}/memory.swappiness"),
         )
 
-    def cpu(self, ref: CgroupRef) -> CpuFacts | None:
+    def cpu(self, ref: CgroupRef, quota: bool = True) -> CpuFacts | None:
+        """The cpuset, and with `quota` the tightest CFS quota up the tree (a walk of every level: the
+        cpuset view does not ask for it)."""
         cpus: tuple[int, ...] | None = None
         path = self._path(ref, "cpuset")
         if path is not None:
@@ -162,15 +164,15 @@ class V1Reader:
                 raise CgroupGone(path)
             if text is not None and text.strip():
                 cpus = parse_cpu_list(text)
-        quota = period = None
+        limit = period = None
         base, rel = self._dirs.get("cpu"), ref.get("cpu")
-        if base is not None and rel is not None:
+        if quota and base is not None and rel is not None:
             found = quota_up_v1(lambda anc: join(base, anc), rel)
             if found is not None:
-                quota, period = found
-        if cpus is None and quota is None:
+                limit, period = found
+        if cpus is None and limit is None:
             return None
-        return CpuFacts(cpus=cpus, quota=quota, period=period)
+        return CpuFacts(cpus=cpus, quota=limit, period=period)
 
     def cpu_usage(self, ref: CgroupRef) -> CpuUsage | None:
         path = self._path(ref, "cpuacct")

@@ -111,7 +111,7 @@ class V2Reader:
             zswapped=raw.get("zswapped"),
         )
 
-    def cpu(self, ref: CgroupRef) -> CpuFacts | None:
+    def cpu(self, ref: CgroupRef, quota: bool = True) -> CpuFacts | None:
         path = self._path(ref)
         if path is None:
             return None
@@ -119,14 +119,14 @@ class V2Reader:
         text = read_text(f"{path}/cpuset.cpus.effective")
         if text is not None and text.strip():
             cpus = parse_cpu_list(text)
-        quota = period = None
-        found = quota_up_v2(lambda anc: join(self.root, anc), ref.get("") or "/")
+        limit = period = None
+        found = quota_up_v2(lambda anc: join(self.root, anc), ref.get("") or "/") if quota else None
         if found is not None:
-            quota, period = found
-        if cpus is None and quota is None:
+            limit, period = found
+        if cpus is None and limit is None:
             self._raise_if_gone(path)
             return None
-        return CpuFacts(cpus=cpus, quota=quota, period=period)
+        return CpuFacts(cpus=cpus, quota=limit, period=period)
 
     def cpu_usage(self, ref: CgroupRef) -> CpuUsage | None:
         path = self._path(ref)
