@@ -8,6 +8,7 @@ sampler runs in a process of its own (see the second half of this module), never
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -144,7 +145,9 @@ TABLE_BYTES = 8 + 2 * TABLE_CAP * _ENTRY.size
 TOUCH_EVERY = 60.0
 
 
+@functools.lru_cache(maxsize=4 * TABLE_CAP)
 def key_hash(ref: CgroupRef) -> int:
+    """The cgroup's key in the shared table (kept: every loadavg read and every publish asks)."""
     return int.from_bytes(hashlib.blake2b(ref.key.encode(), digest_size=8).digest(), "little") or 1
 
 
@@ -223,6 +226,9 @@ class SamplerService:
     once a tick, or a registration, is complete."""
 
     CHUNK = 64
+    # New cgroups (a node's containers starting, or serve restarting under them) arrive in bursts: their table
+    # entries are published together, at most this often (until then a worker counts their threads itself).
+    PUBLISH_DELAY = 0.25
 
     def __init__(self, reader: CgroupReader, table: mmap.mmap, sock: socket.socket, interval: float = INTERVAL) -> None:
         self.sampler = LoadSampler(reader)
@@ -233,12 +239,15 @@ class SamplerService:
         self.next_tick = time.monotonic() + interval
         self._pending: list[CgroupRef] = []
         self._dirty = False
+        self._publish_at = 0.0
 
     def fileno(self) -> int:
         return self.sock.fileno()
 
     def due(self) -> float:
-        return 0.0 if self._pending or self._dirty else self.next_tick
+        if self._pending:
+            return 0.0
+        return min(self._publish_at, self.next_tick) if self._dirty else self.next_tick
 
     def on_readable(self) -> None:
         for _ in range(256):
@@ -250,7 +259,9 @@ class SamplerService:
                 ref = CgroupRef(paths=tuple((str(c), str(p)) for c, p in json.loads(data)))
             except (ValueError, TypeError):
                 continue
-            self._dirty |= ref not in self.sampler._entries
+            if ref not in self.sampler._entries and not self._dirty:
+                self._dirty = True
+                self._publish_at = time.monotonic() + self.PUBLISH_DELAY
             self.sampler.get(ref)  # registers (sampling it at once) or refreshes its idle clock
 
     def step(self) -> None:
@@ -259,11 +270,13 @@ class SamplerService:
             self._pending = self.sampler.begin_tick()
             self.next_tick = max(self.next_tick + self.interval, now + self.interval / 2)
             if not self._pending:
-                self._dirty = True
+                self._dirty, self._publish_at = True, now
         if self._pending:
             chunk, self._pending = self._pending[: self.CHUNK], self._pending[self.CHUNK :]
             self.sampler.sample(chunk)
             if self._pending:
                 return
-        publish(self.table, self.sampler)
-        self._dirty = False
+            self._dirty, self._publish_at = True, now  # a tick is complete: publish it now
+        if self._dirty and now >= self._publish_at:
+            publish(self.table, self.sampler)
+            self._dirty = False

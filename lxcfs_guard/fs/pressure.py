@@ -175,11 +175,13 @@ class Pressure:
     def writable(self, name: str) -> bool:
         return self.enabled and name in self.names
 
-    @_locked
     def opened(self, fh: int, name: str, ref: CgroupRef | None, pid: int) -> None:
-        resource = self.names.get(name)
-        if resource is None:
-            return
+        if name in self.names:  # every open of every file asks: the others never take the lock
+            self._opened(fh, name, ref, pid)
+
+    @_locked
+    def _opened(self, fh: int, name: str, ref: CgroupRef | None, pid: int) -> None:
+        resource = self.names[name]
         if ref is None:
             path = f"{self.host_dir}/{resource}"
         else:
@@ -251,8 +253,12 @@ class Pressure:
             self._handles[fh] = handle  # replaces (and so releases) an older one
         return DEFAULT_POLLMASK
 
-    @_locked
     def release(self, fh: int) -> None:
+        if fh in self._local or fh in self._fds:  # every release asks: the others never take the lock
+            self._release(fh)
+
+    @_locked
+    def _release(self, fh: int) -> None:
         if fh not in self._local and fh not in self._fds:
             return
         self._local.discard(fh)
