@@ -16,10 +16,11 @@ import contextlib
 import ctypes
 import logging
 import os
-import select
 import signal
 from collections.abc import Iterable
 from typing import Any, NoReturn
+
+from lxcfs_guard.fs.fastpath import FastPath, Stop
 
 log = logging.getLogger("lxcfs_guard.serve")
 
@@ -83,15 +84,14 @@ def run(ops: Any, session_fd: int, clone_fd: int, holder_pid: int, close_fds: It
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        os.dup2(clone_fd, session_fd)
+        dev_fd = os.dup(clone_fd)  # read by the fast path (fs/fastpath.py); pyfuse3's fd becomes its pair
         for fd in close_fds:
-            if fd not in (session_fd,):
+            if fd not in (session_fd, dev_fd):
                 with contextlib.suppress(OSError):
                     os.close(fd)
         logging.getLogger("pyfuse3").addFilter(_ReplyFailures(ops))
         _stall_hook(ops)
-        # PSI triggers have a watcher thread; pyfuse3 holds the GIL inside its read of the device
-        code = _serve(release_gil_while_idle=bool(getattr(getattr(ops, "pressure", None), "enabled", False)))
+        code = _serve(FastPath(ops, dev_fd, session_fd))
     except BaseException:  # a worker never returns into the holder's code
         log.exception("worker failed")
     finally:
@@ -104,32 +104,30 @@ def _exit_quietly(code: int) -> NoReturn:
     os._exit(code)
 
 
-def _serve(release_gil_while_idle: bool = False) -> int:
-    """pyfuse3's loop, driven by fs/syncloop instead of trio: an idle worker waits inside read(2) on its
-    blocking device fd, where the kernel wakes exactly one waiting worker per request, and no scheduler
-    runs between requests. SIGTERM interrupts that read (EINTR: Python installs its handlers without
-    SA_RESTART); pyfuse3 then asks `wait_readable` again, which exits here, between two requests, never
-    with one in hand. Handlers never await, so a worker has one request in flight."""
+def _serve(fast: FastPath) -> int:
+    """pyfuse3's loop, driven by fs/syncloop instead of trio, with the fast path in front of it: before each
+    of pyfuse3's reads, `wait_readable` runs the fast path, which answers the requests of a read itself and
+    returns when it has passed pyfuse3 one of the others. An idle worker waits inside read(2) on its blocking
+    device fd (without the GIL: a PSI trigger watcher thread keeps running), where the kernel wakes exactly
+    one waiting worker per request, and no scheduler runs between requests. SIGTERM while idle ends the
+    worker there; in the middle of a request it ends it after that request, never with one in hand.
+    Handlers never await, so a worker has one request in flight."""
     import pyfuse3
 
     from lxcfs_guard.fs import syncloop
 
-    stop = False
-
     def on_stop(signum: int, frame: Any) -> None:
-        nonlocal stop
-        stop = True
+        fast.stopped = True
+        if fast.idle:
+            raise Stop()
 
     async def wait_readable(fd: int) -> None:
-        if stop:
+        try:
+            if fast.serve_until_passed():
+                return
+        except Stop:
             _exit_quietly(0)
-        if release_gil_while_idle:
-            # pyfuse3 reads the device holding the GIL, which would starve this process's other threads
-            # (the PSI trigger watcher) while idle: wait here instead, where select() lets go of it. Only
-            # with one worker (--enable-psi-poll), so no other worker can take the request in between.
-            while not select.select([fd], [], [], 1.0)[0]:
-                if stop:
-                    _exit_quietly(0)
+        pyfuse3.terminate()  # the session ended: pyfuse3's read of the closed pair finds it, and its loop ends
 
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGINT, on_stop)

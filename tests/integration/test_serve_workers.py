@@ -243,7 +243,7 @@ def test_a_live_workers_request_resent_meanwhile_is_answered_once_and_its_late_r
             with open(d.path("proc/meminfo")) as f:
                 assert f.read().startswith("MemTotal:")
         assert workers[1] in worker_pids(d.state_dir, d.pid)
-        assert "a reply was refused, its request was resent and answered again: fuse_link" in d.log()
+        assert "a reply was refused, its request was resent and answered again: OPEN" in d.log()
         assert "fuse_reply" not in d.log() and "ERROR" not in d.log()
 
 

@@ -1,0 +1,225 @@
+"""The requests every read brings (OPEN, READ, FLUSH, RELEASE) answered straight from the device fd; every
+other request handed to pyfuse3 unchanged.
+
+Why: a container's agent that reads /proc/meminfo costs four requests: OPEN, READ, a READ that finds the end,
+and RELEASE. On a busy node (bench/fleet.py) pyfuse3's per-request machinery (a request loop written as
+coroutines, a lock, a container object and a coroutine per request, then the handler's) cost more CPU than
+the rendering itself, and that is where LXCFS, in C, was cheaper. This loop reads a request into one reused
+buffer, unpacks its header, calls the same Operations method pyfuse3 would and writes the reply: a few
+Python operations per request. What the rest of the filesystem needs (LOOKUP, GETATTR, the cpu directory,
+statfs, poll, the pressure files' writes, INIT's successors) stays with pyfuse3 and its tested handlers.
+
+How the two share one device fd: pyfuse3's session fd is one end of a SOCK_SEQPACKET socketpair, and this
+loop holds the real clone of /dev/fuse. A request this loop does not answer is sent whole into the pair,
+as one message, and pyfuse3 reads it from its end exactly as from the device; its reply, written to the
+same end, is forwarded to the device before the next request is read. The loop runs inside the worker's
+`wait_readable` (fs/syncloop), which pyfuse3 calls before each of its reads, so pyfuse3 handles one request
+whenever this loop passes it one, and the worker still has one request in flight.
+
+A reply the kernel refuses (ENOENT: the request was resent after a worker died and another worker already
+answered it) loses nothing here but an OPEN's or OPENDIR's fresh snapshot, which is freed at once, since no
+RELEASE will ever come for it.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import mmap
+import os
+import socket
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import pyfuse3
+
+from lxcfs_guard.fs import syncloop
+
+log = logging.getLogger("lxcfs_guard.serve")
+
+IN_HEADER = struct.Struct("<IIQQIIIHH")  # len, opcode, unique, nodeid, uid, gid, pid, total_extlen, padding
+OUT_HEADER = struct.Struct("<IiQ")  # len, error, unique
+OPEN_IN = struct.Struct("<II")  # flags, open_flags
+OPEN_OUT = struct.Struct("<QII")  # fh, open_flags, padding
+READ_IN = struct.Struct("<QQI")  # fh, offset, size (then read_flags, lock_owner, flags, padding)
+RELEASE_IN = struct.Struct("<Q")  # fh (then flags, release_flags, lock_owner)
+
+FUSE_OPEN = 14
+FUSE_READ = 15
+FUSE_RELEASE = 18
+FUSE_FLUSH = 25
+FUSE_OPENDIR = 27
+FOPEN_DIRECT_IO = 1 << 0
+FOPEN_KEEP_CACHE = 1 << 1
+FOPEN_NONSEEKABLE = 1 << 2
+# What the kernel may hand over at once: a WRITE of max_write bytes plus headers (libfuse's bufsize).
+BUFSIZE = (1 << 20) + 4096
+
+
+class Stop(Exception):
+    """Raised from the SIGTERM handler while the loop waits for a request: end the worker between requests."""
+
+
+class Caller:
+    """The part of pyfuse3's RequestContext that handlers read."""
+
+    __slots__ = ("pid", "uid", "gid", "umask")
+
+    def __init__(self, pid: int, uid: int, gid: int) -> None:
+        self.pid = pid
+        self.uid = uid
+        self.gid = gid
+        self.umask = 0
+
+
+class FastPath:
+    """One worker's request loop over its clone of the device fd (`dev_fd`); `session_fd` is the fd number
+    pyfuse3 reads and writes, which this turns into its end of the socketpair."""
+
+    def __init__(self, ops: Any, dev_fd: int, session_fd: int) -> None:
+        self.ops = ops
+        self.dev_fd = dev_fd
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        for s in (ours, theirs):
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 2 * BUFSIZE)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2 * BUFSIZE)
+        os.dup2(theirs.fileno(), session_fd)  # pyfuse3 now reads requests from, and replies into, the pair
+        theirs.close()
+        ours.setblocking(False)
+        self.pair = ours
+        # an anonymous mapping, not a bytearray: only the pages a request reaches are ever resident (a READ
+        # or OPEN request fits in the first one), where a bytearray would zero-fill, and keep, all of it
+        self.buf = mmap.mmap(-1, BUFSIZE)
+        self.view = memoryview(self.buf)
+        self.passed: int | None = None  # opcode of the request pyfuse3 has, until its reply is forwarded
+        self.idle = False  # waiting in read(2) for a request: a stop signal may interrupt it
+        self.stopped = False
+        self.refused = 0  # replies the kernel refused (answered twice after a resend)
+        self.handlers: dict[int, Callable[[int, int, int, int, int, int], None]] = {
+            FUSE_OPEN: self._open,
+            FUSE_READ: self._read,
+            FUSE_RELEASE: self._release,
+            FUSE_FLUSH: self._flush,
+        }
+
+    # -- the loop -------------------------------------------------------------------------------------
+    def serve_until_passed(self) -> bool:
+        """Answer requests until one is for pyfuse3 (then True: it is waiting in the pair) or the session
+        ended (False: the pair is closed, so pyfuse3's read finds the end and its loop returns)."""
+        self._forward_replies()
+        readv, dev_fd, buf, handlers = os.readv, self.dev_fd, [self.buf], self.handlers
+        unpack = IN_HEADER.unpack_from
+        while True:
+            if self.stopped:
+                raise Stop()
+            self.idle = True
+            try:
+                n = readv(dev_fd, buf)
+            except Stop:
+                raise
+            except OSError as e:
+                self.idle = False
+                if e.errno in (errno.ENOENT, errno.EINTR, errno.EAGAIN):
+                    continue  # ENOENT: the request was interrupted before we read it
+                if e.errno == errno.ENODEV:  # unmounted: the session is over
+                    self.pair.close()
+                    return False
+                raise
+            self.idle = False
+            if n < IN_HEADER.size:
+                log.error("short read of %d bytes from the FUSE device", n)
+                continue
+            _, opcode, unique, nodeid, uid, gid, pid, _, _ = unpack(self.buf)
+            handler = handlers.get(opcode)
+            if handler is None:
+                self.passed = opcode
+                self.pair.send(self.view[:n])
+                return True
+            handler(unique, nodeid, uid, gid, pid, n)
+
+    def _forward_replies(self) -> None:
+        """Write what pyfuse3 answered (if anything: FORGET and INTERRUPT get no reply) to the device."""
+        while True:
+            try:
+                reply = self.pair.recv(BUFSIZE)
+            except BlockingIOError:
+                break
+            if not reply:
+                break
+            try:
+                os.write(self.dev_fd, reply)
+            except OSError as e:
+                self._refused(e, reply)
+        self.passed = None
+
+    def _refused(self, e: OSError, reply: bytes) -> None:
+        if e.errno != errno.ENOENT:
+            log.error("a reply could not be written to the FUSE device: %s", e)
+            return
+        self.refused += 1
+        _, error, _ = OUT_HEADER.unpack_from(reply)
+        if self.passed == FUSE_OPENDIR and error == 0 and len(reply) >= OUT_HEADER.size + OPEN_OUT.size:
+            fh = OPEN_OUT.unpack_from(reply, OUT_HEADER.size)[0]
+            self.ops.last_open_fh = fh
+            self.ops.reply_failed()  # a listing nobody will release
+
+    # -- replies --------------------------------------------------------------------------------------
+    def _reply(self, unique: int, payload: bytes = b"", what: str = "") -> bool:
+        try:
+            os.write(self.dev_fd, OUT_HEADER.pack(OUT_HEADER.size + len(payload), 0, unique) + payload)
+            return True
+        except OSError as e:
+            if e.errno == errno.ENOENT:
+                self.refused += 1
+                log.debug("a reply was refused, its request was resent and answered again: %s", what)
+            else:
+                log.error("a reply could not be written to the FUSE device: %s", e)
+            return False
+
+    def _error(self, unique: int, error: int) -> None:
+        try:
+            os.write(self.dev_fd, OUT_HEADER.pack(OUT_HEADER.size, -error, unique))
+        except OSError as e:
+            if e.errno != errno.ENOENT:
+                log.error("a reply could not be written to the FUSE device: %s", e)
+
+    # -- the four requests of a read ------------------------------------------------------------------
+    def _open(self, unique: int, nodeid: int, uid: int, gid: int, pid: int, n: int) -> None:
+        flags = OPEN_IN.unpack_from(self.buf, IN_HEADER.size)[0]
+        try:
+            fi = syncloop.run(self.ops.open(nodeid, flags, Caller(pid, uid, gid)))
+        except pyfuse3.FUSEError as e:
+            self._error(unique, e.errno)
+            return
+        open_flags = (
+            (FOPEN_DIRECT_IO if fi.direct_io else 0)
+            | (FOPEN_KEEP_CACHE if fi.keep_cache else 0)
+            | (FOPEN_NONSEEKABLE if fi.nonseekable else 0)
+        )
+        if not self._reply(unique, OPEN_OUT.pack(fi.fh, open_flags, 0), "OPEN"):
+            self.ops.reply_failed()  # nobody will release this fh: free its snapshot now
+        else:
+            self.ops.last_open_fh = None
+
+    def _read(self, unique: int, nodeid: int, uid: int, gid: int, pid: int, n: int) -> None:
+        fh, off, size = READ_IN.unpack_from(self.buf, IN_HEADER.size)
+        try:
+            data = syncloop.run(self.ops.read(fh, off, size))
+        except pyfuse3.FUSEError as e:
+            self._error(unique, e.errno)
+            return
+        self._reply(unique, data, "READ")
+
+    def _release(self, unique: int, nodeid: int, uid: int, gid: int, pid: int, n: int) -> None:
+        fh = RELEASE_IN.unpack_from(self.buf, IN_HEADER.size)[0]
+        try:
+            syncloop.run(self.ops.release(fh))
+        except pyfuse3.FUSEError as e:
+            self._error(unique, e.errno)
+            return
+        self._reply(unique, b"", "RELEASE")
+
+    def _flush(self, unique: int, nodeid: int, uid: int, gid: int, pid: int, n: int) -> None:
+        # ENOSYS once and the kernel never sends FLUSH again on this connection (nothing to flush here)
+        self._error(unique, errno.ENOSYS)
