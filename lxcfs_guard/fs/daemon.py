@@ -152,11 +152,12 @@ def run_serve(args: argparse.Namespace) -> int:
     )
     # Everything a worker needs is imported here, in the holder, before it forks: the workers share
     # these pages with it instead of each importing its own copy (the workers run no event loop:
-    # fs/syncloop; trio is loaded only because pyfuse3 imports it).
+    # fs/syncloop, which also keeps pyfuse3 from loading trio).
     import socket
 
-    import pyfuse3
+    from lxcfs_guard.fs import syncloop
 
+    pyfuse3 = syncloop.import_pyfuse3()
     from lxcfs_guard.cgroup import open_reader
     from lxcfs_guard.fs import arena, loadavg
     from lxcfs_guard.fs.caller import Resolver
