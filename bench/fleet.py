@@ -554,7 +554,8 @@ def print_round(r: RoundResult) -> None:
     print(
         f"  round {r.round} {NAMES[r.kind]:<12} reads {r.reads:>6} errors {r.errors:>3}  "
         f"p50 {r.pct(0.5):6.2f}  p99 {r.pct(0.99):6.2f}  max {r.lat_ns[-1] / 1e6 if r.lat_ns else 0:7.2f} ms  "
-        f"CPU {r.cpu_per_1000:6.1f} ms/1000 reads ({r.user_pct:3.0f}% user)  PSS {r.pss_kb / 1024:5.1f} MB  ({r.wall_s:.1f} s)",
+        f"CPU {r.cpu_per_1000:6.1f} ms/1000 reads ({r.user_pct:3.0f}% user)  "
+        f"PSS {r.pss_kb / 1024:5.1f} MB  ({r.wall_s:.1f} s)",
         flush=True,
     )
     if len(r.shares) > 1:
@@ -576,7 +577,8 @@ def print_summary(results: list[RoundResult], n: int) -> None:
         for r in (x for x in results if x.kind == kind):
             print(
                 f"{NAMES[kind]:<12} {r.round:>5} {r.reads:>7} {r.errors:>6} {r.pct(0.5):>7.2f} {r.pct(0.99):>7.2f} "
-                f"{r.lat_ns[-1] / 1e6 if r.lat_ns else 0:>8.2f} {r.cpu_per_1000:>11.1f} {r.user_pct:>6.0f} {r.pss_kb / 1024:>7.1f}"
+                f"{r.lat_ns[-1] / 1e6 if r.lat_ns else 0:>8.2f} {r.cpu_per_1000:>11.1f} {r.user_pct:>6.0f} "
+                f"{r.pss_kb / 1024:>7.1f}"
             )
 
 

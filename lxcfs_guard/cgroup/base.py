@@ -8,7 +8,6 @@ host file then.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 from typing import Protocol

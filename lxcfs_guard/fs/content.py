@@ -152,7 +152,9 @@ class Content:
         text = self.host_text(self.host_paths["sys/devices/system/cpu/online"])
         if self._online[0] is not text:
             self._online = (text, parse_cpu_list(text))
-        shown = cpus.visible_cpus(self._online[1], self.reader.cpu(view.ref, quota=self.cpu_view == "quota"), self.cpu_view)
+        shown = cpus.visible_cpus(
+            self._online[1], self.reader.cpu(view.ref, quota=self.cpu_view == "quota"), self.cpu_view
+        )
         if len(self._cpus_cache) >= CACHE_MAX:
             self._cpus_cache = {k: v for k, v in self._cpus_cache.items() if v[0] > now}
             if len(self._cpus_cache) >= CACHE_MAX:

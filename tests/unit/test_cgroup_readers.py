@@ -327,6 +327,7 @@ def test_a_file_of_many_records_is_read_to_its_end() -> None:
 def test_flat_keyed_files_keep_only_two_field_integer_lines() -> None:
     from lxcfs_guard.cgroup.base import parse_flat_keyed
 
-    text = "cache 4096\nrss  -2\n  total_rss 3 \nbad\nx y z\nk notint\n\nhierarchical_memory_limit 9223372036854771712\n"
-    assert parse_flat_keyed(text) == {"cache": 4096, "rss": -2, "total_rss": 3, "hierarchical_memory_limit": 9223372036854771712}
+    big = 9223372036854771712
+    text = f"cache 4096\nrss  -2\n  total_rss 3 \nbad\nx y z\nk notint\n\nhierarchical_memory_limit {big}\n"
+    assert parse_flat_keyed(text) == {"cache": 4096, "rss": -2, "total_rss": 3, "hierarchical_memory_limit": big}
     assert parse_flat_keyed("") == {}

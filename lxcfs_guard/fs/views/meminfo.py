@@ -55,11 +55,34 @@ def _host_value(line: str) -> int:
 # two swap lines (the host's figure, capped by the cgroup's).
 _PASS, _FIGURE, _SWAP_TOTAL, _SWAP_FREE = range(4)
 _FIGURES = frozenset(
-    (
-        "MemTotal MemFree MemAvailable Buffers Cached SwapCached Active Inactive Active(anon) Inactive(anon) "
-        "Active(file) Inactive(file) Unevictable Dirty Writeback AnonPages Mapped Shmem Slab SReclaimable "
-        "SUnreclaim AnonHugePages ShmemHugePages ShmemPmdMapped Zswap Zswapped"
-    ).split()
+    [
+        "MemTotal",
+        "MemFree",
+        "MemAvailable",
+        "Buffers",
+        "Cached",
+        "SwapCached",
+        "Active",
+        "Inactive",
+        "Active(anon)",
+        "Inactive(anon)",
+        "Active(file)",
+        "Inactive(file)",
+        "Unevictable",
+        "Dirty",
+        "Writeback",
+        "AnonPages",
+        "Mapped",
+        "Shmem",
+        "Slab",
+        "SReclaimable",
+        "SUnreclaim",
+        "AnonHugePages",
+        "ShmemHugePages",
+        "ShmemPmdMapped",
+        "Zswap",
+        "Zswapped",
+    ]
 )
 
 
