@@ -28,7 +28,28 @@ def as_nobody(argv: list[str | bytes]) -> list[str | bytes]:
 
 
 @contextlib.contextmanager
+def fuse_device_for_users() -> Iterator[None]:
+    """/dev/fuse as a distribution leaves it (0666: udev's rule, and devtmpfs's own mode), for the duration.
+    Some sandboxes create the node 0600, where no unprivileged user can mount FUSE at all and the
+    hostile-user tests would test nothing; the mode found is put back afterwards."""
+    mode = os.stat("/dev/fuse").st_mode & 0o777
+    if mode & 0o666 == 0o666:
+        yield
+        return
+    os.chmod("/dev/fuse", mode | 0o666)
+    try:
+        yield
+    finally:
+        os.chmod("/dev/fuse", mode)
+
+
+@contextlib.contextmanager
 def foreign_fuse_mount(name: bytes = b"\xff") -> Iterator[str]:
+    with fuse_device_for_users():
+        yield from _foreign_fuse_mount(name)
+
+
+def _foreign_fuse_mount(name: bytes) -> Iterator[str]:
     top = tempfile.mkdtemp(prefix="lxcfs-guard-hostile-")
     os.chmod(top, 0o755)
     mnt = os.path.join(top, "m")
