@@ -34,7 +34,29 @@ CONTAINERFILE = os.path.join(CHECKOUT, "deploy", "kubernetes", "Containerfile")
 LOCK = "/run/lxcfs-guard-image-build.lock"
 # This host reaches PyPI through a TLS proxy whose CA only the host trusts (pip.conf names the bundle): the
 # build's RUN steps get both, read-only, for the duration of the build; nothing of them is in the image.
-BUILD_VOLUMES = ("/etc/pip.conf", "/etc/ssl/certs/ca-certificates.crt")
+# The bundle goes to a path of its own, never over the image's /etc/ssl/certs/ca-certificates.crt: the
+# build installs ca-certificates (python3-venv needs it), whose postinst replaces that file and fails on a
+# read-only bind ("Device or resource busy"). pip.conf is given a copy that names the new path.
+HOST_PIP_CONF = "/etc/pip.conf"
+BUILD_CA = "/etc/lxcfs-guard-build-ca.crt"
+
+
+def build_volumes(work: str) -> list[str]:
+    """podman build's -v arguments that lend the build this host's pip settings and CA bundle."""
+    if not os.path.exists(HOST_PIP_CONF):
+        return []
+    with open(HOST_PIP_CONF) as f:
+        conf = f.read()
+    volumes = []
+    for line in conf.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "cert" and os.path.exists(value.strip()):
+            volumes += ["-v", f"{value.strip()}:{BUILD_CA}:ro"]
+            conf = conf.replace(line, f"cert = {BUILD_CA}")
+    copy = os.path.join(work, "pip.conf")
+    with open(copy, "w") as f:
+        f.write(conf)
+    return volumes + ["-v", f"{copy}:{HOST_PIP_CONF}:ro"]
 
 
 def podman(*argv: str, timeout: float = 60.0, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -101,20 +123,23 @@ def guard_image() -> str:
     ref = f"localhost/lxcfs-guard:test-{_content_hash(base)}"
     with build_lock():
         if not exists(ref):
-            volumes = [x for v in BUILD_VOLUMES if os.path.exists(v) for x in ("-v", f"{v}:{v}:ro")]
-            podman(
-                "build",
-                "--network=host",
-                *volumes,
-                "--build-arg",
-                f"BASE={base}",
-                "-f",
-                CONTAINERFILE,
-                "-t",
-                ref,
-                CHECKOUT,
-                timeout=1200,
-            )
+            work = tempfile.mkdtemp(prefix="lxcfs-guard-build-")
+            try:
+                podman(
+                    "build",
+                    "--network=host",
+                    *build_volumes(work),
+                    "--build-arg",
+                    f"BASE={base}",
+                    "-f",
+                    CONTAINERFILE,
+                    "-t",
+                    ref,
+                    CHECKOUT,
+                    timeout=1200,
+                )
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
             _drop_older(ref)
     return ref
 
