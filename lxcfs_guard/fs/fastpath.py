@@ -27,6 +27,7 @@ import errno
 import logging
 import mmap
 import os
+import select
 import socket
 import struct
 from collections.abc import Callable
@@ -77,9 +78,12 @@ class FastPath:
     """One worker's request loop over its clone of the device fd (`dev_fd`); `session_fd` is the fd number
     pyfuse3 reads and writes, which this turns into its end of the socketpair."""
 
-    def __init__(self, ops: Any, dev_fd: int, session_fd: int) -> None:
+    def __init__(self, ops: Any, dev_fd: int, session_fd: int, notifications: bool = False) -> None:
         self.ops = ops
         self.dev_fd = dev_fd
+        # Another thread (the PSI trigger watcher) may write to pyfuse3's end at any time: a poll wake-up
+        # (FUSE_NOTIFY_POLL), which must reach the device at once, not with the next passed request's reply.
+        self.notifications = notifications
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         for s in (ours, theirs):
             s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 2 * BUFSIZE)
@@ -114,6 +118,8 @@ class FastPath:
             if self.stopped:
                 raise Stop()
             self.idle = True
+            if self.notifications:
+                self._wait_for_request()
             try:
                 n = readv(dev_fd, buf)
             except Stop:
@@ -137,6 +143,15 @@ class FastPath:
                 self.pair.send(self.view[:n])
                 return True
             handler(unique, nodeid, uid, gid, pid, n)
+
+    def _wait_for_request(self) -> None:
+        """Until the device has a request, forward what other threads write to pyfuse3's end."""
+        while True:
+            ready = select.select([self.dev_fd, self.pair], [], [])[0]
+            if self.pair in ready:
+                self._forward_replies()
+            if self.dev_fd in ready:
+                return
 
     def _forward_replies(self) -> None:
         """Write what pyfuse3 answered (if anything: FORGET and INTERRUPT get no reply) to the device."""

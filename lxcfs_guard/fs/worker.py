@@ -91,7 +91,8 @@ def run(ops: Any, session_fd: int, clone_fd: int, holder_pid: int, close_fds: It
                     os.close(fd)
         logging.getLogger("pyfuse3").addFilter(_ReplyFailures(ops))
         _stall_hook(ops)
-        code = _serve(FastPath(ops, dev_fd, session_fd))
+        psi = bool(getattr(getattr(ops, "pressure", None), "enabled", False))  # a trigger thread notifies
+        code = _serve(FastPath(ops, dev_fd, session_fd, notifications=psi))
     except BaseException:  # a worker never returns into the holder's code
         log.exception("worker failed")
     finally:
