@@ -146,9 +146,10 @@ class FastPath:
 
     def _wait_for_request(self) -> None:
         """Until the device has a request, forward what other threads write to pyfuse3's end."""
+        pair = self.pair.fileno()
         while True:
-            ready = select.select([self.dev_fd, self.pair], [], [])[0]
-            if self.pair in ready:
+            ready = select.select([self.dev_fd, pair], [], [])[0]
+            if pair in ready:
                 self._forward_replies()
             if self.dev_fd in ready:
                 return
