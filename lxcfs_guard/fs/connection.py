@@ -41,11 +41,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from lxcfs_guard.fs.wire import FUSE_NOTIFY_RESEND, OUT_HEADER
+
 log = logging.getLogger("lxcfs_guard.serve")
 
 FUSE_DEV_IOC_CLONE = 0x8004E500  # _IOR(229, 0, uint32_t)
-FUSE_NOTIFY_RESEND = 7  # enum fuse_notify_code, include/uapi/linux/fuse.h (Linux 6.9)
-_OUT_HEADER = struct.Struct("<IiQ")  # fuse_out_header: len, error (the notify code), unique (0: a notification)
 
 
 def fuse_fds() -> set[int]:
@@ -81,7 +81,7 @@ def notify_resend(fd: int) -> bool:
     """Ask the kernel to queue again every request in flight on the connection. False where the kernel
     does not know the notification (before 6.9: EINVAL)."""
     try:
-        os.write(fd, _OUT_HEADER.pack(_OUT_HEADER.size, FUSE_NOTIFY_RESEND, 0))
+        os.write(fd, OUT_HEADER.pack(OUT_HEADER.size, FUSE_NOTIFY_RESEND, 0))  # error: the code; unique 0
     except OSError as e:
         if e.errno in (errno.EINVAL, errno.ENOSYS):
             return False

@@ -29,31 +29,31 @@ import mmap
 import os
 import select
 import socket
-import struct
 from collections.abc import Callable
 from typing import Any
 
 import pyfuse3
 
 from lxcfs_guard.fs import syncloop
+from lxcfs_guard.fs.wire import (
+    FOPEN_DIRECT_IO,
+    FOPEN_KEEP_CACHE,
+    FOPEN_NONSEEKABLE,
+    FUSE_FLUSH,
+    FUSE_OPEN,
+    FUSE_OPENDIR,
+    FUSE_READ,
+    FUSE_RELEASE,
+    IN_HEADER,
+    OPEN_IN,
+    OPEN_OUT,
+    OUT_HEADER,
+    READ_IN,
+    RELEASE_IN,
+)
 
 log = logging.getLogger("lxcfs_guard.serve")
 
-IN_HEADER = struct.Struct("<IIQQIIIHH")  # len, opcode, unique, nodeid, uid, gid, pid, total_extlen, padding
-OUT_HEADER = struct.Struct("<IiQ")  # len, error, unique
-OPEN_IN = struct.Struct("<II")  # flags, open_flags
-OPEN_OUT = struct.Struct("<QII")  # fh, open_flags, padding
-READ_IN = struct.Struct("<QQI")  # fh, offset, size (then read_flags, lock_owner, flags, padding)
-RELEASE_IN = struct.Struct("<Q")  # fh (then flags, release_flags, lock_owner)
-
-FUSE_OPEN = 14
-FUSE_READ = 15
-FUSE_RELEASE = 18
-FUSE_FLUSH = 25
-FUSE_OPENDIR = 27
-FOPEN_DIRECT_IO = 1 << 0
-FOPEN_KEEP_CACHE = 1 << 1
-FOPEN_NONSEEKABLE = 1 << 2
 # What the kernel may hand over at once: a WRITE of max_write bytes plus headers (libfuse's bufsize).
 BUFSIZE = (1 << 20) + 4096
 

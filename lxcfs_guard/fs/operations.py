@@ -10,7 +10,8 @@ With several workers on one connection (fs/connection.py) the READs and the RELE
 reach any worker, so the snapshot is kept in the shared arena (fs/arena.py), which every worker reads.
 A request the kernel resends after a worker died may be answered twice; the second reply of an OPEN then
 fails (the kernel no longer knows the first request id) and no RELEASE will ever come for that fh:
-`reply_failed` frees its snapshot, as libfuse's high-level API does for an interrupted open.
+`reply_failed` frees its snapshot (fs/fastpath.py calls it), as libfuse's high-level API does for an
+interrupted open.
 """
 
 from __future__ import annotations
@@ -262,7 +263,6 @@ class Operations(pyfuse3.Operations):
         raise pyfuse3.FUSEError(errno.EROFS)
 
     async def link(self, inode, new_parent_inode, new_name, ctx):
-        self.last_open_fh = None  # pyfuse3 logs a failed open reply under link's name: not ours to free
         raise pyfuse3.FUSEError(errno.EROFS)
 
     async def setxattr(self, inode, name, value, ctx):

@@ -30,28 +30,6 @@ PR_SET_PDEATHSIG = 1
 STALL_ENV = "LXCFS_GUARD_TEST_STALL"
 
 
-class _ReplyFailures(logging.Filter):
-    """pyfuse3 logs an error when a reply cannot be sent. After a resend that is expected (the request was
-    answered by another worker; the kernel forgot its old id): count it, free an OPEN's snapshot, keep quiet."""
-
-    def __init__(self, ops: Any) -> None:
-        super().__init__()
-        self.ops = ops
-        self.count = 0
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        msg = str(record.msg)
-        if "fuse_reply_* failed" not in msg:
-            return True
-        self.count += 1
-        if msg.startswith("fuse_link()"):  # pyfuse3 reports open's reply under link's name
-            self.ops.reply_failed()
-        if record.args == ("No such file or directory",):
-            log.debug("a reply was refused, its request was resent and answered again: %s", msg.split("(")[0])
-            return False
-        return True
-
-
 def _stall_hook(ops: Any) -> None:
     spec = os.environ.get(STALL_ENV)
     if not spec:
@@ -89,7 +67,6 @@ def run(ops: Any, session_fd: int, clone_fd: int, holder_pid: int, close_fds: It
             if fd not in (session_fd, dev_fd):
                 with contextlib.suppress(OSError):
                     os.close(fd)
-        logging.getLogger("pyfuse3").addFilter(_ReplyFailures(ops))
         _stall_hook(ops)
         psi = bool(getattr(getattr(ops, "pressure", None), "enabled", False))  # a trigger thread notifies
         code = _serve(FastPath(ops, dev_fd, session_fd, notifications=psi))
