@@ -23,6 +23,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 
 from tests.support.systemd_box import CHECKOUT
@@ -57,6 +58,32 @@ def build_volumes(work: str) -> list[str]:
     with open(copy, "w") as f:
         f.write(conf)
     return volumes + ["-v", f"{copy}:{HOST_PIP_CONF}:ro"]
+
+
+PODMAN_PARENT = "libpod_parent"
+
+
+def _podman_cgroups() -> set[str]:
+    root = "/sys/fs/cgroup"
+    found = {os.path.join(root, h, PODMAN_PARENT) for h in os.listdir(root)} | {os.path.join(root, PODMAN_PARENT)}
+    return {d for d in found if os.path.isdir(d)}
+
+
+@contextlib.contextmanager
+def no_podman_cgroups_left() -> Iterator[None]:
+    """podman (cgroupfs manager) makes libpod_parent/conmon in every hierarchy and leaves them behind when its
+    containers are gone. The empty ones this block caused are removed; any that were there before stay."""
+    before = _podman_cgroups()
+    try:
+        yield
+    finally:
+        deadline = time.monotonic() + 10  # conmon leaves its cgroup a moment after `podman rm` returns
+        while (left := _podman_cgroups() - before) and time.monotonic() < deadline:
+            for top in left:
+                for d, _, _ in os.walk(top, topdown=False):
+                    with contextlib.suppress(OSError):  # busy (a process still in it): not ours to empty
+                        os.rmdir(d)
+            time.sleep(0.1)
 
 
 def podman(*argv: str, timeout: float = 60.0, check: bool = True) -> subprocess.CompletedProcess[str]:

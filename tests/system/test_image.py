@@ -71,6 +71,11 @@ def daemonset_args() -> tuple[list[str], dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def pod() -> Iterator[Pod]:
+    with image.no_podman_cgroups_left():
+        yield from _pod()
+
+
+def _pod() -> Iterator[Pod]:
     ref = image.guard_image()
     command, env = daemonset_args()
     top = tempfile.mkdtemp(prefix="lxcfs-guard-image-")
