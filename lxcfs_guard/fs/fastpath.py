@@ -99,8 +99,7 @@ class FastPath:
         self.passed: int | None = None  # opcode of the request pyfuse3 has, until its reply is forwarded
         self.idle = False  # waiting in read(2) for a request: a stop signal may interrupt it
         self.stopped = False
-        self.refused = 0  # replies the kernel refused (answered twice after a resend)
-        self.handlers: dict[int, Callable[[int, int, int, int, int, int], None]] = {
+        self.handlers: dict[int, Callable[[int, int, int, int, int], None]] = {
             FUSE_OPEN: self._open,
             FUSE_READ: self._read,
             FUSE_RELEASE: self._release,
@@ -122,8 +121,6 @@ class FastPath:
                 self._wait_for_request()
             try:
                 n = readv(dev_fd, buf)
-            except Stop:
-                raise
             except OSError as e:
                 self.idle = False
                 if e.errno in (errno.ENOENT, errno.EINTR, errno.EAGAIN):
@@ -142,7 +139,7 @@ class FastPath:
                 self.passed = opcode
                 self.pair.send(self.view[:n])
                 return True
-            handler(unique, nodeid, uid, gid, pid, n)
+            handler(unique, nodeid, uid, gid, pid)
 
     def _wait_for_request(self) -> None:
         """Until the device has a request, forward what other threads write to pyfuse3's end."""
@@ -166,47 +163,28 @@ class FastPath:
             try:
                 os.write(self.dev_fd, reply)
             except OSError as e:
-                self._refused(e, reply)
+                if _refused(e, "a passed request") and self.passed == FUSE_OPENDIR:
+                    _, error, _ = OUT_HEADER.unpack_from(reply)
+                    if error == 0 and len(reply) >= OUT_HEADER.size + OPEN_OUT.size:
+                        self.ops.reply_failed(OPEN_OUT.unpack_from(reply, OUT_HEADER.size)[0])  # a listing
         self.passed = None
 
-    def _refused(self, e: OSError, reply: bytes) -> None:
-        if e.errno != errno.ENOENT:
-            log.error("a reply could not be written to the FUSE device: %s", e)
-            return
-        self.refused += 1
-        _, error, _ = OUT_HEADER.unpack_from(reply)
-        if self.passed == FUSE_OPENDIR and error == 0 and len(reply) >= OUT_HEADER.size + OPEN_OUT.size:
-            fh = OPEN_OUT.unpack_from(reply, OUT_HEADER.size)[0]
-            self.ops.last_open_fh = fh
-            self.ops.reply_failed()  # a listing nobody will release
-
-    # -- replies --------------------------------------------------------------------------------------
-    def _reply(self, unique: int, payload: bytes = b"", what: str = "") -> bool:
+    def _reply(self, unique: int, payload: bytes, what: str, error: int = 0) -> bool:
+        """Send a reply (or, with `error`, an errno); False if the kernel refused it."""
         try:
-            os.write(self.dev_fd, OUT_HEADER.pack(OUT_HEADER.size + len(payload), 0, unique) + payload)
+            os.write(self.dev_fd, OUT_HEADER.pack(OUT_HEADER.size + len(payload), -error, unique) + payload)
             return True
         except OSError as e:
-            if e.errno == errno.ENOENT:
-                self.refused += 1
-                log.debug("a reply was refused, its request was resent and answered again: %s", what)
-            else:
-                log.error("a reply could not be written to the FUSE device: %s", e)
+            _refused(e, what)
             return False
 
-    def _error(self, unique: int, error: int) -> None:
-        try:
-            os.write(self.dev_fd, OUT_HEADER.pack(OUT_HEADER.size, -error, unique))
-        except OSError as e:
-            if e.errno != errno.ENOENT:
-                log.error("a reply could not be written to the FUSE device: %s", e)
-
     # -- the four requests of a read ------------------------------------------------------------------
-    def _open(self, unique: int, nodeid: int, uid: int, gid: int, pid: int, n: int) -> None:
+    def _open(self, unique: int, nodeid: int, uid: int, gid: int, pid: int) -> None:
         flags = OPEN_IN.unpack_from(self.buf, IN_HEADER.size)[0]
         try:
             fi = syncloop.run(self.ops.open(nodeid, flags, Caller(pid, uid, gid)))
         except pyfuse3.FUSEError as e:
-            self._error(unique, e.errno)
+            self._reply(unique, b"", "OPEN", e.errno)
             return
         open_flags = (
             (FOPEN_DIRECT_IO if fi.direct_io else 0)
@@ -214,28 +192,36 @@ class FastPath:
             | (FOPEN_NONSEEKABLE if fi.nonseekable else 0)
         )
         if not self._reply(unique, OPEN_OUT.pack(fi.fh, open_flags, 0), "OPEN"):
-            self.ops.reply_failed()  # nobody will release this fh: free its snapshot now
-        else:
-            self.ops.last_open_fh = None
+            self.ops.reply_failed(fi.fh)  # nobody will release this fh: free its snapshot now
 
-    def _read(self, unique: int, nodeid: int, uid: int, gid: int, pid: int, n: int) -> None:
+    def _read(self, unique: int, nodeid: int, uid: int, gid: int, pid: int) -> None:
         fh, off, size = READ_IN.unpack_from(self.buf, IN_HEADER.size)
         try:
             data = syncloop.run(self.ops.read(fh, off, size))
         except pyfuse3.FUSEError as e:
-            self._error(unique, e.errno)
+            self._reply(unique, b"", "READ", e.errno)
             return
         self._reply(unique, data, "READ")
 
-    def _release(self, unique: int, nodeid: int, uid: int, gid: int, pid: int, n: int) -> None:
+    def _release(self, unique: int, nodeid: int, uid: int, gid: int, pid: int) -> None:
         fh = RELEASE_IN.unpack_from(self.buf, IN_HEADER.size)[0]
         try:
             syncloop.run(self.ops.release(fh))
         except pyfuse3.FUSEError as e:
-            self._error(unique, e.errno)
+            self._reply(unique, b"", "RELEASE", e.errno)
             return
         self._reply(unique, b"", "RELEASE")
 
-    def _flush(self, unique: int, nodeid: int, uid: int, gid: int, pid: int, n: int) -> None:
+    def _flush(self, unique: int, nodeid: int, uid: int, gid: int, pid: int) -> None:
         # ENOSYS once and the kernel never sends FLUSH again on this connection (nothing to flush here)
-        self._error(unique, errno.ENOSYS)
+        self._reply(unique, b"", "FLUSH", errno.ENOSYS)
+
+
+def _refused(e: OSError, what: str) -> bool:
+    """Log a reply the device did not take; True if the kernel refused it as answered already (ENOENT: the
+    request was resent after a worker died and another worker answered it), which is expected."""
+    if e.errno == errno.ENOENT:
+        log.debug("a reply was refused, its request was resent and answered again: %s", what)
+        return True
+    log.error("a reply to %s could not be written to the FUSE device: %s", what, e)
+    return False

@@ -65,7 +65,6 @@ class Operations(pyfuse3.Operations):
         self.resolver = resolver
         self.content = content
         self.snapshots = snapshots if snapshots is not None else LocalSnapshots()
-        self.last_open_fh: int | None = None  # the fh the last OPEN answered, until its reply is sent
         # proc/pressure/*: write registers a PSI trigger, poll waits for it (fs/pressure.py)
         self.pressure = pressure if pressure is not None else Pressure(content.reader, enabled=False)
         self._attrs: dict[int, pyfuse3.EntryAttributes] = {}
@@ -182,7 +181,6 @@ class Operations(pyfuse3.Operations):
             view = self.resolver.resolve(ctx.pid)
             data = self.content.render(node.name, view)
         fh = self._keep(data)
-        self.last_open_fh = fh
         if node is not None:
             self.pressure.opened(fh, node.name, view.ref if view is not None else None, ctx.pid)
         return self._file_info(fh)
@@ -218,12 +216,10 @@ class Operations(pyfuse3.Operations):
         # never ENOSYS: the kernel would stop sending POLL for the whole connection (LXCFS #726)
         return self.pressure.poll(fh, poll_handle)
 
-    def reply_failed(self) -> None:
-        """pyfuse3 could not send the reply of the last OPEN (a duplicate of a resent request): nobody will
-        ever release that fh, so drop its snapshot now."""
-        fh, self.last_open_fh = self.last_open_fh, None
-        if fh is not None:
-            self.snapshots.free(fh)
+    def reply_failed(self, fh: int) -> None:
+        """The kernel refused the reply of an OPEN or OPENDIR that answered `fh` (a duplicate of a resent
+        request): nobody will ever release it, so drop its snapshot (a file's or a listing's) now."""
+        self.snapshots.free(fh & ~LISTING_FH)
 
     # -- everything that would change something --------------------------------------------------------
     async def write(self, fh, off, buf):

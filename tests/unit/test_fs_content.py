@@ -151,3 +151,22 @@ def test_tree_has_the_lxcfs_layout() -> None:
     assert not t.get(node).is_dir
     assert t.lookup(ROOT_INODE, b"nope") is None
     assert t.lookup(t.by_path["proc/meminfo"], b"x") is None
+
+
+def test_a_refused_open_or_listing_reply_frees_its_snapshot(tmp_path: Path) -> None:
+    """fs/fastpath.py calls reply_failed(fh) when the kernel refuses an OPEN's or OPENDIR's reply (answered
+    twice after a resend): no RELEASE will come, so the snapshot must go now, a listing's (LISTING_FH set)
+    as well as a file's."""
+    from lxcfs_guard.fs.caller import Resolver
+    from lxcfs_guard.fs.operations import LISTING_FH, Operations
+
+    reader = V1Reader(str(v1_tree(tmp_path / "cg")))
+    paths = host_files(tmp_path)
+    for resource in ("cpu", "io", "memory"):
+        paths[f"proc/pressure/{resource}"] = str(tmp_path / "host" / "proc" / resource)
+    ops = Operations(Tree(), Resolver(reader), Content(reader, host_paths=paths))
+    file_fh, listing_fh = ops._keep(b"MemTotal: 1 kB\n"), ops._keep(b"cpu0\x00", LISTING_FH)
+    assert ops.snapshots.live_blocks() == 2
+    ops.reply_failed(file_fh)
+    ops.reply_failed(listing_fh)
+    assert ops.snapshots.live_blocks() == 0
