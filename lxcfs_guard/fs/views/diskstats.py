@@ -23,9 +23,9 @@ def _devices(host: str) -> list[tuple[tuple[int, int], str]]:
 
 
 def render_diskstats(host: str, io: dict[tuple[int, int], IoStat]) -> str:
-    out: list[str] = []
     if not io:
         return ""
+    out: list[str] = []
     for dev, name in _devices(host):
         st = io.get(dev)
         if st is None or not (st.rbytes or st.wbytes or st.rios or st.wios or st.dbytes or st.dios):

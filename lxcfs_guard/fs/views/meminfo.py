@@ -54,36 +54,6 @@ def _host_value(line: str) -> int:
 # What a rendered line is made of: text of the host's to pass through, a figure of the cgroup's, or one of the
 # two swap lines (the host's figure, capped by the cgroup's).
 _PASS, _FIGURE, _SWAP_TOTAL, _SWAP_FREE = range(4)
-_FIGURES = frozenset(
-    [
-        "MemTotal",
-        "MemFree",
-        "MemAvailable",
-        "Buffers",
-        "Cached",
-        "SwapCached",
-        "Active",
-        "Inactive",
-        "Active(anon)",
-        "Inactive(anon)",
-        "Active(file)",
-        "Inactive(file)",
-        "Unevictable",
-        "Dirty",
-        "Writeback",
-        "AnonPages",
-        "Mapped",
-        "Shmem",
-        "Slab",
-        "SReclaimable",
-        "SUnreclaim",
-        "AnonHugePages",
-        "ShmemHugePages",
-        "ShmemPmdMapped",
-        "Zswap",
-        "Zswapped",
-    ]
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,28 +96,18 @@ def _compile(host: str) -> _Template:
     return _Template(tuple(parts), host_total, "\nZswap:" in "\n" + host)
 
 
-def render_meminfo(host: str, mem: MemoryFacts, options: MeminfoOptions = DEFAULT_OPTIONS) -> str:
+def _figures(mem: MemoryFacts, options: MeminfoOptions, host_total: int) -> dict[str, int]:
+    """The lines the cgroup's figures replace, by key, in kB (SwapTotal/SwapFree are capped apart)."""
     s = mem.stat
     g = s.get
 
     def kb(key: str) -> int:
         return max(g(key, 0), 0) // 1024
 
-    tpl = _compile(host)
-    host_total = tpl.host_total
     eff = effective_limit(mem, options)
     limit = eff // 1024 if eff is not None else host_total
     total = min(limit, host_total) if host_total else limit
-    usage = mem.usage // 1024
-    free = max(total - usage, 0)
-    swappiness_zero = mem.swappiness == 0
-
-    swap_total: int | None = None  # None: the cgroup knows nothing, pass the host's through
-    swap_free: int | None = None
-    if mem.swap_accounting and mem.swap_limit is not None:
-        swap_total = mem.swap_limit // 1024
-        used = (mem.swap_usage or 0) // 1024
-        swap_free = swap_total - used if swap_total >= used else 0
+    free = max(total - mem.usage // 1024, 0)
     # What could be had back: v1 (LXCFS 5.0.3, line for line) counts the page cache; on v2 (memory.stat has
     # slab figures) LXCFS 7.0's file LRU + reclaimable slab, closer to the kernel's own estimate (shmem in
     # the cache is not reclaimable without swap).
@@ -155,13 +115,7 @@ def render_meminfo(host: str, mem: MemoryFacts, options: MeminfoOptions = DEFAUL
         reclaimable = (g("active_file", 0) + g("inactive_file", 0) + g("slab_reclaimable", 0)) // 1024
     else:
         reclaimable = kb("cache")
-    zswap = (mem.zswap or 0) // 1024 if options.zswap else 0
-    zswapped = (mem.zswapped or 0) // 1024 if options.zswap else 0
-    # the kernel prints Zswap/Zswapped right after SwapFree; a host file without them (no CONFIG_ZSWAP) gets
-    # them there only when the cgroup reports zswap figures
-    insert_zswap = options.zswap and mem.zswap is not None and not tpl.has_zswap
-
-    replace: dict[str, int] = {
+    return {
         "MemTotal": total,
         "MemFree": free,
         "MemAvailable": min(free + reclaimable, total),
@@ -186,9 +140,28 @@ def render_meminfo(host: str, mem: MemoryFacts, options: MeminfoOptions = DEFAUL
         "AnonHugePages": kb("rss_huge"),
         "ShmemHugePages": kb("shmem_thp"),
         "ShmemPmdMapped": 0,
-        "Zswap": zswap,
-        "Zswapped": zswapped,
+        "Zswap": (mem.zswap or 0) // 1024 if options.zswap else 0,
+        "Zswapped": (mem.zswapped or 0) // 1024 if options.zswap else 0,
     }
+
+
+# the keys of the lines `_figures` rewrites: what a compiled host file marks as the cgroup's
+_FIGURES = frozenset(_figures(MemoryFacts(limit=None, usage=0), DEFAULT_OPTIONS, 0))
+
+
+def render_meminfo(host: str, mem: MemoryFacts, options: MeminfoOptions = DEFAULT_OPTIONS) -> str:
+    tpl = _compile(host)
+    replace = _figures(mem, options, tpl.host_total)
+    swappiness_zero = mem.swappiness == 0
+    swap_total: int | None = None  # None: the cgroup knows nothing, pass the host's through
+    swap_free: int | None = None
+    if mem.swap_accounting and mem.swap_limit is not None:
+        swap_total = mem.swap_limit // 1024
+        used = (mem.swap_usage or 0) // 1024
+        swap_free = swap_total - used if swap_total >= used else 0
+    # the kernel prints Zswap/Zswapped right after SwapFree; a host file without them (no CONFIG_ZSWAP) gets
+    # them there only when the cgroup reports zswap figures
+    insert_zswap = options.zswap and mem.zswap is not None and not tpl.has_zswap
     out: list[str] = []
     for kind, text, value in tpl.parts:
         if kind == _PASS:
@@ -208,8 +181,8 @@ def render_meminfo(host: str, mem: MemoryFacts, options: MeminfoOptions = DEFAUL
                 value = 0
             out.append(_line(text, value))
             if insert_zswap:
-                out.append(_line("Zswap", zswap))
-                out.append(_line("Zswapped", zswapped))
+                out.append(_line("Zswap", replace["Zswap"]))
+                out.append(_line("Zswapped", replace["Zswapped"]))
     return "".join(out)
 
 
