@@ -257,27 +257,25 @@ def kill_cgroup_procs(path: str) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def cpu_user_share(cg: str) -> tuple[int, int]:
-    """(user, system) CPU of the cgroup so far, in any one unit (v1: USER_HZ ticks, v2: microseconds)."""
-    name, keys = ("cpu.stat", ("user_usec", "system_usec")) if is_v2() else ("cpuacct.stat", ("user", "system"))
-    got = dict.fromkeys(keys, 0)
-    with open(f"{cg}/{name}") as f:
-        for line in f:
-            k, _, v = line.partition(" ")
-            if k in got:
-                got[k] = int(v)
-    return got[keys[0]], got[keys[1]]
-
-
-def cpu_usage_ns(cg: str) -> int:
+def cpu_counters(cg: str) -> tuple[int, int, int]:
+    """(all CPU in ns, user, system) of the cgroup so far; user and system are in one unit of their own (v1:
+    USER_HZ ticks from cpuacct.stat, v2: microseconds), only their ratio is used."""
     if is_v2():
+        got = dict.fromkeys(("usage_usec", "user_usec", "system_usec"), 0)
         with open(f"{cg}/cpu.stat") as f:
             for line in f:
-                if line.startswith("usage_usec "):
-                    return int(line.split()[1]) * 1000
-        return 0
+                k, _, v = line.partition(" ")
+                if k in got:
+                    got[k] = int(v)
+        return got["usage_usec"] * 1000, got["user_usec"], got["system_usec"]
     with open(f"{cg}/cpuacct.usage") as f:
-        return int(f.read())
+        total = int(f.read())
+    split = {}
+    with open(f"{cg}/cpuacct.stat") as f:
+        for line in f:
+            k, _, v = line.partition(" ")
+            split[k] = int(v)
+    return total, split.get("user", 0), split.get("system", 0)
 
 
 def pss_kb(pids: list[int]) -> int:
@@ -453,8 +451,7 @@ def run_round(
                 dead = [p.args[0] for p in procs if p.poll() not in (None, 0)]
                 raise RuntimeError(f"readers exited before the start ({len(dead)} failed)")
             got += len(b)
-        cpu0 = cpu_usage_ns(d.cgroup)
-        split0 = cpu_user_share(d.cgroup)
+        cpu0 = cpu_counters(d.cgroup)
         per_proc0 = process_cpu_ticks(cgroup_pids(d.cgroup))
         t0 = time.monotonic()
         os.close(go_w)  # EOF on every reader's stdin: go
@@ -462,12 +459,11 @@ def run_round(
         for p in procs:
             p.wait(timeout=args.seconds * 4 + 120)
         wall = time.monotonic() - t0
-        cpu = cpu_usage_ns(d.cgroup) - cpu0
-        split1 = cpu_user_share(d.cgroup)
+        cpu1 = cpu_counters(d.cgroup)
         per_proc1 = process_cpu_ticks(cgroup_pids(d.cgroup))
         # the share of each process that lived through the round (ours: the holder first, then the workers)
         shares = [per_proc1[p] - per_proc0[p] for p in per_proc1 if p in per_proc0]
-        user, system = split1[0] - split0[0], split1[1] - split0[1]
+        cpu, user, system = (after - before for after, before in zip(cpu1, cpu0, strict=True))
         user_pct = 100.0 * user / (user + system) if user + system else float("nan")
         pss = pss_kb(cgroup_pids(d.cgroup))
         failed = [p for p in procs if p.returncode > 0]
