@@ -50,6 +50,7 @@ def test_rss_bounded_after_100k_reads() -> None:
         assert daemon_pids(d.pid) == pids  # no worker died meanwhile
         after = {p: read_rate.rss_kb(p) for p in pids}
         pss = sum(pss_kb(p) for p in pids)
+        print(f"\nPSS after 100,000 reads: {pss} kB over {len(pids)} processes ({[pss_kb(p) for p in pids]})")
         assert pss < 40 * 1024, f"PSS {pss} kB over {len(pids)} processes"
         assert all(after[p] - warm[p] < 2 * 1024 for p in pids), f"RSS grew from {warm} kB to {after} kB"
         assert d.proc.poll() is None
