@@ -8,6 +8,7 @@ tightest up the tree (cgroup/quota.py), as LXCFS 7.0 does and 5.0.3 did not (it 
 from __future__ import annotations
 
 import os
+import sys
 
 from lxcfs_guard.cgroup.base import (
     DEFAULT_ROOT,
@@ -73,18 +74,25 @@ class V1Reader:
     # -- where a process is -------------------------------------------------------------------------
     def parse_proc_cgroup(self, text: str) -> CgroupRef:
         paths: list[tuple[str, str]] = []
+        # A ref is kept per caller and per sampled cgroup (thousands on a busy node): its dozen controllers
+        # share one string per distinct path, and the controller names are interned.
+        same: dict[str, str] = {}
         for line in text.splitlines():
             parts = line.split(":", 2)
-            if len(parts) == 3 and parts[0] == "0" and not parts[1]:
-                # the v2 hierarchy of a hybrid host (no controllers): where the kernel keeps PSI per cgroup
-                paths.append(("unified", strip_init_scope(parts[2])))
+            if len(parts) != 3:
                 continue
-            if len(parts) != 3 or not parts[1]:
+            path = strip_init_scope(parts[2])
+            path = same.setdefault(path, path)
+            if parts[0] == "0" and not parts[1]:
+                # the v2 hierarchy of a hybrid host (no controllers): where the kernel keeps PSI per cgroup
+                paths.append(("unified", path))
+                continue
+            if not parts[1]:
                 continue
             for ctrl in parts[1].split(","):
                 if ctrl.startswith("name="):
                     ctrl = ctrl[5:]
-                paths.append((ctrl, strip_init_scope(parts[2])))
+                paths.append((sys.intern(ctrl), path))
         return CgroupRef(tuple(sorted(paths)))
 
     def ref_for_pid(self, pid: int | str, proc: str = "/proc") -> CgroupRef:

@@ -9,14 +9,17 @@ sampler runs in a process of its own (see the second half of this module), never
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import mmap
 import os
 import socket
 import struct
+import sys
 import time
+
+# hashlib would load OpenSSL (3 MB resident in the holder) for a hash that _blake2 has on its own
+from _blake2 import blake2b
 from typing import Protocol
 
 from lxcfs_guard.cgroup import CgroupGone, CgroupReader, CgroupRef
@@ -148,7 +151,7 @@ TOUCH_EVERY = 60.0
 @functools.lru_cache(maxsize=4 * TABLE_CAP)
 def key_hash(ref: CgroupRef) -> int:
     """The cgroup's key in the shared table (kept: every loadavg read and every publish asks)."""
-    return int.from_bytes(hashlib.blake2b(ref.key.encode(), digest_size=8).digest(), "little") or 1
+    return int.from_bytes(blake2b(ref.key.encode(), digest_size=8).digest(), "little") or 1
 
 
 def make_table() -> mmap.mmap:
@@ -220,6 +223,16 @@ class SharedLoad:
         return (0, 0, 0), running, total
 
 
+def _ref_from_json(data: bytes) -> CgroupRef:
+    """A worker's registration as a ref that shares its strings (the sampler keeps up to 1,024 of them)."""
+    same: dict[str, str] = {}
+    pairs = []
+    for c, p in json.loads(data):
+        c, p = str(c), str(p)
+        pairs.append((sys.intern(c), same.setdefault(p, p)))
+    return CgroupRef(paths=tuple(pairs))
+
+
 class SamplerService:
     """The sampler as the holder runs it: `on_readable` takes registrations, `step` samples up to `CHUNK`
     cgroups (so a tick over 1,000 of them never keeps the holder from a dead worker for long) and publishes
@@ -256,7 +269,7 @@ class SamplerService:
             except BlockingIOError:
                 return
             try:
-                ref = CgroupRef(paths=tuple((str(c), str(p)) for c, p in json.loads(data)))
+                ref = _ref_from_json(data)
             except (ValueError, TypeError):
                 continue
             if ref not in self.sampler._entries and not self._dirty:

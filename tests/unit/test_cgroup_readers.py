@@ -95,6 +95,14 @@ def test_v1_proc_cgroup_parsing_splits_comounted_and_strips_init_scope(tmp_path:
     assert hash(ref) == hash(r.parse_proc_cgroup(PROC_CGROUP_V1))
 
 
+def test_v1_ref_shares_one_string_per_path(tmp_path: Path) -> None:
+    # a busy node keeps thousands of refs: the controllers of one cgroup must not each hold a copy of its path
+    ref = V1Reader(str(v1_tree(tmp_path))).parse_proc_cgroup(PROC_CGROUP_V1)
+    paths = [p for _, p in ref.paths]
+    assert len(paths) > 3
+    assert len({id(p) for p in paths}) == len(set(paths))
+
+
 def test_v1_memory_limit_three_levels_up_and_swap(tmp_path: Path) -> None:
     r = V1Reader(str(v1_tree(tmp_path)))
     mem = r.memory(r.parse_proc_cgroup(PROC_CGROUP_V1))

@@ -36,3 +36,17 @@ def test_fast_path_commands_import_no_heavy_library(name: str) -> None:
 def test_unknown_command_is_a_usage_error() -> None:
     r = subprocess.run([sys.executable, "-m", "lxcfs_guard.cli", "no-such"], capture_output=True, text=True)
     assert r.returncode == 2 and "unknown command" in r.stderr
+
+
+def test_serve_imports_pyfuse3_without_what_it_never_uses() -> None:
+    # every module imported before the workers fork is resident in three processes: trio (pyfuse3's
+    # scheduler), importlib.metadata (its version lookup) and hashlib (OpenSSL) are not used to serve
+    code = (
+        "import sys; from lxcfs_guard.fs import syncloop; p = syncloop.import_pyfuse3();"
+        "from lxcfs_guard.fs import daemon, connection, worker, loadavg, operations;"
+        "print(p.__version__);"
+        "print(','.join(m for m in ('trio','importlib.metadata','email','hashlib','_hashlib') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[0][:1].isdigit(), f"pyfuse3's version is {out[0]!r}"
+    assert out[1] == "", f"serve imports {out[1]}"
