@@ -19,6 +19,14 @@ class CgroupRef:
     Hashable, so caches can key on it; `key` is a short stable string for logs and cache names."""
 
     paths: tuple[tuple[str, str], ...]
+    # every cache lookup hashes the ref (a dozen pairs on v1): computed once, as str does for itself
+    _hash: int = field(init=False, repr=False, compare=False, default=0)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash(self.paths))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     def get(self, controller: str) -> str | None:
         for ctrl, path in self.paths:

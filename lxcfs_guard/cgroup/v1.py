@@ -47,6 +47,15 @@ def _limit(value: int | None) -> int | None:
     return value
 
 
+def _controller_names(hierarchy_id: str, field: str) -> tuple[str, ...]:
+    """What one line of /proc/PID/cgroup names: its controllers ("cpu,cpuacct"), a named hierarchy
+    ("name=systemd" -> "systemd"), or, for hierarchy 0 with none, the v2 hierarchy of a hybrid host
+    ("unified", where the kernel keeps PSI per cgroup)."""
+    if not field:
+        return ("unified",) if hierarchy_id == "0" else ()
+    return tuple(sys.intern(c[5:] if c.startswith("name=") else c) for c in field.split(","))
+
+
 class V1Reader:
     """Reads v1 hierarchies below `root`. Which directory serves a controller is found once, from the
     directory names (co-mounted "cpu,cpuacct" and the usual "cpu"/"cpuacct" symlinks both work)."""
@@ -57,6 +66,8 @@ class V1Reader:
         self.root = root.rstrip("/") or "/"
         self._dirs: dict[str, str] = {}
         self._absent: set[str] = set()  # blkio file names this kernel does not have
+        # a /proc/PID/cgroup line's controller field -> the names it stands for (a host has a dozen fields)
+        self._controllers: dict[str, tuple[str, ...]] = {}
         try:
             entries = sorted(os.listdir(self.root))
         except FileNotFoundError:
@@ -77,23 +88,24 @@ class V1Reader:
         # A ref is kept per caller and per sampled cgroup (thousands on a busy node): its dozen controllers
         # share one string per distinct path, and the controller names are interned.
         same: dict[str, str] = {}
+        controllers = self._controllers
         for line in text.splitlines():
             parts = line.split(":", 2)
             if len(parts) != 3:
                 continue
-            path = strip_init_scope(parts[2])
+            path = parts[2]
+            if path.endswith("/init.scope"):
+                path = strip_init_scope(path)
             path = same.setdefault(path, path)
-            if parts[0] == "0" and not parts[1]:
-                # the v2 hierarchy of a hybrid host (no controllers): where the kernel keeps PSI per cgroup
-                paths.append(("unified", path))
-                continue
-            if not parts[1]:
-                continue
-            for ctrl in parts[1].split(","):
-                if ctrl.startswith("name="):
-                    ctrl = ctrl[5:]
-                paths.append((sys.intern(ctrl), path))
-        return CgroupRef(tuple(sorted(paths)))
+            names = controllers.get(parts[1])
+            if names is None:
+                if len(controllers) >= 256:  # hierarchies a host mounts are few; never let it grow
+                    controllers.clear()
+                names = controllers[parts[1]] = _controller_names(parts[0], parts[1])
+            for ctrl in names:
+                paths.append((ctrl, path))
+        paths.sort()
+        return CgroupRef(tuple(paths))
 
     def ref_for_pid(self, pid: int | str, proc: str = "/proc") -> CgroupRef:
         # a cgroup's name is bytes: keep any that are not UTF-8, so its files are found (not the host view)

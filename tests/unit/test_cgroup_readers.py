@@ -9,7 +9,7 @@ import pytest
 
 from lxcfs_guard.cgroup import CgroupGone, V1Reader, V2Reader, detect_version, open_reader
 from lxcfs_guard.cgroup.base import ancestors, format_cpu_list, parse_cpu_list, strip_init_scope
-from lxcfs_guard.cgroup.facts import UNLIMITED_V1
+from lxcfs_guard.cgroup.facts import UNLIMITED_V1, CgroupRef
 
 UNLIM = str(UNLIMITED_V1)
 MiB = 2**20
@@ -101,6 +101,9 @@ def test_v1_ref_shares_one_string_per_path(tmp_path: Path) -> None:
     paths = [p for _, p in ref.paths]
     assert len(paths) > 3
     assert len({id(p) for p in paths}) == len(set(paths))
+    # the kept hash is the value's: a ref made again from the same pairs is the same cache key
+    again = CgroupRef(tuple(ref.paths))
+    assert again == ref and hash(again) == hash(ref) and {ref: 1}[again] == 1
 
 
 def test_v1_memory_limit_three_levels_up_and_swap(tmp_path: Path) -> None:
