@@ -211,6 +211,10 @@ class Fleet:
             for _ in pool.map(make, range(self.n)):
                 pass
         self.create_s = time.monotonic() - t0
+        # A node's cgroups exist before the daemon reads them: have the kernel set up every file of every new
+        # cgroup once now, so the first round does not pay for that on top of its daemon's own start.
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(_read_every_file, self.children))
 
     def daemon_cgroup(self, tag: str) -> str:
         """A cgroup of the cpuacct hierarchy (v2: the one) for one daemon's processes."""
@@ -229,6 +233,15 @@ class Fleet:
         for p in reversed(self.parents):
             _rmdir_retry(p)
         self.remove_s = time.monotonic() - t0
+
+
+def _read_every_file(directory: str) -> None:
+    for name in os.listdir(directory):
+        try:
+            with open(f"{directory}/{name}", "rb") as f:
+                f.read()
+        except OSError:
+            pass  # write-only files (cgroup.event_control, memory.force_empty)
 
 
 def cgroup_pids(path: str) -> list[int]:
