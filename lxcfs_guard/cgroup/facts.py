@@ -6,6 +6,8 @@ so a view is a pure function that unit tests can feed by hand.
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 # v1 reports "no limit" as a page-rounded LONG_MAX; anything at or above this is unlimited.
@@ -27,6 +29,15 @@ class CgroupRef:
 
     def __hash__(self) -> int:
         return self._hash
+
+    @classmethod
+    def compact(cls, pairs: Iterable[tuple[str, str]]) -> CgroupRef:
+        """A ref from (controller, path) pairs whose controllers share one string per distinct path, the
+        names interned: a busy node keeps thousands of refs (per caller, per sampled cgroup), each naming
+        the same path for a dozen v1 controllers."""
+        same: dict[str, str] = {}
+        intern, share = sys.intern, same.setdefault
+        return cls(tuple([(intern(c), share(p, p)) for c, p in pairs]))
 
     def get(self, controller: str) -> str | None:
         for ctrl, path in self.paths:

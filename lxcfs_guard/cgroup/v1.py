@@ -85,27 +85,23 @@ class V1Reader:
     # -- where a process is -------------------------------------------------------------------------
     def parse_proc_cgroup(self, text: str) -> CgroupRef:
         paths: list[tuple[str, str]] = []
-        # A ref is kept per caller and per sampled cgroup (thousands on a busy node): its dozen controllers
-        # share one string per distinct path, and the controller names are interned.
-        same: dict[str, str] = {}
         controllers = self._controllers
         for line in text.splitlines():
             parts = line.split(":", 2)
             if len(parts) != 3:
                 continue
-            path = parts[2]
-            if path.endswith("/init.scope"):
-                path = strip_init_scope(path)
-            path = same.setdefault(path, path)
             names = controllers.get(parts[1])
             if names is None:
                 if len(controllers) >= 256:  # hierarchies a host mounts are few; never let it grow
                     controllers.clear()
                 names = controllers[parts[1]] = _controller_names(parts[0], parts[1])
+            path = parts[2]
+            if path.endswith("/init.scope"):
+                path = strip_init_scope(path)
             for ctrl in names:
                 paths.append((ctrl, path))
         paths.sort()
-        return CgroupRef(tuple(paths))
+        return CgroupRef.compact(paths)
 
     def ref_for_pid(self, pid: int | str, proc: str = "/proc") -> CgroupRef:
         # a cgroup's name is bytes: keep any that are not UTF-8, so its files are found (not the host view)

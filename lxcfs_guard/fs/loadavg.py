@@ -15,7 +15,6 @@ import mmap
 import os
 import socket
 import struct
-import sys
 import time
 
 # hashlib would load OpenSSL (3 MB resident in the holder) for a hash that _blake2 has on its own
@@ -223,16 +222,6 @@ class SharedLoad:
         return (0, 0, 0), running, total
 
 
-def _ref_from_json(data: bytes) -> CgroupRef:
-    """A worker's registration as a ref that shares its strings (the sampler keeps up to 1,024 of them)."""
-    same: dict[str, str] = {}
-    pairs = []
-    for c, p in json.loads(data):
-        c, p = str(c), str(p)
-        pairs.append((sys.intern(c), same.setdefault(p, p)))
-    return CgroupRef(paths=tuple(pairs))
-
-
 class SamplerService:
     """The sampler as the holder runs it: `on_readable` takes registrations, `step` samples up to `CHUNK`
     cgroups (so a tick over 1,000 of them never keeps the holder from a dead worker for long) and publishes
@@ -269,7 +258,7 @@ class SamplerService:
             except BlockingIOError:
                 return
             try:
-                ref = _ref_from_json(data)
+                ref = CgroupRef.compact((str(c), str(p)) for c, p in json.loads(data))
             except (ValueError, TypeError):
                 continue
             if ref not in self.sampler._entries and not self._dirty:
