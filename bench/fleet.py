@@ -406,6 +406,7 @@ class RoundResult:
     shares: list[int]  # CPU ticks of each of the daemon's processes over the round, in pid order
     pss_kb: int
     wall_s: float
+    steal_pct: float  # of the machine's CPU time over the round, taken by the hypervisor for others
     per_file: dict[str, tuple[int, int]]  # name -> (reads, errors)
     kinds: dict[str, int]  # 'open ENFILE' -> count
     verified: str
@@ -466,12 +467,14 @@ def run_round(
             got += len(b)
         cpu0 = cpu_counters(d.cgroup)
         per_proc0 = process_cpu_ticks(cgroup_pids(d.cgroup))
+        steal0 = machine_ticks()
         t0 = time.monotonic()
         os.close(go_w)  # EOF on every reader's stdin: go
         go_w = -1
         for p in procs:
             p.wait(timeout=args.seconds * 4 + 120)
         wall = time.monotonic() - t0
+        steal1 = machine_ticks()
         cpu1 = cpu_counters(d.cgroup)
         per_proc1 = process_cpu_ticks(cgroup_pids(d.cgroup))
         # the share of each process that lived through the round (ours: the holder first, then the workers)
@@ -526,6 +529,7 @@ def run_round(
         shares,
         pss,
         wall,
+        100.0 * (steal1[0] - steal0[0]) / max(steal1[1] - steal0[1], 1),
         {k: (v[0], v[1]) for k, v in per_file.items()},
         kinds,
         verified,
@@ -564,7 +568,7 @@ def print_round(r: RoundResult) -> None:
         f"  round {r.round} {NAMES[r.kind]:<12} reads {r.reads:>6} errors {r.errors:>3}  "
         f"p50 {r.pct(0.5):6.2f}  p99 {r.pct(0.99):6.2f}  max {r.lat_ns[-1] / 1e6 if r.lat_ns else 0:7.2f} ms  "
         f"CPU {r.cpu_per_1000:6.1f} ms/1000 reads ({r.user_pct:3.0f}% user)  "
-        f"PSS {r.pss_kb / 1024:5.1f} MB  ({r.wall_s:.1f} s)",
+        f"PSS {r.pss_kb / 1024:5.1f} MB  ({r.wall_s:.1f} s, steal {r.steal_pct:.1f}%)",
         flush=True,
     )
     if len(r.shares) > 1:
@@ -580,15 +584,22 @@ def print_summary(results: list[RoundResult], n: int) -> None:
     print(f"\nsummary, N={n} ({'; '.join(dict.fromkeys(r.verified for r in results))})")
     print(
         f"{'daemon':<12} {'round':>5} {'reads':>7} {'errors':>6} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>8} "
-        f"{'CPU ms/1000':>11} {'user %':>6} {'PSS MB':>7}"
+        f"{'CPU ms/1000':>11} {'user %':>6} {'PSS MB':>7} {'steal %':>7}"
     )
     for kind in NAMES:
         for r in (x for x in results if x.kind == kind):
             print(
                 f"{NAMES[kind]:<12} {r.round:>5} {r.reads:>7} {r.errors:>6} {r.pct(0.5):>7.2f} {r.pct(0.99):>7.2f} "
                 f"{r.lat_ns[-1] / 1e6 if r.lat_ns else 0:>8.2f} {r.cpu_per_1000:>11.1f} {r.user_pct:>6.0f} "
-                f"{r.pss_kb / 1024:>7.1f}"
+                f"{r.pss_kb / 1024:>7.1f} {r.steal_pct:>7.1f}"
             )
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(steal, all) CPU ticks of the machine so far: a round the hypervisor took CPU from says so."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return fields[7] if len(fields) > 7 else 0, sum(fields[:8])
 
 
 def loadavg() -> str:
