@@ -47,7 +47,7 @@ CGROUP_ROOT = "/sys/fs/cgroup"
 # tasks of the cpu cgroup, as LXCFS does; left in the root, every reader's loadavg would count the whole host).
 V1_READER_CONTROLLERS = ("memory", "cpu", "cpuacct", "blkio")
 DEFAULT_FILES = "proc/meminfo,proc/stat,proc/cpuinfo,proc/loadavg,proc/uptime,proc/diskstats"
-RECORD = struct.Struct("<iiq")  # file index, error code, latency in ns
+RECORD = struct.Struct("<iiqi4x")  # file index, error code, latency in ns, pass
 
 READER_C = r"""
 #define _GNU_SOURCE
@@ -64,7 +64,7 @@ READER_C = r"""
    close), recording (file, error, ns) per read; writes the records to OUT at the end. DUMP ("-" for
    none) gets the content of the first read of the first file. Errors: 1 open, 2 read, 3 empty (but
    diskstats) or not ending in a newline. */
-struct rec { int file; int err; long long ns; };
+struct rec { int file; int err; long long ns; int pass; int pad; };
 static char buf[1 << 20];
 static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec / 1e9; }
 int main(int argc, char **argv) {
@@ -111,7 +111,7 @@ int main(int argc, char **argv) {
             clock_gettime(CLOCK_MONOTONIC, &b);
             if (!err && (tot > (long)sizeof buf || (tot == 0 && !may_be_empty[f]) || (tot > 0 && buf[tot - 1] != '\n')))
                 err = 3;  /* short, empty or cut content */
-            recs[n].file = f; recs[n].err = err;
+            recs[n].file = f; recs[n].err = err; recs[n].pass = (int)k;
             recs[n].ns = (b.tv_sec - a.tv_sec) * 1000000000LL + (b.tv_nsec - a.tv_nsec);
             n++;
             if (dump[0] != '-' && f == 0 && k == 0 && !err) {
@@ -397,6 +397,7 @@ class RoundResult:
     wall_s: float
     steal_pct: float  # of the machine's CPU time over the round, taken by the hypervisor for others
     per_file: dict[str, tuple[int, int]]  # name -> (reads, errors)
+    pass_p99_ms: list[float]  # p99 of the reads of each pass (a pass: every reader reads every file once)
     kinds: dict[str, int]  # 'open ENFILE' -> count
     verified: str
 
@@ -489,6 +490,7 @@ def run_round(
             if fd >= 0:
                 os.close(fd)
     lat: list[int] = []
+    by_pass: dict[int, list[int]] = {}
     errors = 0
     per_file = {f: [0, 0] for f in files}
     kinds: dict[str, int] = {}
@@ -497,8 +499,9 @@ def run_round(
             continue
         with open(os.path.join(rdir, f"{i}.bin"), "rb") as f:
             data = f.read()
-        for fi, err, ns in RECORD.iter_unpack(data):
+        for fi, err, ns, k in RECORD.iter_unpack(data):
             lat.append(ns)
+            by_pass.setdefault(k, []).append(ns)
             per_file[files[fi]][0] += 1
             if err:
                 errors += 1
@@ -525,9 +528,14 @@ def run_round(
         wall,
         100.0 * (steal1[0] - steal0[0]) / max(steal1[1] - steal0[1], 1),
         {k: (v[0], v[1]) for k, v in per_file.items()},
+        [_p99_ms(sorted(by_pass[k])) for k in sorted(by_pass)],
         kinds,
         verified,
     )
+
+
+def _p99_ms(ns: list[int]) -> float:
+    return ns[min(len(ns) - 1, int(0.99 * len(ns)))] / 1e6 if ns else float("nan")
 
 
 def error_kind(err: int) -> str:
@@ -568,6 +576,8 @@ def print_round(r: RoundResult) -> None:
     if len(r.shares) > 1:
         total = sum(r.shares) or 1
         print("    CPU by process (pid order): " + ", ".join(f"{100 * t / total:.0f}%" for t in r.shares))
+    if r.pass_p99_ms:
+        print("    p99 by pass (ms): " + " ".join(f"{ms:.3g}" for ms in r.pass_p99_ms))
     bad = {k: v for k, v in r.per_file.items() if v[1]}
     if bad:
         print("    errors per file: " + ", ".join(f"{k} {e}/{n}" for k, (n, e) in bad.items()))
