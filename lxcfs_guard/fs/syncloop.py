@@ -16,6 +16,7 @@ it fails loudly (RuntimeError) instead of stalling the worker.
 from __future__ import annotations
 
 import os
+import sys
 import types
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -81,11 +82,9 @@ def _stand_in(wait_readable: Callable[[int], Coroutine[Any, Any, None]]) -> type
 
 def import_pyfuse3() -> Any:
     """pyfuse3, imported without trio: it imports trio at the top (about 14 MB of a serve process's 23 MB
-    before it serves) although the blocking loop never uses it. The stand-in is in sys.modules only while
-    pyfuse3 imports, so anything else that imports trio later gets the real one; `install` then gives
-    pyfuse3 the stand-in it runs with."""
-    import sys
-
+    before it serves) although the blocking loop never uses it, and importlib.metadata for its version (see
+    `_metadata_stand_in`). Each stand-in is in sys.modules only while pyfuse3 imports, so anything that
+    imports the real module later gets it; `install` then gives pyfuse3 the trio stand-in it runs with."""
     if "pyfuse3" in sys.modules or "trio" in sys.modules:
         import pyfuse3
 
@@ -94,16 +93,15 @@ def import_pyfuse3() -> Any:
     async def not_installed(fd: int) -> None:
         raise RuntimeError("syncloop.install() was not called before pyfuse3's loop")
 
-    sys.modules["trio"] = _stand_in(not_installed)
-    had_metadata = "importlib.metadata" in sys.modules
-    if not had_metadata:
-        sys.modules["importlib.metadata"] = _metadata_stand_in()
+    stand_ins = {"trio": _stand_in(not_installed), "importlib.metadata": _metadata_stand_in()}
+    lent = [name for name in stand_ins if name not in sys.modules]
+    for name in lent:
+        sys.modules[name] = stand_ins[name]
     try:
         import pyfuse3
     finally:
-        del sys.modules["trio"]
-        if not had_metadata:
-            del sys.modules["importlib.metadata"]
+        for name in lent:
+            del sys.modules[name]
     return pyfuse3
 
 
@@ -111,8 +109,6 @@ def _metadata_stand_in() -> types.ModuleType:
     """pyfuse3 asks importlib.metadata for its own version only; the real module imports email, zipfile,
     csv, tempfile, random and datetime (about 2 MB of every serving process). The stand-in reads the
     version from the name of pyfuse3's dist-info directory instead."""
-    import sys
-
     module = types.ModuleType("importlib.metadata")
 
     class PackageNotFoundError(ModuleNotFoundError):
