@@ -61,7 +61,7 @@ READER_C = r"""
 /* reader OUT PERIOD SECONDS OFFSET DUMP NCG CGPROCS... FILES...
    Joins each cgroup (writes 0 to its cgroup.procs), writes one byte to stdout (ready), blocks on stdin
    until EOF (the common start), then at OFFSET + k*PERIOD reads every file once (open, read to EOF,
-   close), recording (file, error, ns) per read; writes the records to OUT at the end. DUMP ("-" for
+   close), recording (file, error, ns, pass k) per read; writes the records to OUT at the end. DUMP ("-" for
    none) gets the content of the first read of the first file. Errors: 1 open, 2 read, 3 empty (but
    diskstats) or not ending in a newline. */
 struct rec { int file; int err; long long ns; int pass; int pad; };
@@ -402,9 +402,7 @@ class RoundResult:
     verified: str
 
     def pct(self, q: float) -> float:
-        if not self.lat_ns:
-            return float("nan")
-        return self.lat_ns[min(len(self.lat_ns) - 1, int(q * len(self.lat_ns)))] / 1e6
+        return quantile_ms(self.lat_ns, q)
 
     @property
     def cpu_per_1000(self) -> float:
@@ -528,14 +526,17 @@ def run_round(
         wall,
         100.0 * (steal1[0] - steal0[0]) / max(steal1[1] - steal0[1], 1),
         {k: (v[0], v[1]) for k, v in per_file.items()},
-        [_p99_ms(sorted(by_pass[k])) for k in sorted(by_pass)],
+        [quantile_ms(sorted(by_pass[k]), 0.99) for k in sorted(by_pass)],
         kinds,
         verified,
     )
 
 
-def _p99_ms(ns: list[int]) -> float:
-    return ns[min(len(ns) - 1, int(0.99 * len(ns)))] / 1e6 if ns else float("nan")
+def quantile_ms(sorted_ns: list[int], q: float) -> float:
+    """The q-quantile of sorted latencies in ns, in ms (NaN for none)."""
+    if not sorted_ns:
+        return float("nan")
+    return sorted_ns[min(len(sorted_ns) - 1, int(q * len(sorted_ns)))] / 1e6
 
 
 def error_kind(err: int) -> str:
