@@ -578,7 +578,7 @@ def print_round(r: RoundResult) -> None:
         total = sum(r.shares) or 1
         print("    CPU by process (pid order): " + ", ".join(f"{100 * t / total:.0f}%" for t in r.shares))
     if r.pass_p99_ms:
-        print("    p99 by pass (ms): " + " ".join(f"{ms:.3g}" for ms in r.pass_p99_ms))
+        print("    p99 by pass (ms): " + " ".join(f"{ms:.3g}" if ms < 100 else f"{ms:.0f}" for ms in r.pass_p99_ms))
     bad = {k: v for k, v in r.per_file.items() if v[1]}
     if bad:
         print("    errors per file: " + ", ".join(f"{k} {e}/{n}" for k, (n, e) in bad.items()))
