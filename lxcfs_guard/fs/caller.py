@@ -1,8 +1,12 @@
 """Whose view does a FUSE request get? LXCFS's answer: the cgroup of the init process of the caller's pid
 namespace (minus a trailing /init.scope); the caller's own cgroup when it shares our pid namespace.
 
-Every open asks this. Each call costs one stat of /proc/PID/ns/pid (never skipped: a reused pid must not
-inherit another container's view), and then:
+Every open asks this. First, the caller's pid namespace, never taken from a cache keyed by pid alone (a
+reused pid must not inherit another container's view): the namespace of a living process never changes, so
+it is remembered with a pidfd of the caller (a thread pidfd, Linux 6.9+: FUSE names the calling thread) and
+served while that pidfd says the caller has not exited: one poll instead of a stat of /proc/PID/ns/pid (an
+eighth of a worker's kernel time at 200 containers). A pid cannot be handed out again before its process
+is reaped, so a caller whose pidfd is not readable is still the process the namespace was read for. Then:
 - callers in a container: cached by pid-namespace inode. An inode number names one namespace only while
   that namespace lives: the kernel hands a dead namespace's number to the next new one at once. So every hit
   first checks that the namespace the entry was made for is still alive, i.e. that its init is still the
@@ -16,6 +20,7 @@ inherit another container's view), and then:
 
 from __future__ import annotations
 
+import errno
 import os
 import resource
 import select
@@ -28,6 +33,8 @@ from lxcfs_guard.kernel.procfs import ProcessGone, ns_inode, pid_start_time
 
 MAX_ENTRIES = 4096
 PIDFD_BUDGET = 2048  # pidfds held at most (one per cached container); beyond it the /proc check is used
+CALLER_PIDFDS = 4096  # callers whose namespace is held (one pidfd each); beyond it the oldest is let go
+PIDFD_THREAD = getattr(os, "PIDFD_THREAD", os.O_EXCL)  # a pidfd of any thread, not only a leader (6.9+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +58,13 @@ class _NsEntry:
         self.pidfd = pidfd
 
 
+def _exited(pidfd: int) -> bool:
+    """A pidfd turns readable when its process (its thread, for a thread pidfd) exits."""
+    p = select.poll()
+    p.register(pidfd, select.POLLIN)
+    return bool(p.poll(0))
+
+
 def _pidfd_budget() -> int:
     """pidfds may use at most a quarter of the fd limit (raised to the hard limit if we may)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -62,7 +76,7 @@ def _pidfd_budget() -> int:
                 soft = want
             except (OSError, ValueError):
                 pass
-    return min(PIDFD_BUDGET, max(0, soft // 4 - 64))
+    return max(0, soft // 4 - 64)
 
 
 class Resolver:
@@ -79,20 +93,23 @@ class Resolver:
         self._poll = select.poll()  # every held pidfd, for the sweep
         self._ns_by_fd: dict[int, int] = {}
         self._next_sweep = 0.0
-        self._pidfd_budget = _pidfd_budget() if proc == "/proc" and hasattr(os, "pidfd_open") else 0
+        share = _pidfd_budget() if proc == "/proc" and hasattr(os, "pidfd_open") else 0
+        self._pidfd_budget = min(PIDFD_BUDGET, share)
+        # callers: pid -> (its pidfd, its pid-namespace inode), held while the pidfd says it lives
+        self._callers: dict[int, tuple[int, int]] = {}
+        self._caller_by_fd: dict[int, int] = {}
+        self._caller_budget = max(0, min(CALLER_PIDFDS, share - self._pidfd_budget))
+        self._pidfd_flags = PIDFD_THREAD
 
     def resolve(self, pid: int) -> View | None:
         """The caller's view, or None when it cannot be resolved (pid 0, process gone): serve the host."""
         if pid <= 0:
             return None
         now = time.monotonic()
-        if self._pidfds and now >= self._next_sweep:
+        if (self._pidfds or self._callers) and now >= self._next_sweep:
             self._sweep(now)
-        # Always one stat of the caller's pid-namespace link: a pid can be reused by a process of another
-        # container at any moment, and the namespace is what decides whose view it gets, so it is never
-        # taken from a cache keyed by pid alone.
         try:
-            ns = ns_inode(pid, "pid", self.proc)
+            ns = self._caller_ns(pid)
         except (ProcessGone, OSError):
             return None
         try:
@@ -128,13 +145,53 @@ class Resolver:
                 del cache[k]
         cache[key] = (now + self.ttl, view)
 
+    # -- the caller's namespace ------------------------------------------------------------------------
+    def _caller_ns(self, pid: int) -> int:
+        """The pid-namespace inode of caller `pid`: held (see the module's docstring), or one stat."""
+        held = self._callers.get(pid)
+        if held is not None:
+            if not _exited(held[0]):
+                return held[1]
+            self._forget_caller(pid)
+        # The pidfd first, then the stat: if the pid changed hands in between, the pidfd is the dead
+        # process's, and the entry is dropped at its first use, never served.
+        pidfd = self._caller_pidfd(pid) if self._caller_budget else -1
+        try:
+            ns = ns_inode(pid, "pid", self.proc)
+        except BaseException:
+            if pidfd >= 0:
+                os.close(pidfd)
+            raise
+        if pidfd >= 0:
+            if len(self._callers) >= self._caller_budget:
+                self._forget_caller(next(iter(self._callers)))  # the longest held
+            self._callers[pid] = (pidfd, ns)
+            self._caller_by_fd[pidfd] = pid
+            self._poll.register(pidfd, select.POLLIN)
+        return ns
+
+    def _caller_pidfd(self, pid: int) -> int:
+        try:
+            return os.pidfd_open(pid, self._pidfd_flags)
+        except OSError as e:
+            if e.errno == errno.EINVAL and self._pidfd_flags:
+                # before Linux 6.9 no thread pidfds: leaders are held, other threads stat every time
+                self._pidfd_flags = 0
+                return self._caller_pidfd(pid)
+            return -1  # gone already, or out of fds: the stat decides, as without a pidfd
+
+    def _forget_caller(self, pid: int) -> None:
+        held = self._callers.pop(pid, None)
+        if held is not None:
+            self._poll.unregister(held[0])
+            del self._caller_by_fd[held[0]]
+            os.close(held[0])
+
     # -- container entries ----------------------------------------------------------------------------
     def _same_init(self, entry: _NsEntry, ns: int) -> bool:
         """Is the init this entry was made for still alive (then `ns` is still its namespace)?"""
         if entry.pidfd >= 0:
-            p = select.poll()
-            p.register(entry.pidfd, select.POLLIN)
-            return not p.poll(0)  # a pidfd turns readable when its process exits
+            return not _exited(entry.pidfd)
         init = entry.view.init_pid
         try:
             return ns_inode(init, "pid", self.proc) == ns and pid_start_time(init, self.proc) == entry.view.init_start
@@ -150,12 +207,14 @@ class Resolver:
             self._pidfds -= 1
 
     def _sweep(self, now: float) -> None:
-        """Drop the entries whose init exited (one poll over all pidfds)."""
+        """Drop the entries whose init or caller exited (one poll over all pidfds), closing their pidfds."""
         self._next_sweep = now + 1.0
         for fd, _ in self._poll.poll(0):
             ns = self._ns_by_fd.get(fd)
             if ns is not None:
                 self._drop(ns)
+            elif fd in self._caller_by_fd:
+                self._forget_caller(self._caller_by_fd[fd])
 
     def _new_container_view(self, pid: int, ns: int, now: float) -> View | None:
         init = self._find_init(pid, ns)

@@ -3,8 +3,11 @@ a cgroup's name is not UTF-8 (issue 11 L7): real daemon, real pid namespaces, re
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
+import sys
 import time
 import uuid
 
@@ -65,6 +68,76 @@ def test_a_new_container_with_a_dead_ones_pid_namespace_number_reads_its_own_lim
             if kb_a != 100 * 1024 or kb_b != 300 * 1024:
                 wrong.append((kb_a, kb_b))
         assert not wrong, f"{len(wrong)} of 20 pairs read another container's MemTotal: {wrong}"
+
+
+# A container that outlives its reader: its init (a shell, pid 1 of a new pid namespace) says it is up, waits
+# for a line, runs a reader, then sleeps, so the namespace stays alive after the reader exited. The reader
+# prints its pid as the host sees it (/proc is still the host's), then MemTotal of READS reads through the
+# mount, then "end".
+_READER = (
+    "import os, sys\n"
+    "print(os.readlink('/proc/self'), flush=True)\n"
+    "for _ in range(int(sys.argv[2])):\n"
+    "    with open(sys.argv[1]) as f:\n"
+    "        print(next(l for l in f if l.startswith('MemTotal:')).split()[1], flush=True)\n"
+    "print('end', flush=True)\n"
+)
+_LASTING = (
+    'for p in "$@"; do echo $$ > "$p"; done; exec unshare --pid --fork --kill-child '
+    'sh -c \'echo up; read go; "$PY" -c "$READER" "$MEMINFO" "$READS"; exec sleep 60\''
+)
+
+
+@contextlib.contextmanager
+def _lasting_container(cg, meminfo: str, reads: int, want_pid: int | None = None):
+    """Yields (the reader's host pid, MemTotal kB of each of its reads); the container lives until the end.
+    `want_pid`: ask the kernel for that pid for the reader (the next fork on the machine gets it)."""
+    procs = [f"{p}/cgroup.procs" for p in cg.paths.values()]
+    env = {**os.environ, "PY": sys.executable, "READER": _READER, "MEMINFO": meminfo, "READS": str(reads)}
+    proc = subprocess.Popen(
+        ["sh", "-c", _LASTING, "sh", *procs],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        assert proc.stdout.readline() == "up\n"
+        if want_pid is not None:
+            with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+                f.write(str(want_pid - 1))
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        lines = []
+        for line in proc.stdout:  # the reader's lines, then nothing until the sleep ends: stop at "end"
+            if line.strip() == "end":
+                break
+            lines.append(int(line))
+        assert len(lines) == reads + 1, lines
+        yield lines[0], lines[1:]
+    finally:
+        proc.send_signal(signal.SIGKILL)  # unshare --kill-child takes the namespace's init with it
+        proc.wait(10)
+
+
+def test_a_callers_pid_given_to_another_containers_process_gets_that_containers_view() -> None:
+    """A worker remembers each caller's pid namespace while the caller lives. The caller exits, its pid goes
+    to a process of another container, and the first container (its namespace) lives on: the new process
+    must read its own container's limit, not the one its pid's previous owner had."""
+    with serve() as d, make_cgroup(memory=100 * MiB) as small, make_cgroup(memory=300 * MiB) as big:
+        meminfo = d.path("proc/meminfo")
+        with _lasting_container(small, meminfo, 20) as (pid, seen):
+            assert seen == [100 * 1024] * 20  # read by both workers, most likely: each holds the caller
+            for _ in range(20):  # the kernel hands out the pid again, unless another process forks first
+                with _lasting_container(big, meminfo, 20, want_pid=pid) as (again, seen):
+                    if again == pid:
+                        assert seen == [300 * 1024] * 20, seen
+                        break
+            else:
+                pytest.skip(f"could not get pid {pid} again in 20 tries")
+        assert "Traceback" not in d.log()
 
 
 def test_a_cgroup_whose_name_is_not_utf8_gets_its_own_view() -> None:
