@@ -130,7 +130,8 @@ class V1Reader:
         return best
 
     # -- facts ----------------------------------------------------------------------------------------
-    def memory(self, ref: CgroupRef) -> MemoryFacts | None:
+    def memory(self, ref: CgroupRef, swap: bool = True) -> MemoryFacts | None:
+        """Without `swap`, the swap figures are left out (None) and their files not read."""
         path = self._path(ref, "memory")
         if path is None:
             return None
@@ -146,7 +147,7 @@ class V1Reader:
         # hierarchical_*_limit): one file instead of one per level and kind
         hier = raw.get("hierarchical_memory_limit")
         limit = _limit(hier) if hier is not None else self._min_up(ref, "memory", "memory.limit_in_bytes")
-        memsw_usage = read_int(f"{path}/memory.memsw.usage_in_bytes")
+        memsw_usage = read_int(f"{path}/memory.memsw.usage_in_bytes") if swap else None
         swap_limit = swap_usage = None
         accounting = memsw_usage is not None
         if memsw_usage is not None:
@@ -164,7 +165,7 @@ class V1Reader:
             swap_limit=swap_limit,
             swap_usage=swap_usage,
             swap_accounting=accounting,
-            swappiness=read_int(f"{path}/memory.swappiness"),
+            swappiness=read_int(f"{path}/memory.swappiness") if swap else None,
         )
 
     def cpu(self, ref: CgroupRef, quota: bool = True) -> CpuFacts | None:

@@ -85,7 +85,8 @@ class V2Reader:
         if not os.path.isdir(path):
             raise CgroupGone(path)
 
-    def memory(self, ref: CgroupRef) -> MemoryFacts | None:
+    def memory(self, ref: CgroupRef, swap: bool = True) -> MemoryFacts | None:
+        """Without `swap`, the swap figures are left out (None) and their files not read."""
         path = self._path(ref)
         if path is None:
             return None
@@ -96,7 +97,7 @@ class V2Reader:
             return None
         raw = parse_flat_keyed(stat_text)
         stat = {v1: raw.get(v2, 0) for v2, v1 in _MEMSTAT_MAP.items()}
-        swap_usage = read_int(f"{path}/memory.swap.current")
+        swap_usage = read_int(f"{path}/memory.swap.current") if swap else None
         accounting = swap_usage is not None
         return MemoryFacts(
             limit=self._min_up(ref, "memory.max"),

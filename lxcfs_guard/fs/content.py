@@ -130,16 +130,18 @@ class Content:
 
     # -- per file -----------------------------------------------------------------------------------
     def _meminfo(self, view: View) -> str | None:
-        mem = self.reader.memory(view.ref)
+        host = self.host_text(self.host_paths["proc/meminfo"])
+        mem = self.reader.memory(view.ref, swap=meminfo.host_has_swap(host))
         if mem is None:
             return None
-        return meminfo.render_meminfo(self.host_text(self.host_paths["proc/meminfo"]), mem, self.meminfo_options)
+        return meminfo.render_meminfo(host, mem, self.meminfo_options)
 
     def _swaps(self, view: View) -> str | None:
-        mem = self.reader.memory(view.ref)
+        host = self.host_text(self.host_paths["proc/meminfo"])
+        mem = self.reader.memory(view.ref, swap=meminfo.host_has_swap(host))
         if mem is None:
             return None
-        total, used = meminfo.swap_numbers(self.host_text(self.host_paths["proc/meminfo"]), mem, self.meminfo_options)
+        total, used = meminfo.swap_numbers(host, mem, self.meminfo_options)
         return swaps.render_swaps(total, used)
 
     def _visible_cpus(self, view: View) -> tuple[int, ...]:

@@ -119,6 +119,22 @@ def test_v1_memory_limit_three_levels_up_and_swap(tmp_path: Path) -> None:
     assert mem.swappiness == 60
 
 
+def test_v1_memory_without_swap_reads_no_swap_file(tmp_path: Path) -> None:
+    """`swap=False` (the host has no swap): the same facts but the swap ones, and their files are not read,
+    so a cgroup whose memsw and swappiness files are gone gets the same answer."""
+    root = v1_tree(tmp_path)
+    r = V1Reader(str(root))
+    ref = r.parse_proc_cgroup(PROC_CGROUP_V1)
+    full, bare = r.memory(ref), r.memory(ref, swap=False)
+    assert full is not None and bare is not None
+    assert (bare.limit, bare.usage, bare.stat) == (full.limit, full.usage, full.stat)
+    assert not bare.swap_accounting and bare.swap_limit is bare.swap_usage is bare.swappiness is None
+    leaf = root / "memory/lxc/c1/app/leaf"
+    for name in ("memory.memsw.usage_in_bytes", "memory.swappiness"):
+        (leaf / name).unlink()
+    assert r.memory(ref, swap=False) == bare
+
+
 def test_v1_memory_limits_come_from_memory_stat_when_the_kernel_puts_them_there(tmp_path: Path) -> None:
     """Real v1 kernels print hierarchical_memory_limit / hierarchical_memsw_limit (the smallest up the
     tree) in memory.stat: then no ancestor's file is read (here the ancestors' files say otherwise)."""
@@ -258,6 +274,19 @@ def test_v2_max_walks_up_to_the_limit_three_levels_up(tmp_path: Path) -> None:
     assert mem.stat["mapped_file"] == 2097152  # file_mapped: LXCFS prints Mapped 0 on v2
     assert mem.stat["cache"] == 5242880 and mem.stat["rss"] == 3145728 and mem.stat["rss_huge"] == 2097152
     assert mem.stat["slab_reclaimable"] == 524288
+
+
+def test_v2_memory_without_swap_reads_no_swap_file(tmp_path: Path) -> None:
+    root = v2_tree(tmp_path)
+    r = V2Reader(str(root))
+    ref = r.parse_proc_cgroup("0::/kubepods/pod1/ctr/leaf\n")
+    full, bare = r.memory(ref), r.memory(ref, swap=False)
+    assert full is not None and bare is not None
+    assert (bare.limit, bare.usage, bare.stat, bare.high) == (full.limit, full.usage, full.stat, full.high)
+    assert not bare.swap_accounting and bare.swap_limit is bare.swap_usage is None
+    for f in root.rglob("memory.swap.*"):
+        f.unlink()
+    assert r.memory(ref, swap=False) == bare
 
 
 def test_v2_all_max_is_unlimited(tmp_path: Path) -> None:

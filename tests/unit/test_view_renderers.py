@@ -122,6 +122,29 @@ def test_meminfo_swappiness_zero_hides_swap() -> None:
     assert v["SwapTotal"] == "0 kB" and v["SwapFree"] == "0 kB"
 
 
+def test_meminfo_on_a_host_without_swap_is_the_same_without_the_cgroups_swap_figures() -> None:
+    """What lets a host without swap skip the swap files: whatever the cgroup's swap figures, its view shows
+    0 and 0, exactly as with none (swappiness and memsw left out, as `memory(ref, swap=False)` leaves them)."""
+    no_swap = HOST_MEMINFO.replace("SwapTotal:       8388604 kB", "SwapTotal:             0 kB")
+    no_swap = "\n".join("SwapFree: 0 kB" if ln.startswith("SwapFree:") else ln for ln in no_swap.splitlines())
+    assert meminfo.host_has_swap(HOST_MEMINFO) and not meminfo.host_has_swap(no_swap)
+    bare = MemoryFacts(limit=64 * MiB, usage=MiB, stat=V1_STAT)
+    for swappiness in (0, 60):
+        full = MemoryFacts(
+            limit=64 * MiB,
+            usage=MiB,
+            stat=V1_STAT,
+            swap_limit=32 * MiB,
+            swap_usage=MiB,
+            swap_accounting=True,
+            swappiness=swappiness,
+        )
+        assert meminfo.render_meminfo(no_swap, full) == meminfo.render_meminfo(no_swap, bare)
+        assert meminfo.swap_numbers(no_swap, full) == meminfo.swap_numbers(no_swap, bare) == (0, 0)
+    # with host swap the figures do show: there they are read
+    assert meminfo.swap_numbers(HOST_MEMINFO, full) == (32768, 1024) != meminfo.swap_numbers(HOST_MEMINFO, bare)
+
+
 def test_meminfo_v2_mapped_and_slab() -> None:
     stat = dict(V1_STAT, mapped_file=5 * MiB, slab_reclaimable=1 * MiB, slab_unreclaimable=512 * 1024)
     mem = MemoryFacts(limit=256 * MiB, usage=20 * MiB, stat=stat, swap_limit=None, swap_usage=0, swap_accounting=True)

@@ -64,13 +64,14 @@ class _Template:
     parts: tuple[tuple[int, str, int], ...]  # (kind, text: passed-through run or line prefix, host figure)
     host_total: int
     has_zswap: bool
+    host_swap: int  # the host's SwapTotal, kB
 
 
 @per_host_text
 def _compile(host: str) -> _Template:
     parts: list[tuple[int, str, int]] = []
     run: list[str] = []
-    host_total = 0
+    host_total = host_swap = 0
     for line in host.splitlines():
         key = line.split(":", 1)[0]
         kind = (
@@ -84,6 +85,8 @@ def _compile(host: str) -> _Template:
         )
         if key == "MemTotal" and not host_total:
             host_total = _host_value(line)
+        elif key == "SwapTotal":
+            host_swap = _host_value(line)
         if kind == _PASS:
             run.append(line + "\n")
             continue
@@ -93,7 +96,15 @@ def _compile(host: str) -> _Template:
         parts.append((kind, key, 0 if kind == _FIGURE else _host_value(line)))
     if run:
         parts.append((_PASS, "".join(run), 0))
-    return _Template(tuple(parts), host_total, "\nZswap:" in "\n" + host)
+    return _Template(tuple(parts), host_total, "\nZswap:" in "\n" + host, host_swap)
+
+
+def host_has_swap(host: str) -> bool:
+    """Whether the cgroup's swap figures can show at all: a view's swap lines are the host's capped by the
+    cgroup's, so on a host without swap (most Kubernetes nodes) they are 0 whatever the cgroup says, and the
+    files behind them (v1: memory.memsw.usage_in_bytes and memory.swappiness, v2: memory.swap.current and
+    memory.swap.max up the tree) need not be read: two of a v1 meminfo's four files."""
+    return _compile(host).host_swap > 0
 
 
 def _figures(mem: MemoryFacts, options: MeminfoOptions, host_total: int) -> dict[str, int]:
