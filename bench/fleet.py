@@ -448,8 +448,8 @@ def run_round(
                 raise RuntimeError(f"only {got} of {fleet.n} readers joined their cgroups")
             b = os.read(ready_r, 65536)
             if not b:
-                dead = [p.args[0] for p in procs if p.poll() not in (None, 0)]
-                raise RuntimeError(f"readers exited before the start ({len(dead)} failed)")
+                n_failed = sum(p.poll() not in (None, 0) for p in procs)
+                raise RuntimeError(f"readers exited before the start ({n_failed} failed)")
             got += len(b)
         cpu0 = cpu_counters(d.cgroup)
         per_proc0 = process_cpu_ticks(cgroup_pids(d.cgroup))
