@@ -15,7 +15,8 @@ is reaped, so a caller whose pidfd is not readable is still the process the name
   reused (and a held pidfd pins the namespace's number too: struct pid holds its namespace). Every `ttl`
   the init's cgroup is re-read; about once a second entries whose init exited are dropped, so pidfds
   never keep dead namespaces around for long.
-- callers in the host pid namespace: their own cgroup, cached by pid for `ttl`.
+- callers in the host pid namespace: their own cgroup, cached by pid for `ttl` while the pid is held by the
+  same process.
 """
 
 from __future__ import annotations
@@ -114,8 +115,9 @@ class Resolver:
             return None
         try:
             if ns == self.host_ns:
-                # Host callers see their own cgroup: cached by pid for `ttl` (a host pid reused within
-                # `ttl`, or a host process that moves itself, keeps the previous host-side answer briefly).
+                # Host callers see their own cgroup: cached by pid for `ttl` (a host process that moves
+                # itself keeps its previous answer that long) and only while the pid is held by the same
+                # process (see _caller_ns: a pid that changed hands starts afresh).
                 hit = self._by_pid.get(pid)
                 if hit is not None and hit[0] > now:
                     return hit[1]
@@ -153,6 +155,8 @@ class Resolver:
             if not _exited(held[0]):
                 return held[1]
             self._forget_caller(pid)
+        # Not held by a living process: what is cached for this pid may be a previous owner's
+        self._by_pid.pop(pid, None)
         # The pidfd first, then the stat: if the pid changed hands in between, the pidfd is the dead
         # process's, and the entry is dropped at its first use, never served.
         pidfd = self._caller_pidfd(pid) if self._caller_budget else -1

@@ -140,6 +140,42 @@ def test_a_callers_pid_given_to_another_containers_process_gets_that_containers_
         assert "Traceback" not in d.log()
 
 
+def _host_reader(cg, meminfo: str, reads: int, want_pid: int | None = None) -> tuple[int, list[int]]:
+    """A host process (our pid namespace) in `cg` reads MemTotal `reads` times: (its pid, the values)."""
+    procs = [f"{p}/cgroup.procs" for p in cg.paths.values()]
+    if want_pid is not None:
+        with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+            f.write(str(want_pid - 1))
+    r = subprocess.run(
+        ["sh", "-c", 'for p in "$@"; do echo $$ > "$p"; done; exec "$PY" -c "$READER" "$MEMINFO" "$READS"', "sh"]
+        + procs,
+        capture_output=True,
+        text=True,
+        timeout=20,
+        env={**os.environ, "PY": sys.executable, "READER": _READER, "MEMINFO": meminfo, "READS": str(reads)},
+    )
+    assert r.returncode == 0, r.stderr
+    pid, *values = (int(v) for v in r.stdout.split()[:-1])  # the last line is "end"
+    return pid, values
+
+
+def test_a_host_callers_pid_given_to_a_host_process_in_another_cgroup_gets_that_cgroups_view() -> None:
+    """Host callers' views are cached by pid for a second (a process may move between cgroups); a pid that
+    changed hands within that second must not take the previous owner's view with it."""
+    with serve() as d, make_cgroup(memory=100 * MiB) as small, make_cgroup(memory=300 * MiB) as big:
+        meminfo = d.path("proc/meminfo")
+        pid, seen = _host_reader(small, meminfo, 20)
+        assert seen == [100 * 1024] * 20
+        for _ in range(20):  # the kernel hands out the pid again, unless another process forks first
+            again, seen = _host_reader(big, meminfo, 20, want_pid=pid)
+            if again == pid:
+                assert seen == [300 * 1024] * 20, seen
+                break
+        else:
+            pytest.skip(f"could not get pid {pid} again in 20 tries")
+        assert "Traceback" not in d.log()
+
+
 def test_a_cgroup_whose_name_is_not_utf8_gets_its_own_view() -> None:
     """A cgroup directory name is bytes; one with \\xff in it must not silently get the host's view."""
     name = "lxcfs-guard-test-\udcff-" + uuid.uuid4().hex[:8]  # os.fsencode: b"...\xff..."
