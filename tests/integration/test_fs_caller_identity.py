@@ -70,10 +70,9 @@ def test_a_new_container_with_a_dead_ones_pid_namespace_number_reads_its_own_lim
         assert not wrong, f"{len(wrong)} of 20 pairs read another container's MemTotal: {wrong}"
 
 
-# A container that outlives its reader: its init (a shell, pid 1 of a new pid namespace) says it is up, waits
-# for a line, runs a reader, then sleeps, so the namespace stays alive after the reader exited. The reader
-# prints its pid as the host sees it (/proc is still the host's), then MemTotal of READS reads through the
-# mount, then "end".
+# A reader started by a shell that says it is up, waits for a line, runs the reader, then sleeps. In a container
+# that shell is pid 1 of a new pid namespace, so the namespace outlives the reader. The reader prints its pid
+# as the host sees it (/proc is still the host's), then MemTotal of READS reads through the mount, then "end".
 _READER = (
     "import os, sys\n"
     "print(os.readlink('/proc/self'), flush=True)\n"
@@ -82,20 +81,20 @@ _READER = (
     "        print(next(l for l in f if l.startswith('MemTotal:')).split()[1], flush=True)\n"
     "print('end', flush=True)\n"
 )
-_LASTING = (
-    'for p in "$@"; do echo $$ > "$p"; done; exec unshare --pid --fork --kill-child '
-    'sh -c \'echo up; read go; "$PY" -c "$READER" "$MEMINFO" "$READS"; exec sleep 60\''
-)
+_SHELL = 'sh -c \'echo up; read go; "$PY" -c "$READER" "$MEMINFO" "$READS"; exec sleep 60\''
+_JOIN = 'for p in "$@"; do echo $$ > "$p"; done; exec '
 
 
 @contextlib.contextmanager
-def _lasting_container(cg, meminfo: str, reads: int, want_pid: int | None = None):
-    """Yields (the reader's host pid, MemTotal kB of each of its reads); the container lives until the end.
-    `want_pid`: ask the kernel for that pid for the reader (the next fork on the machine gets it)."""
+def _reader(cg, meminfo: str, reads: int, container: bool, want_pid: int | None = None):
+    """Yields (the reader's host pid, MemTotal kB of each of its reads); its shell (in a container: the
+    container) lives until the end. `want_pid`: ask the kernel for that pid for the reader (the next fork on
+    the machine gets it)."""
     procs = [f"{p}/cgroup.procs" for p in cg.paths.values()]
     env = {**os.environ, "PY": sys.executable, "READER": _READER, "MEMINFO": meminfo, "READS": str(reads)}
+    script = _JOIN + ("unshare --pid --fork --kill-child " if container else "") + _SHELL
     proc = subprocess.Popen(
-        ["sh", "-c", _LASTING, "sh", *procs],
+        ["sh", "-c", script, "sh", *procs],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -122,57 +121,23 @@ def _lasting_container(cg, meminfo: str, reads: int, want_pid: int | None = None
         proc.wait(10)
 
 
-def test_a_callers_pid_given_to_another_containers_process_gets_that_containers_view() -> None:
-    """A worker remembers each caller's pid namespace while the caller lives. The caller exits, its pid goes
-    to a process of another container, and the first container (its namespace) lives on: the new process
-    must read its own container's limit, not the one its pid's previous owner had."""
+@pytest.mark.parametrize("container", [True, False], ids=["container", "host"])
+def test_a_callers_pid_given_to_a_process_of_another_cgroup_gets_that_cgroups_view(container: bool) -> None:
+    """A worker remembers each caller's pid namespace while the caller lives, and a host caller's view for a
+    second. The caller exits and its pid goes to a process of another container (while the first container,
+    its namespace, lives on), or to a host process in another cgroup: the new process must read its own
+    limit, not the one its pid's previous owner had."""
     with serve() as d, make_cgroup(memory=100 * MiB) as small, make_cgroup(memory=300 * MiB) as big:
         meminfo = d.path("proc/meminfo")
-        with _lasting_container(small, meminfo, 20) as (pid, seen):
+        with _reader(small, meminfo, 20, container) as (pid, seen):
             assert seen == [100 * 1024] * 20  # read by both workers, most likely: each holds the caller
             for _ in range(20):  # the kernel hands out the pid again, unless another process forks first
-                with _lasting_container(big, meminfo, 20, want_pid=pid) as (again, seen):
+                with _reader(big, meminfo, 20, container, want_pid=pid) as (again, seen):
                     if again == pid:
                         assert seen == [300 * 1024] * 20, seen
                         break
             else:
                 pytest.skip(f"could not get pid {pid} again in 20 tries")
-        assert "Traceback" not in d.log()
-
-
-def _host_reader(cg, meminfo: str, reads: int, want_pid: int | None = None) -> tuple[int, list[int]]:
-    """A host process (our pid namespace) in `cg` reads MemTotal `reads` times: (its pid, the values)."""
-    procs = [f"{p}/cgroup.procs" for p in cg.paths.values()]
-    if want_pid is not None:
-        with open("/proc/sys/kernel/ns_last_pid", "w") as f:
-            f.write(str(want_pid - 1))
-    r = subprocess.run(
-        ["sh", "-c", 'for p in "$@"; do echo $$ > "$p"; done; exec "$PY" -c "$READER" "$MEMINFO" "$READS"', "sh"]
-        + procs,
-        capture_output=True,
-        text=True,
-        timeout=20,
-        env={**os.environ, "PY": sys.executable, "READER": _READER, "MEMINFO": meminfo, "READS": str(reads)},
-    )
-    assert r.returncode == 0, r.stderr
-    pid, *values = (int(v) for v in r.stdout.split()[:-1])  # the last line is "end"
-    return pid, values
-
-
-def test_a_host_callers_pid_given_to_a_host_process_in_another_cgroup_gets_that_cgroups_view() -> None:
-    """Host callers' views are cached by pid for a second (a process may move between cgroups); a pid that
-    changed hands within that second must not take the previous owner's view with it."""
-    with serve() as d, make_cgroup(memory=100 * MiB) as small, make_cgroup(memory=300 * MiB) as big:
-        meminfo = d.path("proc/meminfo")
-        pid, seen = _host_reader(small, meminfo, 20)
-        assert seen == [100 * 1024] * 20
-        for _ in range(20):  # the kernel hands out the pid again, unless another process forks first
-            again, seen = _host_reader(big, meminfo, 20, want_pid=pid)
-            if again == pid:
-                assert seen == [300 * 1024] * 20, seen
-                break
-        else:
-            pytest.skip(f"could not get pid {pid} again in 20 tries")
         assert "Traceback" not in d.log()
 
 
