@@ -61,6 +61,29 @@ def test_v1_render_and_host_fallbacks(tmp_path: Path) -> None:
     assert c.render("proc/stat", gone).decode() == host_stat(4)
 
 
+def test_on_a_host_without_swap_no_swap_file_is_read(tmp_path: Path) -> None:
+    """The cgroup's swap files are replaced by directories, which cannot be read (EISDIR): a render that
+    read them would fall back to the host file. On a host without swap the view is still the cgroup's;
+    with host swap it is not (that is how the test knows they would have been read)."""
+    root = v1_tree(tmp_path / "cg")
+    leaf = root / "memory/lxc/c1/app/leaf"
+    for name in ("memory.memsw.usage_in_bytes", "memory.swappiness"):
+        (leaf / name).unlink()
+        (leaf / name).mkdir()
+    reader = V1Reader(str(root))
+    view = View(ref=reader.parse_proc_cgroup(PROC_CGROUP_V1), init_pid=1, init_start=0, host=True)
+    paths = host_files(tmp_path)
+    with_swap = Content(reader, ttl=0, host_paths=paths)
+    assert with_swap.render("proc/meminfo", view).decode() == HOST_MEMINFO
+    Path(paths["proc/meminfo"]).write_text(
+        HOST_MEMINFO.replace("SwapTotal:       8388604 kB", "SwapTotal:             0 kB")
+    )
+    without = Content(reader, ttl=0, host_paths=paths)
+    for name in ("proc/meminfo", "proc/swaps"):
+        assert without.render(name, view).decode() != Path(paths[name]).read_text(), name
+    assert without.render("proc/meminfo", view).decode().startswith("MemTotal:         262144 kB\n")
+
+
 def test_v2_render_virtualizes_stat_and_diskstats(tmp_path: Path) -> None:
     reader = V2Reader(str(v2_tree(tmp_path / "cg")))
     c = Content(reader, ttl=0, host_paths=host_files(tmp_path))
