@@ -66,8 +66,9 @@ def _exited(pidfd: int) -> bool:
     return bool(p.poll(0))
 
 
-def _pidfd_budget() -> int:
-    """pidfds may use at most a quarter of the fd limit (raised to the hard limit if we may)."""
+def _pidfd_share() -> int:
+    """The fds all held pidfds (inits' and callers') may use: a quarter of the fd limit, raised to the hard
+    limit if we may."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or hard > soft:
         want = 1 << 16 if hard == resource.RLIM_INFINITY else min(hard, 1 << 16)
@@ -94,7 +95,7 @@ class Resolver:
         self._poll = select.poll()  # every held pidfd, for the sweep
         self._ns_by_fd: dict[int, int] = {}
         self._next_sweep = 0.0
-        share = _pidfd_budget() if proc == "/proc" and hasattr(os, "pidfd_open") else 0
+        share = _pidfd_share() if proc == "/proc" and hasattr(os, "pidfd_open") else 0
         self._pidfd_budget = min(PIDFD_BUDGET, share)
         # callers: pid -> (its pidfd, its pid-namespace inode), held while the pidfd says it lives
         self._callers: dict[int, tuple[int, int]] = {}
