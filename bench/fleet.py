@@ -327,8 +327,9 @@ def start_daemon(
     if kind in ("ours", "base"):
         prog = [LXCFS_GUARD]
         if kind == "base":  # another tree of lxcfs_guard (e.g. `git archive OLD lxcfs_guard | tar -x -C DIR`)
-            prog = [sys.executable, "-m", "lxcfs_guard.cli"]
-            env["PYTHONPATH"] = base_tree
+            # -P: not the working directory's lxcfs_guard (this checkout's) ahead of PYTHONPATH's
+            prog = [sys.executable, "-P", "-m", "lxcfs_guard.cli"]
+            env["PYTHONPATH"] = os.path.abspath(base_tree)
         cmd = [*prog, "serve", "--mountpoint", mnt, "--state-dir", os.path.join(work, "state"), *extra]
     else:
         cmd = [LXCFS, "--pidfile", os.path.join(work, "lxcfs.pid"), *extra, mnt]
