@@ -3,9 +3,11 @@
 It mounts, answers the kernel's INIT itself (pyfuse3's loop, driven by fs/syncloop, runs only until the init
 callback has run and is then left by an exception: `pyfuse3.terminate()` would mark the session exited for every
 later loop), and then never serves a request. For each worker slot it makes a clone of the device fd
-(FUSE_DEV_IOC_CLONE), keeps it, and forks a worker that serves on it (fs/worker.py). It also runs the loadavg
-sampler (fs/loadavg.py `SamplerService`) in small steps between events: off every serving path, and without the
-memory of one more Python process.
+(FUSE_DEV_IOC_CLONE), keeps it, and forks a worker that serves on it (fs/worker.py). Slot 0 is the primary,
+which serves every request it keeps up with; the others serve only what it falls behind on or while it is
+stuck or dead (fs/overflow.py: the page and eventfd they share are made here, before the fork). It also runs
+the loadavg sampler (fs/loadavg.py `SamplerService`) in small steps between events: off every serving path, and
+without the memory of one more Python process.
 
 A worker that dies (crash, OOM kill, SIGKILL) is seen at once on its pidfd. The requests it had taken sit in
 its clone's processing queue, which lives on because the holder still holds that clone. The holder then
@@ -41,6 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from lxcfs_guard.fs.overflow import Shared
 from lxcfs_guard.fs.wire import FUSE_NOTIFY_RESEND, OUT_HEADER
 
 log = logging.getLogger("lxcfs_guard.serve")
@@ -101,7 +104,13 @@ class Child:
     restarts: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        return {"slot": self.slot, "pid": self.pid, "started": round(self.started, 3), "restarts": self.restarts}
+        return {
+            "slot": self.slot,
+            "role": "primary" if self.slot == 0 else "overflow",
+            "pid": self.pid,
+            "started": round(self.started, 3),
+            "restarts": self.restarts,
+        }
 
 
 MAX_BACKGROUND = 1024  # RELEASEs the kernel may have queued to us at once (kernel default: 12)
@@ -194,6 +203,7 @@ class Holder:
         self._stop = False
         self.ended = False  # the kernel ended the session (umount, abort): a clean end, not a crash loop
         self._wake_r = self._wake_w = -1
+        self.shared: Shared | None = None  # with several workers: how they share the load (fs/overflow.py)
         self.pid = os.getpid()
 
     # -- start ------------------------------------------------------------------------------------------
@@ -238,6 +248,8 @@ class Holder:
         # Everything allocated so far is shared with the children: keep the cyclic GC from touching (and so
         # copying) those pages in every child.
         gc.freeze()
+        if self.n > 1:
+            self.shared = Shared()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.private_fds |= {self._wake_r, self._wake_w}
         signal.set_wakeup_fd(self._wake_w)
@@ -267,7 +279,7 @@ class Holder:
         def main() -> None:
             if self.worker_setup is not None:
                 self.worker_setup(slot)
-            worker.run(self.ops, self.session_fd, clone, self.pid, close)
+            worker.run(self.ops, self.session_fd, clone, self.pid, close, self.shared, slot)
 
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child
@@ -349,7 +361,7 @@ class Holder:
 
     def _spawn_probe(self) -> Child:
         path = os.path.join(self.mountpoint, "proc", "meminfo")
-        close = sorted(self._all_fds() | {self.session_fd})
+        close = sorted(self._all_fds() | {self.session_fd} | ({self.shared.kick_fd} if self.shared else set()))
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child
             code = 1
@@ -383,6 +395,8 @@ class Holder:
         self._deaths.append(now)
         while self._deaths and now - self._deaths[0] > self.restart_window:
             self._deaths.popleft()
+        if c.slot == 0 and self.shared is not None:
+            self.shared.primary_down()  # the overflow workers serve everything until a new primary is up
         recovered = "resent its requests"
         if self.resend and notify_resend(self.session_fd):
             self.resends += 1

@@ -29,12 +29,14 @@ import mmap
 import os
 import select
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
 import pyfuse3
 
 from lxcfs_guard.fs import syncloop
+from lxcfs_guard.fs.overflow import Overflow, Primary
 from lxcfs_guard.fs.wire import (
     FOPEN_DIRECT_IO,
     FOPEN_KEEP_CACHE,
@@ -78,9 +80,21 @@ class FastPath:
     """One worker's request loop over its clone of the device fd (`dev_fd`); `session_fd` is the fd number
     pyfuse3 reads and writes, which this turns into its end of the socketpair."""
 
-    def __init__(self, ops: Any, dev_fd: int, session_fd: int, notifications: bool = False) -> None:
+    def __init__(
+        self,
+        ops: Any,
+        dev_fd: int,
+        session_fd: int,
+        notifications: bool = False,
+        primary: Primary | None = None,
+        overflow: Overflow | None = None,
+    ) -> None:
         self.ops = ops
         self.dev_fd = dev_fd
+        # with several workers (fs/overflow.py): the primary times its reads to tell when it falls behind;
+        # an overflow worker (non-blocking `dev_fd`) waits through `overflow` whenever the queue is empty
+        self.primary = primary
+        self.overflow = overflow
         # Another thread (the PSI trigger watcher) may write to pyfuse3's end at any time: a poll wake-up
         # (FUSE_NOTIFY_POLL), which must reach the device at once, not with the next passed request's reply.
         self.notifications = notifications
@@ -113,16 +127,25 @@ class FastPath:
         self._forward_replies()
         readv, dev_fd, buf, handlers = os.readv, self.dev_fd, [self.buf], self.handlers
         unpack = IN_HEADER.unpack_from
+        primary, overflow, clock = self.primary, self.overflow, time.monotonic
+        started = 0.0
         while True:
             if self.stopped:
                 raise Stop()
-            self.idle = True
+            self.idle = overflow is None  # a non-blocking read never waits: stop only in overflow.wait()
             if self.notifications:
                 self._wait_for_request()
+            if primary is not None:
+                started = clock()
             try:
                 n = readv(dev_fd, buf)
             except OSError as e:
                 self.idle = False
+                if e.errno == errno.EAGAIN and overflow is not None:
+                    self.idle = True
+                    overflow.wait()
+                    self.idle = False
+                    continue
                 if e.errno in (errno.ENOENT, errno.EINTR, errno.EAGAIN):
                     continue  # ENOENT: the request was interrupted before we read it
                 if e.errno == errno.ENODEV:  # unmounted: the session is over
@@ -130,6 +153,8 @@ class FastPath:
                     return False
                 raise
             self.idle = False
+            if primary is not None:
+                primary.read(started, clock())
             if n < IN_HEADER.size:
                 log.error("short read of %d bytes from the FUSE device", n)
                 continue

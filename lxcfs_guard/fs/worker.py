@@ -6,8 +6,9 @@ queue but keeps the requests it took in a processing queue of its own, which the
 to queue again if this process dies (FUSE_NOTIFY_RESEND). pyfuse3 keeps the session fd in a C global, so
 the clone is dup2'd onto that fd number.
 
-The fd is blocking, as libfuse opens it, and an idle worker waits in read(2) on it (see `_serve`): the
-kernel hands each request to one waiting worker and wakes no other.
+The primary's fd (slot 0) is blocking, as libfuse opens it, and it waits in read(2) on it when idle (see
+`_serve`): the kernel hands it each request and wakes no other worker. The other workers read theirs with
+O_NONBLOCK and take only the requests that wait while the primary is busy (fs/overflow.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from collections.abc import Iterable
 from typing import Any, NoReturn
 
 from lxcfs_guard.fs.fastpath import FastPath, Stop
+from lxcfs_guard.fs.overflow import Overflow, Primary, Shared
 
 log = logging.getLogger("lxcfs_guard.serve")
 
@@ -51,7 +53,17 @@ def _stall_hook(ops: Any) -> None:
     ops.open = open_and_stall
 
 
-def run(ops: Any, session_fd: int, clone_fd: int, holder_pid: int, close_fds: Iterable[int]) -> NoReturn:
+def run(
+    ops: Any,
+    session_fd: int,
+    clone_fd: int,
+    holder_pid: int,
+    close_fds: Iterable[int],
+    shared: Shared | None = None,
+    slot: int = 0,
+) -> NoReturn:
+    """Serve until the session ends. With `shared` (several workers), the primary serves every request it
+    keeps up with and the other workers only what it falls behind on (fs/overflow.py)."""
     code = 1
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -69,7 +81,14 @@ def run(ops: Any, session_fd: int, clone_fd: int, holder_pid: int, close_fds: It
                     os.close(fd)
         _stall_hook(ops)
         psi = bool(getattr(getattr(ops, "pressure", None), "enabled", False))  # a trigger thread notifies
-        code = _serve(FastPath(ops, dev_fd, session_fd, notifications=psi))
+        first = overflow = None
+        if shared is not None and slot == 0:
+            first = Primary(shared, dev_fd)
+        elif shared is not None:
+            os.set_blocking(dev_fd, False)
+            overflow = Overflow(dev_fd, shared, slot)
+        fast = FastPath(ops, dev_fd, session_fd, notifications=psi, primary=first, overflow=overflow)
+        code = _serve(fast)
     except BaseException:  # a worker never returns into the holder's code
         log.exception("worker failed")
     finally:

@@ -247,6 +247,70 @@ def test_a_live_workers_request_resent_meanwhile_is_answered_once_and_its_late_r
         assert "fuse_reply" not in d.log() and "ERROR" not in d.log()
 
 
+def cpu_ticks(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def wakeups(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("voluntary_ctxt_switches:"))
+
+
+def by_role(state_dir: str, pid: int) -> tuple[int, int]:
+    workers = serve_record(state_dir, pid)["workers"]
+    primary = next(w["pid"] for w in workers if w["role"] == "primary")
+    return primary, next(w["pid"] for w in workers if w["role"] == "overflow")
+
+
+def test_the_primary_serves_what_it_keeps_up_with_and_an_idle_overflow_worker_sleeps() -> None:
+    """One reader in a loop never leaves a request waiting behind another, so the primary serves it alone
+    (requests handed out in turn would run each in a process last warmed by others: fs/overflow.py); on
+    an idle mount the overflow worker is not woken at all."""
+    with serve(args=["--workers", "2"]) as d:
+        primary, other = by_role(d.state_dir, d.pid)
+        before = cpu_ticks(primary), cpu_ticks(other)
+        for _ in range(3000):
+            with open(d.path("proc/meminfo"), "rb") as f:
+                assert f.read().startswith(b"MemTotal:")
+        used = cpu_ticks(primary) - before[0], cpu_ticks(other) - before[1]
+        assert used[0] >= 20, used  # the loop took CPU time (ticks of 10 ms) in the primary
+        assert used[1] * 10 <= used[0], f"overflow worker {used[1]} ticks, primary {used[0]}"
+        time.sleep(0.3)  # a few stall watches find no traffic
+        woken = wakeups(other)
+        time.sleep(1.0)
+        assert wakeups(other) - woken <= 1, "an idle overflow worker keeps waking up"
+
+
+def test_a_stopped_primary_does_not_stop_the_mount() -> None:
+    """A primary stuck in a request (SIGSTOP here; a hung cgroup file, a long preemption) serves nothing,
+    and nothing kicks: the overflow worker's stall watch sees requests waiting and serves them."""
+    with serve(args=["--workers", "2"]) as d:
+        primary, _ = by_role(d.state_dir, d.pid)
+        os.kill(primary, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    "import sys\nfor _ in range(50): print(open(sys.argv[1]).read().split()[0])",
+                    d.path("proc/meminfo"),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=20,
+            )
+            took = time.monotonic() - started
+        finally:
+            os.kill(primary, signal.SIGCONT)
+        assert out.returncode == 0 and out.stdout.split() == ["MemTotal:"] * 50, out
+        assert took < 10, took
+        assert primary in worker_pids(d.state_dir, d.pid)  # nobody was restarted
+        print(f"\n50 reads with the primary stopped: {took * 1000:.0f} ms")
+
+
 def test_a_crash_loop_of_workers_ends_serve_and_unmounts() -> None:
     """Workers that keep dying are not restarted for ever: past --max-worker-restarts deaths in 60 s the
     holder gives up (exit 1) and unmounts, so the watchdog's restart and repair take over."""
