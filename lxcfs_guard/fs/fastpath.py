@@ -37,6 +37,7 @@ import pyfuse3
 
 from lxcfs_guard.fs import syncloop
 from lxcfs_guard.fs.overflow import Overflow, Primary
+from lxcfs_guard.fs.spin import Spin
 from lxcfs_guard.fs.wire import (
     FOPEN_DIRECT_IO,
     FOPEN_KEEP_CACHE,
@@ -95,6 +96,8 @@ class FastPath:
         # an overflow worker (non-blocking `dev_fd`) waits through `overflow` whenever the queue is empty
         self.primary = primary
         self.overflow = overflow
+        # a worker that blocks in read(2) (the primary, or a lone worker) spins for a caller in a tight loop
+        self.spin = Spin(dev_fd) if overflow is None else None
         # Another thread (the PSI trigger watcher) may write to pyfuse3's end at any time: a poll wake-up
         # (FUSE_NOTIFY_POLL), which must reach the device at once, not with the next passed request's reply.
         self.notifications = notifications
@@ -127,7 +130,7 @@ class FastPath:
         self._forward_replies()
         readv, dev_fd, buf, handlers = os.readv, self.dev_fd, [self.buf], self.handlers
         unpack = IN_HEADER.unpack_from
-        primary, overflow, clock = self.primary, self.overflow, time.monotonic
+        primary, overflow, spin, clock = self.primary, self.overflow, self.spin, time.monotonic
         started = 0.0
         while True:
             if self.stopped:
@@ -135,8 +138,8 @@ class FastPath:
             self.idle = overflow is None  # a non-blocking read never waits: stop only in overflow.wait()
             if self.notifications:
                 self._wait_for_request()
-            if primary is not None:
-                started = clock()
+            if spin is not None:
+                started = spin.ready()
             try:
                 n = readv(dev_fd, buf)
             except OSError as e:
@@ -153,12 +156,15 @@ class FastPath:
                     return False
                 raise
             self.idle = False
-            if primary is not None:
-                primary.read(started, clock())
             if n < IN_HEADER.size:
                 log.error("short read of %d bytes from the FUSE device", n)
                 continue
             _, opcode, unique, nodeid, uid, gid, pid, _, _ = unpack(self.buf)
+            if spin is not None:
+                ended = clock()
+                spin.took(pid, ended - started)
+                if primary is not None:
+                    primary.read(started, ended)
             handler = handlers.get(opcode)
             if handler is None:
                 self.passed = opcode

@@ -283,6 +283,34 @@ def test_the_primary_serves_what_it_keeps_up_with_and_an_idle_overflow_worker_sl
         assert wakeups(other) - woken <= 1, "an idle overflow worker keeps waking up"
 
 
+def test_the_primary_does_not_sleep_between_the_requests_of_a_reader_in_a_tight_loop() -> None:
+    """fs/spin.py: between the requests of one reader reading back to back the primary polls the device
+    for the next one instead of sleeping in read(2) (a sleeping vCPU is slow to wake). Measured here: without
+    the spin it slept 2.8 times a read (of four requests), with it 0.2-0.4."""
+    with serve(args=["--workers", "2", "--cache-ttl", "0"]) as d:
+        primary, _ = by_role(d.state_dir, d.pid)
+        path = d.path("proc/meminfo")
+
+        def sleeps_per_read(reads: int, pause: float) -> float:
+            before = wakeups(primary)
+            for _ in range(reads):
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    while os.read(fd, 65536):
+                        pass
+                finally:
+                    os.close(fd)
+                if pause:
+                    time.sleep(pause)
+            return (wakeups(primary) - before) / reads
+
+        paused = sleeps_per_read(100, 0.005)
+        tight = sleeps_per_read(3000, 0)
+        print(f"\nthe primary slept {paused:.2f} times a read between paused reads, {tight:.2f} in a tight loop")
+        assert paused >= 1, paused  # after each pause a request woke it
+        assert tight <= 1.0, tight
+
+
 def test_a_stopped_primary_does_not_stop_the_mount() -> None:
     """A primary stuck in a request (SIGSTOP here; a hung cgroup file, a long preemption) serves nothing,
     and nothing kicks: the overflow worker's stall watch sees requests waiting and serves them."""
