@@ -81,7 +81,9 @@ def kill_a_worker(sup: Supervised, reader: Reader) -> None:
         f"{'s' if len(workers) != 1 else ''} serve it (pids {' '.join(str(w['pid']) for w in workers)})"
     )
     wait_for(lambda: any("MemTotal" in x for _, x in reader.since(0)), 10, what="the container's reads")
-    victim = workers[-1]["pid"]
+    # the primary: it serves every request the others are not woken for (fs/overflow.py), so it is the one
+    # whose death a reader could see
+    victim = next((w["pid"] for w in workers if w.get("role") == "primary"), workers[0]["pid"])
     t_kill = time.monotonic()
     os.kill(victim, signal.SIGKILL)
     replaced: list[dict] = []
@@ -96,7 +98,10 @@ def kill_a_worker(sup: Supervised, reader: Reader) -> None:
     seen = reader.since(t_kill)
     bad = [x for _, x in seen if "65536 kB" not in x]
     new = next(w["pid"] for w in replaced if w["pid"] not in {x["pid"] for x in workers})
-    say(f"      killed worker pid {victim} (kill -9); replaced by pid {new} within {took:.0f} ms, same mount")
+    say(
+        f"      killed the primary worker, pid {victim} (kill -9), the one serving the reads; replaced by pid "
+        f"{new} within {took:.0f} ms, same mount"
+    )
     if bad:
         say(f"      inside, {len(bad)} of {len(seen)} reads failed:  {bad[0]}")
         raise RuntimeError("a worker's death was seen inside the container")
