@@ -19,14 +19,6 @@ from lxcfs_guard.fs.overflow import KICK_AFTER, Overflow, Primary, Shared
 
 
 @pytest.fixture
-def device() -> Iterator[tuple[int, int]]:
-    r, w = os.pipe()
-    yield r, w
-    os.close(r)
-    os.close(w)
-
-
-@pytest.fixture
 def shared() -> Iterator[Shared]:
     s = Shared()
     yield s

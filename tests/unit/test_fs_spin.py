@@ -8,19 +8,10 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from lxcfs_guard.fs.spin import HOT_GAP, HOT_RUN, SPIN, Spin
-
-
-@pytest.fixture
-def device() -> Iterator[tuple[int, int]]:
-    r, w = os.pipe()
-    yield r, w
-    os.close(r)
-    os.close(w)
 
 
 def hot(spin: Spin, pid: int = 100) -> None:
