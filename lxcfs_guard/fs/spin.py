@@ -5,7 +5,7 @@ finds the end). Between two of them a worker would sleep in read(2) until the ca
 it, and waking a sleeping CPU is slow on a VM (an interrupt into an idle vCPU): a caller that reads back to
 back pays that three times per read. Measured with bench/read_rate.py, meminfo, `--cache-ttl 0`, one
 reader, LXCFS 5.0.3 in the same run: 0.82-0.87x LXCFS's rate with the worker sleeping between requests,
-1.21-1.22x with it polling the device for up to 100 us first.
+1.14-1.39x (four runs) with it polling the device for up to 100 us first.
 
 Spinning costs CPU wherever the next request does not come that soon. On a busy node (bench/fleet.py,
 N=200: hundreds of callers each reading a few files once a second) spinning after every reply cost about

@@ -174,4 +174,5 @@ def test_exited_containers_are_unregistered_at_once():
         wait_for(lambda: gone.id not in Registry(s.state_dir).load(), 5, what="the exited container to be unregistered")
         assert time.monotonic() - t < 2.0  # the proc connector, not the 10 s periodic sweep
         assert set(Registry(s.state_dir).load()) == ids - {gone.id}
-        assert f"container {gone.id} exited: unregistered" in s.log()
+        # the supervisor logs it right after the registry write the wait above saw
+        wait_for(lambda: f"container {gone.id} exited: unregistered" in s.log(), 2, what="the unregister log line")
