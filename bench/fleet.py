@@ -250,6 +250,24 @@ def process_cpu_ticks(pids: list[int]) -> dict[int, int]:
     return out
 
 
+def thread_sched(pids: list[int]) -> dict[int, tuple[int, int]]:
+    """Per thread of `pids`: (ns spent runnable but waiting for a CPU, times it was given one), from
+    /proc/PID/task/TID/schedstat. How long a daemon waits to run after a request woke it is part of every
+    reader's latency that its CPU time does not show."""
+    out = {}
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            with contextlib.suppress(OSError, ValueError):
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    _, wait, slices = f.read().split()
+                out[int(tid)] = (int(wait), int(slices))
+    return out
+
+
 def kill_cgroup_procs(path: str) -> None:
     """SIGKILL, by pid, what is left in one of OUR cgroups (only our readers and daemons ever join them)."""
     for pid in cgroup_pids(path):
@@ -395,6 +413,8 @@ class RoundResult:
     pss_kb: int
     wall_s: float
     steal_pct: float  # of the machine's CPU time over the round, taken by the hypervisor for others
+    runq_ns: int  # the daemon's threads, runnable but waiting for a CPU, summed over the round
+    slices: int  # and how many times they were given one
     per_file: dict[str, tuple[int, int]]  # name -> (reads, errors)
     pass_p99_ms: list[float]  # p99 of the reads of each pass (a pass: every reader reads every file once)
     kinds: dict[str, int]  # 'open ENFILE' -> count
@@ -454,6 +474,7 @@ def run_round(
             got += len(b)
         cpu0 = cpu_counters(d.cgroup)
         per_proc0 = process_cpu_ticks(cgroup_pids(d.cgroup))
+        sched0 = thread_sched(cgroup_pids(d.cgroup))
         steal0 = machine_ticks()
         t0 = time.monotonic()
         os.close(go_w)  # EOF on every reader's stdin: go
@@ -464,6 +485,10 @@ def run_round(
         steal1 = machine_ticks()
         cpu1 = cpu_counters(d.cgroup)
         per_proc1 = process_cpu_ticks(cgroup_pids(d.cgroup))
+        sched1 = thread_sched(cgroup_pids(d.cgroup))
+        # over the threads that lived through the round
+        runq_ns = sum(w - sched0[t][0] for t, (w, _) in sched1.items() if t in sched0)
+        slices = sum(n - sched0[t][1] for t, (_, n) in sched1.items() if t in sched0)
         # the share of each process that lived through the round (ours: the holder first, then the workers)
         shares = [per_proc1[p] - per_proc0[p] for p in per_proc1 if p in per_proc0]
         cpu, user, system = (after - before for after, before in zip(cpu1, cpu0, strict=True))
@@ -519,6 +544,8 @@ def run_round(
         pss,
         wall,
         100.0 * (steal1[0] - steal0[0]) / max(steal1[1] - steal0[1], 1),
+        runq_ns,
+        slices,
         {k: (v[0], v[1]) for k, v in per_file.items()},
         [quantile_ms(sorted(by_pass[k]), 0.99) for k in sorted(by_pass)],
         kinds,
@@ -571,6 +598,10 @@ def print_round(r: RoundResult) -> None:
     if len(r.shares) > 1:
         total = sum(r.shares) or 1
         print("    CPU by process (pid order): " + ", ".join(f"{100 * t / total:.0f}%" for t in r.shares))
+    print(
+        f"    waiting for a CPU once runnable: {r.runq_ns / 1e6:.0f} ms over the round, "
+        f"{r.runq_ns / 1e3 / max(r.slices, 1):.0f} us a time it ran ({r.slices} times)"
+    )
     if r.pass_p99_ms:
         print("    p99 by pass (ms): " + " ".join(f"{ms:.3g}" if ms < 100 else f"{ms:.0f}" for ms in r.pass_p99_ms))
     bad = {k: v for k, v in r.per_file.items() if v[1]}
