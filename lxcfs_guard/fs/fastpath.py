@@ -97,7 +97,7 @@ class FastPath:
         self.primary = primary
         self.overflow = overflow
         # a worker that blocks in read(2) (the primary, or a lone worker) spins for a caller in a tight loop
-        self.spin = Spin(dev_fd) if overflow is None else None
+        self.spin = Spin(primary.queue if primary is not None else _readable(dev_fd)) if overflow is None else None
         # Another thread (the PSI trigger watcher) may write to pyfuse3's end at any time: a poll wake-up
         # (FUSE_NOTIFY_POLL), which must reach the device at once, not with the next passed request's reply.
         self.notifications = notifications
@@ -246,6 +246,13 @@ class FastPath:
     def _flush(self, unique: int, nodeid: int, uid: int, gid: int, pid: int) -> None:
         # ENOSYS once and the kernel never sends FLUSH again on this connection (nothing to flush here)
         self._reply(unique, b"", "FLUSH", errno.ENOSYS)
+
+
+def _readable(fd: int) -> select.poll:
+    """A poll for a request waiting on the device."""
+    p = select.poll()
+    p.register(fd, select.POLLIN)
+    return p
 
 
 def _refused(e: OSError, what: str) -> bool:

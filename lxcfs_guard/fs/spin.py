@@ -29,13 +29,13 @@ HOT_RUN = 32  # requests in a row from one caller, each within HOT_GAP, that mak
 
 
 class Spin:
-    """One worker's spin: `ready()` before each read(2) of the device, `took()` after it."""
+    """One worker's spin: `ready()` before each read(2) of the device, `took()` after it. `queue` polls the
+    device for POLLIN (the primary's own, when this worker is one: fs/overflow.Primary)."""
 
     __slots__ = ("queue", "pid", "run", "missed")
 
-    def __init__(self, dev_fd: int) -> None:
-        self.queue = select.poll()
-        self.queue.register(dev_fd, select.POLLIN)
+    def __init__(self, queue: select.poll) -> None:
+        self.queue = queue
         self.pid = 0  # the caller of the last request
         self.run = 0  # requests in a row from it, each within HOT_GAP
         self.missed = False  # the last spin found no request

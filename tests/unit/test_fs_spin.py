@@ -7,11 +7,18 @@ real mount: tests/integration/test_serve_workers.py.
 from __future__ import annotations
 
 import os
+import select
 import time
 
 import pytest
 
 from lxcfs_guard.fs.spin import HOT_GAP, HOT_RUN, SPIN, Spin
+
+
+def readable(fd: int) -> select.poll:
+    p = select.poll()
+    p.register(fd, select.POLLIN)
+    return p
 
 
 def hot(spin: Spin, pid: int = 100) -> None:
@@ -28,7 +35,7 @@ def spins(spin: Spin) -> bool:
 
 
 def test_a_caller_in_a_tight_loop_makes_the_worker_spin(device) -> None:
-    spin = Spin(device[0])
+    spin = Spin(readable(device[0]))
     for _ in range(HOT_RUN - 1):
         spin.ready()
         spin.took(100, HOT_GAP / 10)
@@ -38,7 +45,7 @@ def test_a_caller_in_a_tight_loop_makes_the_worker_spin(device) -> None:
 
 
 def test_the_kernels_release_on_the_callers_behalf_keeps_the_loop(device) -> None:
-    spin = Spin(device[0])
+    spin = Spin(readable(device[0]))
     for i in range(HOT_RUN):
         spin.ready()
         spin.took(0 if i % 4 == 3 else 100, HOT_GAP / 10)  # RELEASE of a closed file comes with pid 0
@@ -50,7 +57,7 @@ def test_the_kernels_release_on_the_callers_behalf_keeps_the_loop(device) -> Non
     [pytest.param((200, HOT_GAP / 10), id="another-caller"), pytest.param((100, 2 * HOT_GAP), id="a-pause")],
 )
 def test_another_caller_or_a_pause_ends_the_loop(device, other) -> None:
-    spin = Spin(device[0])
+    spin = Spin(readable(device[0]))
     hot(spin)
     spin.ready()
     spin.missed = False  # as if the request had come during the spin
@@ -60,7 +67,7 @@ def test_another_caller_or_a_pause_ends_the_loop(device, other) -> None:
 
 def test_a_spin_that_finds_nothing_ends_the_loop(device) -> None:
     """A caller that pauses between reads costs one spin, not one per request."""
-    spin = Spin(device[0])
+    spin = Spin(readable(device[0]))
     hot(spin)
     assert spins(spin)
     spin.took(100, SPIN + 1e-6)
@@ -70,7 +77,7 @@ def test_a_spin_that_finds_nothing_ends_the_loop(device) -> None:
 
 def test_a_request_already_waiting_ends_the_spin_at_once(device) -> None:
     r, w = device
-    spin = Spin(r)
+    spin = Spin(readable(r))
     hot(spin)
     os.write(w, b"x")
     spin.ready()
