@@ -41,7 +41,13 @@ def effective_limit(mem: MemoryFacts, options: MeminfoOptions = DEFAULT_OPTIONS)
 
 
 def _line(label: str, kib: int) -> str:
-    return f"{label + ':':<16}{kib:>8} kB\n"
+    return _line_format(label) % kib
+
+
+def _line_format(label: str) -> str:
+    """The kernel's "%-16s%8lu kB" for one label, as a %-format of the figure alone (a line formatted from it
+    costs half of one formatted from the label and the figure: a render formats 28)."""
+    return (label + ":").ljust(16).replace("%", "%%") + "%8d kB\n"
 
 
 def _host_value(line: str) -> int:
@@ -61,7 +67,8 @@ class _Template:
     """The host file taken apart once (it is the same for every cgroup within a tick): runs of lines that pass
     through joined into one string, and the keys of the lines to rewrite, in the host's order."""
 
-    parts: tuple[tuple[int, str, int], ...]  # (kind, text: passed-through run or line prefix, host figure)
+    # (kind, text: a passed-through run or the line's key, host figure, the line's format: _line_format)
+    parts: tuple[tuple[int, str, int, str], ...]
     host_total: int
     has_zswap: bool
     host_swap: int  # the host's SwapTotal, kB
@@ -69,7 +76,7 @@ class _Template:
 
 @per_host_text
 def _compile(host: str) -> _Template:
-    parts: list[tuple[int, str, int]] = []
+    parts: list[tuple[int, str, int, str]] = []
     run: list[str] = []
     host_total = host_swap = 0
     for line in host.splitlines():
@@ -91,11 +98,11 @@ def _compile(host: str) -> _Template:
             run.append(line + "\n")
             continue
         if run:
-            parts.append((_PASS, "".join(run), 0))
+            parts.append((_PASS, "".join(run), 0, ""))
             run = []
-        parts.append((kind, key, 0 if kind == _FIGURE else _host_value(line)))
+        parts.append((kind, key, 0 if kind == _FIGURE else _host_value(line), _line_format(key)))
     if run:
-        parts.append((_PASS, "".join(run), 0))
+        parts.append((_PASS, "".join(run), 0, ""))
     return _Template(tuple(parts), host_total, "\nZswap:" in "\n" + host, host_swap)
 
 
@@ -174,23 +181,23 @@ def render_meminfo(host: str, mem: MemoryFacts, options: MeminfoOptions = DEFAUL
     # them there only when the cgroup reports zswap figures
     insert_zswap = options.zswap and mem.zswap is not None and not tpl.has_zswap
     out: list[str] = []
-    for kind, text, value in tpl.parts:
+    for kind, text, value, line in tpl.parts:
         if kind == _PASS:
             out.append(text)
         elif kind == _FIGURE:
-            out.append(_line(text, replace[text]))
+            out.append(line % replace[text])
         elif kind == _SWAP_TOTAL:
             if swap_total is not None:
                 value = min(value, swap_total)
             if swappiness_zero or not options.swap:
                 value = 0
-            out.append(_line(text, value))
+            out.append(line % value)
         else:  # SwapFree
             if swap_free is not None:
                 value = min(value, swap_free)
             if swappiness_zero or not options.swap:
                 value = 0
-            out.append(_line(text, value))
+            out.append(line % value)
             if insert_zswap:
                 out.append(_line("Zswap", replace["Zswap"]))
                 out.append(_line("Zswapped", replace["Zswapped"]))
