@@ -17,11 +17,13 @@ from lxcfs_guard.cgroup.base import (
     join,
     parse_cpu_list,
     parse_flat_keyed,
+    parse_int_text,
     read_int,
     read_text,
     strip_init_scope,
 )
 from lxcfs_guard.cgroup.facts import UNLIMITED_V1, CgroupRef, CpuFacts, CpuUsage, IoStat, MemoryFacts
+from lxcfs_guard.cgroup.held import HeldFiles
 from lxcfs_guard.cgroup.quota import quota_up_v1
 
 _MEMSTAT_KEYS = (
@@ -39,6 +41,10 @@ _MEMSTAT_KEYS = (
     "inactive_file",
     "unevictable",
 )
+# each key with its hierarchical total (what a view shows: the cgroup and its children)
+_MEMSTAT_TOTALS = tuple((k, "total_" + k) for k in _MEMSTAT_KEYS)
+# what memory() converts of memory.stat's 40-70 numbers (an int() each is a third of a microsecond)
+_MEMSTAT_WANTED = (*(total for _, total in _MEMSTAT_TOTALS), "hierarchical_memory_limit", "hierarchical_memsw_limit")
 
 
 def _limit(value: int | None) -> int | None:
@@ -64,6 +70,7 @@ class V1Reader:
 
     def __init__(self, root: str = DEFAULT_ROOT) -> None:
         self.root = root.rstrip("/") or "/"
+        self.files = HeldFiles()  # the files every render reads, kept open (cgroup/held.py)
         self._dirs: dict[str, str] = {}
         self._absent: set[str] = set()  # blkio file names this kernel does not have
         # a /proc/PID/cgroup line's controller field -> the names it stands for (a host has a dozen fields)
@@ -78,6 +85,9 @@ class V1Reader:
                 continue
             for ctrl in name.split(","):
                 self._dirs.setdefault(ctrl, full)
+
+    def _int(self, path: str) -> int | None:
+        return parse_int_text(self.files.read(path))
 
     def controller_dir(self, controller: str) -> str | None:
         return self._dirs.get(controller)
@@ -135,19 +145,21 @@ class V1Reader:
         path = self._path(ref, "memory")
         if path is None:
             return None
-        usage = read_int(f"{path}/memory.usage_in_bytes")
-        stat_text = read_text(f"{path}/memory.stat")
+        usage = self._int(f"{path}/memory.usage_in_bytes")
+        stat_text = self.files.read(f"{path}/memory.stat")
         if usage is None or stat_text is None:
             if not os.path.isdir(path):
                 raise CgroupGone(path)
             return None
-        raw = parse_flat_keyed(stat_text)
-        stat = {k: raw.get("total_" + k, raw.get(k, 0)) for k in _MEMSTAT_KEYS}
+        raw = parse_flat_keyed(stat_text, _MEMSTAT_WANTED)
+        if "total_cache" not in raw:  # no hierarchical totals (the kernel writes all of them or none)
+            raw.update(parse_flat_keyed(stat_text, _MEMSTAT_KEYS))
+        stat = {k: raw.get(total, raw.get(k, 0)) for k, total in _MEMSTAT_TOTALS}
         # memory.stat already carries the smallest limit up the tree (the kernel walks the ancestors for
         # hierarchical_*_limit): one file instead of one per level and kind
         hier = raw.get("hierarchical_memory_limit")
         limit = _limit(hier) if hier is not None else self._min_up(ref, "memory", "memory.limit_in_bytes")
-        memsw_usage = read_int(f"{path}/memory.memsw.usage_in_bytes") if swap else None
+        memsw_usage = self._int(f"{path}/memory.memsw.usage_in_bytes") if swap else None
         swap_limit = swap_usage = None
         accounting = memsw_usage is not None
         if memsw_usage is not None:
@@ -165,7 +177,7 @@ class V1Reader:
             swap_limit=swap_limit,
             swap_usage=swap_usage,
             swap_accounting=accounting,
-            swappiness=read_int(f"{path}/memory.swappiness") if swap else None,
+            swappiness=self._int(f"{path}/memory.swappiness") if swap else None,
         )
 
     def cpu(self, ref: CgroupRef, quota: bool = True) -> CpuFacts | None:
@@ -174,9 +186,9 @@ class V1Reader:
         cpus: tuple[int, ...] | None = None
         path = self._path(ref, "cpuset")
         if path is not None:
-            text = read_text(f"{path}/cpuset.effective_cpus")
+            text = self.files.read(f"{path}/cpuset.effective_cpus")
             if text is None:
-                text = read_text(f"{path}/cpuset.cpus")
+                text = self.files.read(f"{path}/cpuset.cpus")
             if text is None and not os.path.isdir(path):
                 raise CgroupGone(path)
             if text is not None and text.strip():
@@ -195,7 +207,7 @@ class V1Reader:
         path = self._path(ref, "cpuacct")
         if path is None:
             return None
-        text = read_text(f"{path}/cpuacct.usage_all")
+        text = self.files.read(f"{path}/cpuacct.usage_all")
         if text is None:
             if not os.path.isdir(path):
                 raise CgroupGone(path)
@@ -215,7 +227,7 @@ class V1Reader:
         path = self._path(ref, "cpuacct")
         if path is None:
             return None
-        value = read_int(f"{path}/cpuacct.usage")
+        value = self._int(f"{path}/cpuacct.usage")
         if value is None and not os.path.isdir(path):
             raise CgroupGone(path)
         return value
@@ -280,7 +292,7 @@ class V1Reader:
         files on blk-mq kernels) is not looked for again: a failed open per render is not free."""
         if name in self._absent:
             return None
-        text = read_text(f"{path}/{name}")
+        text = self.files.read(f"{path}/{name}")
         if text is None and os.path.isdir(path):
             self._absent.add(name)
         return text

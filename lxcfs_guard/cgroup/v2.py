@@ -16,11 +16,12 @@ from lxcfs_guard.cgroup.base import (
     join,
     parse_cpu_list,
     parse_flat_keyed,
-    read_int,
+    parse_int_text,
     read_text,
     strip_init_scope,
 )
 from lxcfs_guard.cgroup.facts import CgroupRef, CpuFacts, CpuUsage, IoStat, MemoryFacts
+from lxcfs_guard.cgroup.held import HeldFiles
 from lxcfs_guard.cgroup.quota import quota_up_v2
 
 # v2 memory.stat name -> the v1 name the views use
@@ -44,6 +45,7 @@ _MEMSTAT_MAP = {
     "shmem_thp": "shmem_thp",
     "file_thp": "file_thp",
 }
+_MEMSTAT_WANTED = (*_MEMSTAT_MAP, "zswap", "zswapped")  # what memory() reads of memory.stat's 50-70 numbers
 
 
 class V2Reader:
@@ -51,6 +53,10 @@ class V2Reader:
 
     def __init__(self, root: str = DEFAULT_ROOT) -> None:
         self.root = root.rstrip("/") or "/"
+        self.files = HeldFiles()  # the files every render reads, kept open (cgroup/held.py)
+
+    def _int(self, path: str) -> int | None:
+        return parse_int_text(self.files.read(path))
 
     def parse_proc_cgroup(self, text: str) -> CgroupRef:
         for line in text.splitlines():
@@ -75,7 +81,7 @@ class V2Reader:
             return None
         best: int | None = None
         for anc in ancestors(rel):
-            v = read_int(f"{join(self.root, anc)}/{filename}")
+            v = self._int(f"{join(self.root, anc)}/{filename}")
             if v is not None and v >= 0 and (best is None or v < best):
                 best = v
         return best
@@ -90,14 +96,14 @@ class V2Reader:
         path = self._path(ref)
         if path is None:
             return None
-        usage = read_int(f"{path}/memory.current")
-        stat_text = read_text(f"{path}/memory.stat")
+        usage = self._int(f"{path}/memory.current")
+        stat_text = self.files.read(f"{path}/memory.stat")
         if usage is None or stat_text is None:
             self._raise_if_gone(path)
             return None
-        raw = parse_flat_keyed(stat_text)
+        raw = parse_flat_keyed(stat_text, _MEMSTAT_WANTED)
         stat = {v1: raw.get(v2, 0) for v2, v1 in _MEMSTAT_MAP.items()}
-        swap_usage = read_int(f"{path}/memory.swap.current") if swap else None
+        swap_usage = self._int(f"{path}/memory.swap.current") if swap else None
         accounting = swap_usage is not None
         return MemoryFacts(
             limit=self._min_up(ref, "memory.max"),
@@ -117,7 +123,7 @@ class V2Reader:
         if path is None:
             return None
         cpus: tuple[int, ...] | None = None
-        text = read_text(f"{path}/cpuset.cpus.effective")
+        text = self.files.read(f"{path}/cpuset.cpus.effective")
         if text is not None and text.strip():
             cpus = parse_cpu_list(text)
         limit = period = None
@@ -133,7 +139,7 @@ class V2Reader:
         path = self._path(ref)
         if path is None:
             return None
-        text = read_text(f"{path}/cpu.stat")
+        text = self.files.read(f"{path}/cpu.stat")
         if text is None:
             self._raise_if_gone(path)
             return None
@@ -154,7 +160,7 @@ class V2Reader:
         path = self._path(ref)
         if path is None:
             return None
-        text = read_text(f"{path}/io.stat")
+        text = self.files.read(f"{path}/io.stat")
         if text is None:
             self._raise_if_gone(path)
             return None

@@ -236,6 +236,17 @@ def statx_cached(fd: int) -> tuple[int, int]:
     return st.stx_mode, os.makedev(st.stx_dev_major, st.stx_dev_minor)
 
 
+CGROUP_SUPER_MAGIC = 0x27E0EB
+CGROUP2_SUPER_MAGIC = 0x63677270
+
+
+def fstatfs_type(fd: int) -> int:
+    """f_type of the filesystem `fd` is on (fstatfs(2): Python has no wrapper that returns it)."""
+    buf = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on 64-bit Linux; f_type comes first
+    _check(_libc.fstatfs(fd, buf), "fstatfs")
+    return ctypes.c_long.from_buffer(buf).value
+
+
 def unshare(flags: int) -> None:
     """unshare(2) (Python 3.11 has no os.unshare)."""
     _check(_libc.unshare(flags), "unshare")
