@@ -416,6 +416,7 @@ class RoundResult:
     runq_ns: int  # the daemon's threads, runnable but waiting for a CPU, summed over the round
     slices: int  # and how many times they were given one
     per_file: dict[str, tuple[int, int]]  # name -> (reads, errors)
+    file_p99_ms: dict[str, tuple[float, float]]  # name -> (p50, p99) of its reads
     pass_p99_ms: list[float]  # p99 of the reads of each pass (a pass: every reader reads every file once)
     kinds: dict[str, int]  # 'open ENFILE' -> count
     verified: str
@@ -515,6 +516,7 @@ def run_round(
     by_pass: dict[int, list[int]] = {}
     errors = 0
     per_file = {f: [0, 0] for f in files}
+    file_lat: dict[str, list[int]] = {f: [] for f in files}
     kinds: dict[str, int] = {}
     for i in range(fleet.n):
         if i in killed:
@@ -525,6 +527,7 @@ def run_round(
             lat.append(ns)
             by_pass.setdefault(k, []).append(ns)
             per_file[files[fi]][0] += 1
+            file_lat[files[fi]].append(ns)
             if err:
                 errors += 1
                 per_file[files[fi]][1] += 1
@@ -547,6 +550,7 @@ def run_round(
         runq_ns,
         slices,
         {k: (v[0], v[1]) for k, v in per_file.items()},
+        {k: (quantile_ms(sorted(v), 0.5), quantile_ms(sorted(v), 0.99)) for k, v in file_lat.items()},
         [quantile_ms(sorted(by_pass[k]), 0.99) for k in sorted(by_pass)],
         kinds,
         verified,
@@ -601,6 +605,11 @@ def print_round(r: RoundResult) -> None:
     print(
         f"    waiting for a CPU once runnable: {r.runq_ns / 1e6:.0f} ms over the round, "
         f"{r.runq_ns / 1e3 / max(r.slices, 1):.0f} us a time it ran ({r.slices} times)"
+    )
+    print(
+        "    p50/p99 by file (ms): "
+        + ", ".join(f"{k.rsplit('/', 1)[-1]} {p50:.2f}/{p99:.2f}" for k, (p50, p99) in r.file_p99_ms.items())
+        + f"; all p90 {r.pct(0.9):.2f} p95 {r.pct(0.95):.2f} p99.9 {r.pct(0.999):.2f}"
     )
     if r.pass_p99_ms:
         print("    p99 by pass (ms): " + " ".join(f"{ms:.3g}" if ms < 100 else f"{ms:.0f}" for ms in r.pass_p99_ms))
