@@ -9,12 +9,11 @@ busy node (bench/fleet.py, N=200) the daemon's CPU per read fell by 5-15%.
 
 What it costs, and its bounds:
 - kernel memory: about 5 KB per held file (the open file, kernfs's state, a page of seq_file buffer;
-  measured: 5.2 KB per fd in Slab). `budget` files at most per process (1024: 5 MB); past it a file is read
-  the old way. The first files read keep their place; a file not read for `idle` seconds is closed, so a
-  node whose containers change does not keep the old ones' files.
+  measured: 5.2 KB per fd in Slab). At most `budget` files per process (1024, so 5 MB; never more than
+  a quarter of the fd limit); past it a file is read the old way. The first files read keep their place,
+  and a file not read for `idle` seconds is closed, so a node whose containers change frees the old ones'.
 - a removed cgroup: a held file of it answers ENODEV, and is closed then; the path is opened afresh, so a
-  cgroup made again under the same name (a restarted container) is read, not its dead predecessor. A held
-  file keeps its dying cgroup's memory around only until then or until `idle` passes.
+  cgroup made again under the same name (a restarted container) is read, not its dead predecessor.
 - other filesystems: only files on a cgroup filesystem are held (see `_on_cgroupfs`).
 - fork: a child does not keep its parent's files (they would be read through the same open file in two
   processes, and the parent would never close them): the child starts empty.
@@ -24,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import time
 import weakref
 
@@ -38,7 +38,7 @@ class HeldFiles:
     __slots__ = ("budget", "idle", "_fds", "_gen", "_next_sweep", "__weakref__")
 
     def __init__(self, budget: int = BUDGET, idle: float = IDLE) -> None:
-        self.budget = budget
+        self.budget = -budget  # negative until the first file is held: then capped by the fd limit
         self.idle = idle
         self._fds: dict[str, list[int]] = {}  # path -> [fd, the sweep generation it was last read in]
         self._gen = 0
@@ -78,6 +78,8 @@ class HeldFiles:
                     chunks.append(b)
                 data = b"".join(chunks)
             else:
+                if self.budget < 0:
+                    self.budget = _fd_share(-self.budget)
                 keep = len(self._fds) < self.budget and _on_cgroupfs(fd)
         finally:
             if keep:
@@ -109,6 +111,13 @@ class HeldFiles:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._fds = {}
+
+
+def _fd_share(want: int) -> int:
+    """`want`, but at most a quarter of the fd limit: pidfds (fs/caller.py) and requests need the rest. Asked
+    at the first file held, after the daemon has raised its limit."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return want if soft == resource.RLIM_INFINITY else max(0, min(want, soft // 4))
 
 
 def _on_cgroupfs(fd: int) -> bool:

@@ -122,3 +122,25 @@ def test_a_forked_child_does_not_keep_its_parents_files() -> None:
         assert os.waitstatus_to_exitcode(status) == 0
         assert len(files) == 1 and path in _open_fds()
     files.close()
+
+
+def test_the_budget_leaves_most_fds_to_the_rest() -> None:
+    """Held files take at most a quarter of the fd limit (pidfds and the device need the rest)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with make_cgroup(memory=64 * MiB) as cg:
+        d = cg.paths["unified" if cg.v2 else "memory"]
+        names = sorted(n for n in os.listdir(d) if n.startswith("memory.") and os.access(f"{d}/{n}", os.R_OK))
+        limit = len(os.listdir("/proc/self/fd")) + 20
+        assert len(names) > limit // 4
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+        try:
+            files = HeldFiles(budget=1000)
+            for n in names:
+                with contextlib.suppress(OSError):  # some are write-only in effect (EINVAL on read)
+                    files.read(f"{d}/{n}")
+            assert files.budget == limit // 4 and len(files) == limit // 4
+            files.close()
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
