@@ -31,6 +31,22 @@ def test_another_worker_reads_and_releases_what_one_put() -> None:
     assert a.get(fh) is None and b.read(fh, 0, 10) is None
 
 
+def test_the_owners_copies_follow_releases_through_any_worker() -> None:
+    """The owner answers its own snapshots from a local copy: a release through another worker ends that
+    copy too (read or reclaimed), so the copies neither outlive their files nor pile up."""
+    a, b = arenas()
+    fhs = [a.put(b"x" * 100) for _ in range(50)]
+    assert a.read(fhs[0], 0, 10) == b"x" * 10  # the owner's own copy
+    for fh in fhs[:25]:
+        a.free(fh)
+    for fh in fhs[25:]:
+        b.free(fh)  # the other worker's release: only the shared header knows
+    assert a.read(fhs[30], 0, 10) is None
+    for _ in range(10):
+        a.free(a.put(b"y" * 100))  # the ring reclaims the released blocks as it goes
+    assert len(a._own) == 0 and a.live_blocks() <= 1  # the last one goes at the next put
+
+
 def test_open_snapshots_survive_any_amount_of_churn_and_the_ring_grows_for_them() -> None:
     a, b = arenas()
     rnd = random.Random(7)
