@@ -41,6 +41,7 @@ _MEMSTAT_KEYS = (
     "inactive_file",
     "unevictable",
 )
+REFS_MAX = 4096  # /proc/PID/cgroup texts remembered with their parse (a few hundred bytes each)
 # each key with its hierarchical total (what a view shows: the cgroup and its children)
 _MEMSTAT_TOTALS = tuple((k, "total_" + k) for k in _MEMSTAT_KEYS)
 # what memory() converts of memory.stat's 40-70 numbers (an int() each is a third of a microsecond)
@@ -73,6 +74,7 @@ class V1Reader:
         self.files = HeldFiles()  # the files every render reads, kept open (cgroup/held.py)
         self._dirs: dict[str, str] = {}
         self._absent: set[str] = set()  # blkio file names this kernel does not have
+        self._refs: dict[str, CgroupRef] = {}  # /proc/PID/cgroup text -> its ref
         # a /proc/PID/cgroup line's controller field -> the names it stands for (a host has a dozen fields)
         self._controllers: dict[str, tuple[str, ...]] = {}
         try:
@@ -118,7 +120,14 @@ class V1Reader:
         text = read_text(f"{proc}/{pid}/cgroup", "surrogateescape")
         if text is None:
             raise CgroupGone(pid)
-        return self.parse_proc_cgroup(text)
+        # The same few texts come back again and again (a container's every caller, each re-read once a
+        # second): a parse is 13 lines of splitting, a lookup one hash of the text.
+        ref = self._refs.get(text)
+        if ref is None:
+            if len(self._refs) >= REFS_MAX:
+                self._refs.clear()
+            ref = self._refs[text] = self.parse_proc_cgroup(text)
+        return ref
 
     def _path(self, ref: CgroupRef, controller: str) -> str | None:
         base = self._dirs.get(controller)
