@@ -5,9 +5,10 @@ Why: a container's agent that reads /proc/meminfo costs four requests: OPEN, REA
 and RELEASE. On a busy node (bench/fleet.py) pyfuse3's per-request machinery (a request loop written as
 coroutines, a lock, a container object and a coroutine per request, then the handler's) cost more CPU than
 the rendering itself, and that is where LXCFS, in C, was cheaper. This loop reads a request into one reused
-buffer, unpacks its header, calls the same Operations method pyfuse3 would and writes the reply: a few
-Python operations per request. What the rest of the filesystem needs (LOOKUP, GETATTR, the cpu directory,
-statfs, poll, the pressure files' writes, INIT's successors) stays with pyfuse3 and its tested handlers.
+buffer, unpacks its header, calls the body of the Operations method pyfuse3 would (`open_now`: no coroutine
+to drive) and writes the reply: a few Python operations per request. What the rest of the filesystem needs
+(LOOKUP, GETATTR, the cpu directory, statfs, poll, the pressure files' writes, INIT's successors) stays with
+pyfuse3 and its tested handlers.
 
 How the two share one device fd: pyfuse3's session fd is one end of a SOCK_SEQPACKET socketpair, and this
 loop holds the real clone of /dev/fuse. A request this loop does not answer is sent whole into the pair,
@@ -35,7 +36,6 @@ from typing import Any
 
 import pyfuse3
 
-from lxcfs_guard.fs import syncloop
 from lxcfs_guard.fs.overflow import Overflow, Primary
 from lxcfs_guard.fs.spin import Spin
 from lxcfs_guard.fs.wire import (
@@ -213,7 +213,7 @@ class FastPath:
     def _open(self, unique: int, nodeid: int, uid: int, gid: int, pid: int) -> None:
         flags = OPEN_IN.unpack_from(self.buf, IN_HEADER.size)[0]
         try:
-            fi = syncloop.run(self.ops.open(nodeid, flags, Caller(pid, uid, gid)))
+            fi = self.ops.open_now(nodeid, flags, Caller(pid, uid, gid))
         except pyfuse3.FUSEError as e:
             self._reply(unique, b"", "OPEN", e.errno)
             return
@@ -228,7 +228,7 @@ class FastPath:
     def _read(self, unique: int, nodeid: int, uid: int, gid: int, pid: int) -> None:
         fh, off, size = READ_IN.unpack_from(self.buf, IN_HEADER.size)
         try:
-            data = syncloop.run(self.ops.read(fh, off, size))
+            data = self.ops.read_now(fh, off, size)
         except pyfuse3.FUSEError as e:
             self._reply(unique, b"", "READ", e.errno)
             return
@@ -237,7 +237,7 @@ class FastPath:
     def _release(self, unique: int, nodeid: int, uid: int, gid: int, pid: int) -> None:
         fh = RELEASE_IN.unpack_from(self.buf, IN_HEADER.size)[0]
         try:
-            syncloop.run(self.ops.release(fh))
+            self.ops.release_now(fh)
         except pyfuse3.FUSEError as e:
             self._reply(unique, b"", "RELEASE", e.errno)
             return
