@@ -3,9 +3,8 @@
 It mounts, answers the kernel's INIT itself (pyfuse3's loop, driven by fs/syncloop, runs only until the init
 callback has run and is then left by an exception: `pyfuse3.terminate()` would mark the session exited for every
 later loop), and then never serves a request. For each worker slot it makes a clone of the device fd
-(FUSE_DEV_IOC_CLONE), keeps it, and forks a worker that serves on it (fs/worker.py). Slot 0 is the primary,
-which serves every request it keeps up with; the others serve only what it falls behind on or while it is
-stuck or dead (fs/overflow.py: the page and eventfd they share are made here, before the fork). It also runs
+(FUSE_DEV_IOC_CLONE), keeps it, and forks a worker that serves on it (fs/worker.py); every worker waits in
+read(2) on its clone and the kernel hands each request to one of them. It also runs
 the loadavg sampler (fs/loadavg.py `SamplerService`) in small steps between events: off every serving path, and
 without the memory of one more Python process.
 
@@ -43,7 +42,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from lxcfs_guard.fs.overflow import Shared
 from lxcfs_guard.fs.wire import FUSE_NOTIFY_RESEND, OUT_HEADER
 
 log = logging.getLogger("lxcfs_guard.serve")
@@ -106,7 +104,6 @@ class Child:
     def to_json(self) -> dict[str, Any]:
         return {
             "slot": self.slot,
-            "role": "primary" if self.slot == 0 else "overflow",
             "pid": self.pid,
             "started": round(self.started, 3),
             "restarts": self.restarts,
@@ -203,7 +200,6 @@ class Holder:
         self._stop = False
         self.ended = False  # the kernel ended the session (umount, abort): a clean end, not a crash loop
         self._wake_r = self._wake_w = -1
-        self.shared: Shared | None = None  # with several workers: how they share the load (fs/overflow.py)
         self.pid = os.getpid()
 
     # -- start ------------------------------------------------------------------------------------------
@@ -248,8 +244,6 @@ class Holder:
         # Everything allocated so far is shared with the children: keep the cyclic GC from touching (and so
         # copying) those pages in every child.
         gc.freeze()
-        if self.n > 1:
-            self.shared = Shared()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.private_fds |= {self._wake_r, self._wake_w}
         signal.set_wakeup_fd(self._wake_w)
@@ -279,7 +273,7 @@ class Holder:
         def main() -> None:
             if self.worker_setup is not None:
                 self.worker_setup(slot)
-            worker.run(self.ops, self.session_fd, clone, self.pid, close, self.shared, slot)
+            worker.run(self.ops, self.session_fd, clone, self.pid, close, lone=self.n == 1)
 
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child
@@ -361,7 +355,7 @@ class Holder:
 
     def _spawn_probe(self) -> Child:
         path = os.path.join(self.mountpoint, "proc", "meminfo")
-        close = sorted(self._all_fds() | {self.session_fd} | ({self.shared.kick_fd} if self.shared else set()))
+        close = sorted(self._all_fds() | {self.session_fd})
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child
             code = 1
@@ -395,8 +389,6 @@ class Holder:
         self._deaths.append(now)
         while self._deaths and now - self._deaths[0] > self.restart_window:
             self._deaths.popleft()
-        if c.slot == 0 and self.shared is not None:
-            self.shared.primary_down()  # the overflow workers serve everything until a new primary is up
         recovered = "resent its requests"
         if self.resend and notify_resend(self.session_fd):
             self.resends += 1

@@ -36,7 +36,6 @@ from typing import Any
 
 import pyfuse3
 
-from lxcfs_guard.fs.overflow import Overflow, Primary
 from lxcfs_guard.fs.spin import Spin
 from lxcfs_guard.fs.wire import (
     FOPEN_DIRECT_IO,
@@ -87,17 +86,12 @@ class FastPath:
         dev_fd: int,
         session_fd: int,
         notifications: bool = False,
-        primary: Primary | None = None,
-        overflow: Overflow | None = None,
+        spin: bool = False,
     ) -> None:
         self.ops = ops
         self.dev_fd = dev_fd
-        # with several workers (fs/overflow.py): the primary times its reads to tell when it falls behind;
-        # an overflow worker (non-blocking `dev_fd`) waits through `overflow` whenever the queue is empty
-        self.primary = primary
-        self.overflow = overflow
-        # a worker that blocks in read(2) (the primary, or a lone worker) spins for a caller in a tight loop
-        self.spin = Spin(primary.queue if primary is not None else _readable(dev_fd)) if overflow is None else None
+        # a lone worker polls for the next request of a caller in a tight loop (fs/spin.py)
+        self.spin = Spin(_readable(dev_fd)) if spin else None
         # Another thread (the PSI trigger watcher) may write to pyfuse3's end at any time: a poll wake-up
         # (FUSE_NOTIFY_POLL), which must reach the device at once, not with the next passed request's reply.
         self.notifications = notifications
@@ -130,12 +124,12 @@ class FastPath:
         self._forward_replies()
         readv, dev_fd, buf, handlers = os.readv, self.dev_fd, [self.buf], self.handlers
         unpack = IN_HEADER.unpack_from
-        primary, overflow, spin, clock = self.primary, self.overflow, self.spin, time.monotonic
+        spin, clock = self.spin, time.monotonic
         started = 0.0
         while True:
             if self.stopped:
                 raise Stop()
-            self.idle = overflow is None  # a non-blocking read never waits: stop only in overflow.wait()
+            self.idle = True
             if self.notifications:
                 self._wait_for_request()
             if spin is not None:
@@ -144,11 +138,6 @@ class FastPath:
                 n = readv(dev_fd, buf)
             except OSError as e:
                 self.idle = False
-                if e.errno == errno.EAGAIN and overflow is not None:
-                    self.idle = True
-                    overflow.wait()
-                    self.idle = False
-                    continue
                 if e.errno in (errno.ENOENT, errno.EINTR, errno.EAGAIN):
                     continue  # ENOENT: the request was interrupted before we read it
                 if e.errno == errno.ENODEV:  # unmounted: the session is over
@@ -161,10 +150,7 @@ class FastPath:
                 continue
             _, opcode, unique, nodeid, uid, gid, pid, _, _ = unpack(self.buf)
             if spin is not None:
-                ended = clock()
-                spin.took(pid, ended - started)
-                if primary is not None:
-                    primary.read(started, ended)
+                spin.took(pid, clock() - started)
             handler = handlers.get(opcode)
             if handler is None:
                 self.passed = opcode

@@ -15,6 +15,10 @@ closed file), each within `HOT_GAP` of the worker being ready for it. A reader t
 second brings 24 requests a pass and never gets there. A spin that finds nothing within `SPIN` ends the
 run, so a caller that pauses between reads costs at most one spin. The spin yields the CPU on every turn:
 a caller that shares the worker's CPU runs at once instead of after the spin.
+
+Only a lone worker (`--workers 1`, the default on a one-CPU machine) spins. With two workers each waiting in
+read(2), the kernel hands the caller's next request to the other one, and the spin made no difference
+(`--cache-ttl 0`, one reader: 1.33x and 1.35x LXCFS's rate with it, 1.31x and 1.47x without).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ HOT_RUN = 32  # requests in a row from one caller, each within HOT_GAP, that mak
 
 class Spin:
     """One worker's spin: `ready()` before each read(2) of the device, `took()` after it. `queue` polls the
-    device for POLLIN (the primary's own, when this worker is one: fs/overflow.Primary)."""
+    device for POLLIN."""
 
     __slots__ = ("queue", "pid", "run", "missed")
 

@@ -6,9 +6,12 @@ queue but keeps the requests it took in a processing queue of its own, which the
 to queue again if this process dies (FUSE_NOTIFY_RESEND). pyfuse3 keeps the session fd in a C global, so
 the clone is dup2'd onto that fd number.
 
-The primary's fd (slot 0) is blocking, as libfuse opens it, and it waits in read(2) on it when idle (see
-`_serve`): the kernel hands it each request and wakes no other worker. The other workers read theirs with
-O_NONBLOCK and take only the requests that wait while the primary is busy (fs/overflow.py).
+Every worker's fd is blocking, as libfuse opens it, and an idle worker waits in read(2) on it (see `_serve`):
+the kernel hands each request to one waiting worker, as it does to LXCFS's threads, so a worker that is busy,
+preempted or stuck in a request never holds up the requests behind it while another is free. (One worker
+serving all it keeps up with, the others woken only when it fell behind, took 10% less CPU per read on a busy
+node but left requests queued behind a preempted worker: p99 1.26x LXCFS's at N=200, against 0.8x with every
+worker waiting in read(2), bench/fleet.py; see the README's Measured section.)
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ from collections.abc import Iterable
 from typing import Any, NoReturn
 
 from lxcfs_guard.fs.fastpath import FastPath, Stop
-from lxcfs_guard.fs.overflow import Overflow, Primary, Shared
 
 log = logging.getLogger("lxcfs_guard.serve")
 
@@ -59,11 +61,10 @@ def run(
     clone_fd: int,
     holder_pid: int,
     close_fds: Iterable[int],
-    shared: Shared | None = None,
-    slot: int = 0,
+    lone: bool = True,
 ) -> NoReturn:
-    """Serve until the session ends. With `shared` (several workers), the primary serves every request it
-    keeps up with and the other workers only what it falls behind on (fs/overflow.py)."""
+    """Serve until the session ends. A `lone` worker (the connection's only one) spins for a caller in a
+    tight loop (fs/spin.py); with others waiting in read(2) beside it, one of them takes the next request."""
     code = 1
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -81,13 +82,7 @@ def run(
                     os.close(fd)
         _stall_hook(ops)
         psi = bool(getattr(getattr(ops, "pressure", None), "enabled", False))  # a trigger thread notifies
-        first = overflow = None
-        if shared is not None and slot == 0:
-            first = Primary(shared, dev_fd)
-        elif shared is not None:
-            os.set_blocking(dev_fd, False)
-            overflow = Overflow(dev_fd, shared, slot)
-        fast = FastPath(ops, dev_fd, session_fd, notifications=psi, primary=first, overflow=overflow)
+        fast = FastPath(ops, dev_fd, session_fd, notifications=psi, spin=lone)
         code = _serve(fast)
     except BaseException:  # a worker never returns into the holder's code
         log.exception("worker failed")

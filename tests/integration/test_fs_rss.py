@@ -42,7 +42,7 @@ def test_rss_bounded_after_100k_reads() -> None:
             "sys/devices/system/cpu/online",
         ):
             read_rate.run_readers(exe, cg, d.path(name), 1, 0, 200)
-        # warmed with the measured load itself: four readers are what wake the overflow worker, whose first
+        # warmed with the measured load itself: four readers keep every worker busy, and a worker's first
         # requests touch pages (code, copy-on-write of the heap it inherited) that are not a leak
         read_rate.run_readers(exe, cg, d.path("proc/meminfo"), 4, 0, 5_000)
         pids = daemon_pids(d.pid)
