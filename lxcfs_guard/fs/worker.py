@@ -10,7 +10,7 @@ Every worker's fd is blocking, as libfuse opens it, and an idle worker waits in 
 the kernel hands each request to one waiting worker, as it does to LXCFS's threads, so a worker that is busy,
 preempted or stuck in a request never holds up the requests behind it while another is free. (One worker
 serving all it keeps up with, the others woken only when it fell behind, took 10% less CPU per read on a busy
-node but left requests queued behind a preempted worker: p99 1.26x LXCFS's at N=200, against 0.8x with every
+node but left requests queued behind a preempted worker: p99 1.26x LXCFS's at N=200, against parity with every
 worker waiting in read(2), bench/fleet.py; see the README's Measured section.)
 """
 
