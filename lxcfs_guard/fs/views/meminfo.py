@@ -40,13 +40,8 @@ def effective_limit(mem: MemoryFacts, options: MeminfoOptions = DEFAULT_OPTIONS)
     return limit
 
 
-def _line(label: str, kib: int) -> str:
-    return _line_format(label) % kib
-
-
 def _line_format(label: str) -> str:
-    """The kernel's "%-16s%8lu kB" for one label, as a %-format of the figure alone (a line formatted from it
-    costs half of one formatted from the label and the figure: a render formats 28)."""
+    """The kernel's "%-16s%8lu kB" for one label, as a %-format of the figure alone."""
     return (label + ":").ljust(16).replace("%", "%%") + "%8d kB\n"
 
 
@@ -57,53 +52,96 @@ def _host_value(line: str) -> int:
         return 0
 
 
-# What a rendered line is made of: text of the host's to pass through, a figure of the cgroup's, or one of the
-# two swap lines (the host's figure, capped by the cgroup's).
-_PASS, _FIGURE, _SWAP_TOTAL, _SWAP_FREE = range(4)
+# The lines a cgroup's figures replace, in the order `_figures` returns them; then the four values a render
+# adds after them: the two swap lines (the host's figure, capped by the cgroup's) and the two zswap lines a
+# host without zswap gets inserted after SwapFree when the cgroup reports them.
+FIGURE_KEYS = (
+    "MemTotal",
+    "MemFree",
+    "MemAvailable",
+    "Buffers",
+    "Cached",
+    "SwapCached",
+    "Active",
+    "Inactive",
+    "Active(anon)",
+    "Inactive(anon)",
+    "Active(file)",
+    "Inactive(file)",
+    "Unevictable",
+    "Dirty",
+    "Writeback",
+    "AnonPages",
+    "Mapped",
+    "Shmem",
+    "Slab",
+    "SReclaimable",
+    "SUnreclaim",
+    "AnonHugePages",
+    "ShmemHugePages",
+    "ShmemPmdMapped",
+    "Zswap",
+    "Zswapped",
+)
+_INDEX = {key: i for i, key in enumerate(FIGURE_KEYS)}
+_SWAP_TOTAL, _SWAP_FREE = len(FIGURE_KEYS), len(FIGURE_KEYS) + 1
+_ZSWAP, _ZSWAPPED = _INDEX["Zswap"], _INDEX["Zswapped"]
 
 
 @dataclass(frozen=True, slots=True)
 class _Template:
-    """The host file taken apart once (it is the same for every cgroup within a tick): runs of lines that pass
-    through joined into one string, and the keys of the lines to rewrite, in the host's order."""
+    """The host file taken apart once (it is the same for every cgroup within a tick) into one %-format of the
+    whole file, whose lines the cgroup rewrites each hold a "%8d", and which value goes into each: a render is
+    then one formatting of a tuple (it was 28 formatted lines joined: half of the render's time)."""
 
-    # (kind, text: a passed-through run or the line's key, host figure, the line's format: _line_format)
-    parts: tuple[tuple[int, str, int, str], ...]
+    fmt: str
+    slots: tuple[int, ...]  # per "%8d", an index into _figures' values, then _SWAP_TOTAL / _SWAP_FREE
+    fmt_zswap: str  # the same with Zswap and Zswapped inserted after SwapFree (a host without zswap)
+    slots_zswap: tuple[int, ...]
     host_total: int
     has_zswap: bool
     host_swap: int  # the host's SwapTotal, kB
+    host_swap_free: int  # the host's SwapFree, kB
 
 
 @per_host_text
 def _compile(host: str) -> _Template:
-    parts: list[tuple[int, str, int, str]] = []
-    run: list[str] = []
-    host_total = host_swap = 0
+    plain: list[str] = []
+    zswap: list[str] = []
+    slots: list[int] = []
+    slots_zswap: list[int] = []
+    host_total = host_swap = host_swap_free = 0
     for line in host.splitlines():
         key = line.split(":", 1)[0]
-        kind = (
-            _FIGURE
-            if key in _FIGURES
-            else _SWAP_TOTAL
-            if key == "SwapTotal"
-            else _SWAP_FREE
-            if key == "SwapFree"
-            else _PASS
-        )
+        slot = _INDEX.get(key, _SWAP_TOTAL if key == "SwapTotal" else _SWAP_FREE if key == "SwapFree" else -1)
         if key == "MemTotal" and not host_total:
             host_total = _host_value(line)
         elif key == "SwapTotal":
             host_swap = _host_value(line)
-        if kind == _PASS:
-            run.append(line + "\n")
+        elif key == "SwapFree":
+            host_swap_free = _host_value(line)
+        if slot < 0:  # passed through
+            text = line.replace("%", "%%") + "\n"
+            plain.append(text)
+            zswap.append(text)
             continue
-        if run:
-            parts.append((_PASS, "".join(run), 0, ""))
-            run = []
-        parts.append((kind, key, 0 if kind == _FIGURE else _host_value(line), _line_format(key)))
-    if run:
-        parts.append((_PASS, "".join(run), 0, ""))
-    return _Template(tuple(parts), host_total, "\nZswap:" in "\n" + host, host_swap)
+        plain.append(_line_format(key))
+        zswap.append(_line_format(key))
+        slots.append(slot)
+        slots_zswap.append(slot)
+        if slot == _SWAP_FREE:
+            zswap += [_line_format("Zswap"), _line_format("Zswapped")]
+            slots_zswap += [_ZSWAP, _ZSWAPPED]
+    return _Template(
+        "".join(plain),
+        tuple(slots),
+        "".join(zswap),
+        tuple(slots_zswap),
+        host_total,
+        "\nZswap:" in "\n" + host,
+        host_swap,
+        host_swap_free,
+    )
 
 
 def host_has_swap(host: str) -> bool:
@@ -114,94 +152,70 @@ def host_has_swap(host: str) -> bool:
     return _compile(host).host_swap > 0
 
 
-def _figures(mem: MemoryFacts, options: MeminfoOptions, host_total: int) -> dict[str, int]:
-    """The lines the cgroup's figures replace, by key, in kB (SwapTotal/SwapFree are capped apart)."""
+def _figures(mem: MemoryFacts, options: MeminfoOptions, host_total: int) -> list[int]:
+    """The lines the cgroup's figures replace, in kB, in FIGURE_KEYS' order (the swap lines are capped apart)."""
     s = mem.stat
     g = s.get
-
-    def kb(key: str) -> int:
-        return max(g(key, 0), 0) // 1024
-
     eff = effective_limit(mem, options)
     limit = eff // 1024 if eff is not None else host_total
     total = min(limit, host_total) if host_total else limit
     free = max(total - mem.usage // 1024, 0)
+    active_anon, inactive_anon = g("active_anon", 0), g("inactive_anon", 0)
+    active_file, inactive_file = g("active_file", 0), g("inactive_file", 0)
+    cache, shmem = g("cache", 0), g("shmem", 0)
+    sr, su = g("slab_reclaimable", 0), g("slab_unreclaimable", 0)
     # What could be had back: v1 (LXCFS 5.0.3, line for line) counts the page cache; on v2 (memory.stat has
     # slab figures) LXCFS 7.0's file LRU + reclaimable slab, closer to the kernel's own estimate (shmem in
     # the cache is not reclaimable without swap).
-    if "slab_reclaimable" in s:
-        reclaimable = (g("active_file", 0) + g("inactive_file", 0) + g("slab_reclaimable", 0)) // 1024
-    else:
-        reclaimable = kb("cache")
-    return {
-        "MemTotal": total,
-        "MemFree": free,
-        "MemAvailable": min(free + reclaimable, total),
-        "Buffers": 0,
-        "Cached": kb("cache"),
-        "SwapCached": 0,
-        "Active": (g("active_anon", 0) + g("active_file", 0)) // 1024,
-        "Inactive": (g("inactive_anon", 0) + g("inactive_file", 0)) // 1024,
-        "Active(anon)": kb("active_anon"),
-        "Inactive(anon)": kb("inactive_anon"),
-        "Active(file)": kb("active_file"),
-        "Inactive(file)": kb("inactive_file"),
-        "Unevictable": kb("unevictable"),
-        "Dirty": kb("dirty"),
-        "Writeback": kb("writeback"),
-        "AnonPages": max(g("active_anon", 0) + g("inactive_anon", 0) - g("shmem", 0), 0) // 1024,
-        "Mapped": kb("mapped_file"),
-        "Shmem": kb("shmem"),
-        "Slab": (g("slab_reclaimable", 0) + g("slab_unreclaimable", 0)) // 1024,
-        "SReclaimable": kb("slab_reclaimable"),
-        "SUnreclaim": kb("slab_unreclaimable"),
-        "AnonHugePages": kb("rss_huge"),
-        "ShmemHugePages": kb("shmem_thp"),
-        "ShmemPmdMapped": 0,
-        "Zswap": (mem.zswap or 0) // 1024 if options.zswap else 0,
-        "Zswapped": (mem.zswapped or 0) // 1024 if options.zswap else 0,
-    }
-
-
-# the keys of the lines `_figures` rewrites: what a compiled host file marks as the cgroup's
-_FIGURES = frozenset(_figures(MemoryFacts(limit=None, usage=0), DEFAULT_OPTIONS, 0))
+    reclaimable = (active_file + inactive_file + sr) // 1024 if "slab_reclaimable" in s else max(cache, 0) // 1024
+    zswap = options.zswap
+    return [
+        total,
+        free,
+        min(free + reclaimable, total),
+        0,  # Buffers
+        max(cache, 0) // 1024,
+        0,  # SwapCached
+        (active_anon + active_file) // 1024,
+        (inactive_anon + inactive_file) // 1024,
+        max(active_anon, 0) // 1024,
+        max(inactive_anon, 0) // 1024,
+        max(active_file, 0) // 1024,
+        max(inactive_file, 0) // 1024,
+        max(g("unevictable", 0), 0) // 1024,
+        max(g("dirty", 0), 0) // 1024,
+        max(g("writeback", 0), 0) // 1024,
+        max(active_anon + inactive_anon - shmem, 0) // 1024,  # AnonPages
+        max(g("mapped_file", 0), 0) // 1024,
+        max(shmem, 0) // 1024,
+        (sr + su) // 1024,  # Slab
+        max(sr, 0) // 1024,
+        max(su, 0) // 1024,
+        max(g("rss_huge", 0), 0) // 1024,  # AnonHugePages
+        max(g("shmem_thp", 0), 0) // 1024,  # ShmemHugePages
+        0,  # ShmemPmdMapped
+        (mem.zswap or 0) // 1024 if zswap else 0,
+        (mem.zswapped or 0) // 1024 if zswap else 0,
+    ]
 
 
 def render_meminfo(host: str, mem: MemoryFacts, options: MeminfoOptions = DEFAULT_OPTIONS) -> str:
     tpl = _compile(host)
-    replace = _figures(mem, options, tpl.host_total)
-    swappiness_zero = mem.swappiness == 0
-    swap_total: int | None = None  # None: the cgroup knows nothing, pass the host's through
-    swap_free: int | None = None
-    if mem.swap_accounting and mem.swap_limit is not None:
-        swap_total = mem.swap_limit // 1024
+    values = _figures(mem, options, tpl.host_total)
+    swap_total, swap_free = tpl.host_swap, tpl.host_swap_free
+    if mem.swap_accounting and mem.swap_limit is not None:  # otherwise the cgroup knows nothing: the host's
+        limit = mem.swap_limit // 1024
         used = (mem.swap_usage or 0) // 1024
-        swap_free = swap_total - used if swap_total >= used else 0
+        swap_total = min(swap_total, limit)
+        swap_free = min(swap_free, limit - used if limit >= used else 0)
+    if mem.swappiness == 0 or not options.swap:
+        swap_total = swap_free = 0
+    values += (swap_total, swap_free)
     # the kernel prints Zswap/Zswapped right after SwapFree; a host file without them (no CONFIG_ZSWAP) gets
     # them there only when the cgroup reports zswap figures
-    insert_zswap = options.zswap and mem.zswap is not None and not tpl.has_zswap
-    out: list[str] = []
-    for kind, text, value, line in tpl.parts:
-        if kind == _PASS:
-            out.append(text)
-        elif kind == _FIGURE:
-            out.append(line % replace[text])
-        elif kind == _SWAP_TOTAL:
-            if swap_total is not None:
-                value = min(value, swap_total)
-            if swappiness_zero or not options.swap:
-                value = 0
-            out.append(line % value)
-        else:  # SwapFree
-            if swap_free is not None:
-                value = min(value, swap_free)
-            if swappiness_zero or not options.swap:
-                value = 0
-            out.append(line % value)
-            if insert_zswap:
-                out.append(_line("Zswap", replace["Zswap"]))
-                out.append(_line("Zswapped", replace["Zswapped"]))
-    return "".join(out)
+    if options.zswap and mem.zswap is not None and not tpl.has_zswap:
+        return tpl.fmt_zswap % tuple(map(values.__getitem__, tpl.slots_zswap))
+    return tpl.fmt % tuple(map(values.__getitem__, tpl.slots))
 
 
 def swap_numbers(host_meminfo: str, mem: MemoryFacts, options: MeminfoOptions = DEFAULT_OPTIONS) -> tuple[int, int]:
