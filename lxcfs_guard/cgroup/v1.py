@@ -221,14 +221,7 @@ class V1Reader:
             if not os.path.isdir(path):
                 raise CgroupGone(path)
             return None
-        per_cpu: dict[int, tuple[int, int]] = {}
-        for line in text.splitlines()[1:]:  # "cpu user system" header
-            parts = line.split()
-            if len(parts) == 3 and parts[0].isdigit():
-                per_cpu[int(parts[0])] = (int(parts[1]), int(parts[2]))
-        user = sum(u for u, _ in per_cpu.values())
-        system = sum(s for _, s in per_cpu.values())
-        return CpuUsage(user=user, system=system, per_cpu=per_cpu)  # total: cpu_time(), its own file
+        return parse_usage_all(text)
 
     def cpu_time(self, ref: CgroupRef) -> int | None:
         """All CPU time of the cgroup in ns (cpuacct.usage: the precise counter; usage_all's columns are
@@ -331,3 +324,22 @@ def _parse_blkio(text: str) -> dict[tuple[int, int], dict[str, int]]:
         except ValueError:
             continue
     return out
+
+
+def parse_usage_all(text: str) -> CpuUsage:
+    """cpuacct.usage_all ("cpu user system" then "N user_ns system_ns" per CPU) -> CpuUsage; lines that are
+    not three numbers are skipped. The total is cpu_time()'s, its own file."""
+    per_cpu: dict[int, tuple[int, int]] = {}
+    user = system = 0
+    for line in text.splitlines()[1:]:  # the header
+        parts = line.split()
+        if len(parts) == 3 and parts[0].isdigit():
+            try:
+                u, s = int(parts[1]), int(parts[2])
+            except ValueError:
+                continue
+            per_cpu[int(parts[0])] = (u, s)
+    for u, s in per_cpu.values():
+        user += u
+        system += s
+    return CpuUsage(user=user, system=system, per_cpu=per_cpu)

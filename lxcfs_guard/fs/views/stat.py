@@ -46,26 +46,34 @@ def _parse_host(host: str) -> tuple[dict[int, list[int]], str]:
 
 def render_stat(host: str, cpus: tuple[int, ...] | list[int], usage: CpuUsage, renumber: bool = False) -> str:
     """`renumber` False keeps the host's cpuN names (LXCFS 5.0.3 does, while cpuinfo is renumbered);
-    True names them cpu0..N-1 (the quota view, where the container sees CPUs 0..N-1 everywhere)."""
+    True names them cpu0..N-1 (the quota view, where the container sees CPUs 0..N-1 everywhere).
+
+    Only user, system and idle of a view's rows are ever non-zero, so each row is formatted from those three
+    (one %-format a line, not ten str() calls and a join)."""
     host_cpu, rest = _parse_host(host)
     shown = [c for c in cpus if c in host_cpu]
     n = len(shown) or 1
-    rows: list[list[int]] = []
-    names = [f"cpu{i}" for i in range(len(shown))] if renumber else [f"cpu{c}" for c in shown]
-    for cpu in shown:
+    per_cpu = usage.per_cpu
+    even_user, even_system = usage.user // n, usage.system // n
+    lines = [""]
+    total_user = total_system = total_idle = 0
+    for i, cpu in enumerate(shown):
         h = host_cpu[cpu]
-        if usage.per_cpu:
-            u_ns, s_ns = usage.per_cpu.get(cpu, (0, 0))
-        else:
-            u_ns, s_ns = usage.user // n, usage.system // n
+        u_ns, s_ns = per_cpu.get(cpu, (0, 0)) if per_cpu else (even_user, even_system)
         user, system = u_ns // NS_PER_TICK, s_ns // NS_PER_TICK
         idle = h[3]
         all_used = h[0] + h[1] + h[2] + h[4] + h[5] + h[6] + h[7] + h[8] + h[9]
         cg_used = user + system
         if all_used >= cg_used:
             idle += all_used - cg_used
-        rows.append([user, 0, system, idle, 0, 0, 0, 0, 0, 0])
-    total = [sum(col) for col in zip(*rows, strict=True)] if rows else [0] * 10
-    out = ["cpu  " + " ".join(map(str, total))]
-    out += [f"{name} " + " ".join(map(str, row)) for name, row in zip(names, rows, strict=True)]
-    return "\n".join(out) + "\n" + rest
+        total_user += user
+        total_system += system
+        total_idle += idle
+        lines.append(_ROW % (i if renumber else cpu, user, system, idle))
+    lines[0] = _TOTAL % (total_user, total_system, total_idle)
+    lines.append(rest)
+    return "".join(lines)
+
+
+_TOTAL = "cpu  %d 0 %d %d 0 0 0 0 0 0\n"
+_ROW = "cpu%d %d 0 %d %d 0 0 0 0 0 0\n"
