@@ -371,3 +371,25 @@ def test_flat_keyed_files_keep_only_two_field_integer_lines() -> None:
     text = f"cache 4096\nrss  -2\n  total_rss 3 \nbad\nx y z\nk notint\n\nhierarchical_memory_limit {big}\n"
     assert parse_flat_keyed(text) == {"cache": 4096, "rss": -2, "total_rss": 3, "hierarchical_memory_limit": big}
     assert parse_flat_keyed("") == {}
+
+
+def test_flat_keyed_kernel_shaped_text_parses_alike_either_way() -> None:
+    """The split fast path (text in the kernel's "key value" shape) gives what the line-by-line parse gives,
+    with and without `keys`; a value that is not a number in that shape still drops only its line."""
+    from lxcfs_guard.cgroup import base
+
+    text = "cache 4096\nrss -2\ntotal_rss 3\nhierarchical_memory_limit 9223372036854771712\ncache 5\n"
+    slow = {k: int(v) for k, v in base._FLAT_LINE.findall(text)}
+    assert (
+        base.parse_flat_keyed(text)
+        == slow
+        == {
+            "cache": 5,  # a repeated key: the last one, as the regular expression's dict has it
+            "rss": -2,
+            "total_rss": 3,
+            "hierarchical_memory_limit": 9223372036854771712,
+        }
+    )
+    assert base.parse_flat_keyed(text, ("total_rss", "missing", "cache")) == {"total_rss": 3, "cache": 5}
+    assert base.parse_flat_keyed("a 1\nb x\nc 3\n") == {"a": 1, "c": 3}
+    assert base.parse_flat_keyed("a 1\nb x\nc 3\n", ("b", "c")) == {"c": 3}
