@@ -101,17 +101,16 @@ def parse_flat_keyed(text: str, keys: Iterable[str] | None = None) -> dict[str, 
     fields = text.split()
     lines = text.count("\n")
     if len(fields) == 2 * lines and text.count(" ") == lines and text.endswith("\n"):
-        found = dict(zip(fields[::2], fields[1::2], strict=True))
         try:
-            if keys is None:
-                return {k: int(v) for k, v in found.items()}
-            return {k: int(found[k]) for k in keys if k in found}
+            return _ints(dict(zip(fields[::2], fields[1::2], strict=True)), keys)
         except ValueError:
-            pass  # a value that is not a number: the line is skipped, as below
-    pairs = _FLAT_LINE.findall(text)
+            pass  # a value that is not a number: its line is skipped, as by the expression
+    return _ints(dict(_FLAT_LINE.findall(text)), keys)
+
+
+def _ints(found: dict[str, str], keys: Iterable[str] | None) -> dict[str, int]:
     if keys is None:
-        return {k: int(v) for k, v in pairs}
-    found = dict(pairs)
+        return {k: int(v) for k, v in found.items()}
     return {k: int(found[k]) for k in keys if k in found}
 
 

@@ -28,6 +28,7 @@ import resource
 import time
 import weakref
 
+from lxcfs_guard.cgroup.base import parse_int_text, read_text
 from lxcfs_guard.kernel.syscalls import CGROUP2_SUPER_MAGIC, CGROUP_SUPER_MAGIC, fstatfs_type
 
 CHUNK = 65536  # the same first read as base.read_text: a shorter answer is the whole file (one seq record)
@@ -51,6 +52,9 @@ class HeldFiles:
 
     def read(self, path: str, errors: str = "replace") -> str | None:
         """The whole file (a cgroup file: one seq_file record), or None if it does not exist."""
+        now = time.monotonic()
+        if now >= self._next_sweep:
+            self.sweep(now)
         held = self._fds.get(path)
         if held is not None:
             try:
@@ -59,13 +63,8 @@ class HeldFiles:
                 data = None
             if data is not None and len(data) < CHUNK:
                 held[1] = self._gen
-                if time.monotonic() >= self._next_sweep:
-                    self.sweep(time.monotonic())
                 return data.decode("utf-8", errors)
             self._close(path)
-        now = time.monotonic()
-        if now >= self._next_sweep:
-            self.sweep(now)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except (FileNotFoundError, NotADirectoryError):
@@ -73,12 +72,7 @@ class HeldFiles:
         keep = False
         try:
             data = os.pread(fd, CHUNK, 0)
-            if len(data) == CHUNK:  # longer than a cgroup file ever is: read it to the end, do not hold it
-                chunks = [data]
-                while b := os.pread(fd, CHUNK, sum(map(len, chunks))):
-                    chunks.append(b)
-                data = b"".join(chunks)
-            else:
+            if len(data) < CHUNK:
                 if self.budget < 0:
                     self.budget = _fd_share(-self.budget)
                 keep = len(self._fds) < self.budget and _on_cgroupfs(fd)
@@ -87,7 +81,13 @@ class HeldFiles:
                 self._fds[path] = [fd, self._gen]
             else:
                 os.close(fd)
+        if len(data) == CHUNK:  # longer than a cgroup file ever is: never held, read whole the usual way
+            return read_text(path, errors, one_record=False)
         return data.decode("utf-8", errors)
+
+    def read_int(self, path: str) -> int | None:
+        """One number of a file (see base.parse_int_text)."""
+        return parse_int_text(self.read(path))
 
     def sweep(self, now: float) -> None:
         """Close the files not read since the sweep before last (between `idle` and twice that ago)."""

@@ -17,7 +17,6 @@ from lxcfs_guard.cgroup.base import (
     join,
     parse_cpu_list,
     parse_flat_keyed,
-    parse_int_text,
     read_int,
     read_text,
     strip_init_scope,
@@ -88,9 +87,6 @@ class V1Reader:
             for ctrl in name.split(","):
                 self._dirs.setdefault(ctrl, full)
 
-    def _int(self, path: str) -> int | None:
-        return parse_int_text(self.files.read(path))
-
     def controller_dir(self, controller: str) -> str | None:
         return self._dirs.get(controller)
 
@@ -154,7 +150,7 @@ class V1Reader:
         path = self._path(ref, "memory")
         if path is None:
             return None
-        usage = self._int(f"{path}/memory.usage_in_bytes")
+        usage = self.files.read_int(f"{path}/memory.usage_in_bytes")
         stat_text = self.files.read(f"{path}/memory.stat")
         if usage is None or stat_text is None:
             if not os.path.isdir(path):
@@ -168,7 +164,7 @@ class V1Reader:
         # hierarchical_*_limit): one file instead of one per level and kind
         hier = raw.get("hierarchical_memory_limit")
         limit = _limit(hier) if hier is not None else self._min_up(ref, "memory", "memory.limit_in_bytes")
-        memsw_usage = self._int(f"{path}/memory.memsw.usage_in_bytes") if swap else None
+        memsw_usage = self.files.read_int(f"{path}/memory.memsw.usage_in_bytes") if swap else None
         swap_limit = swap_usage = None
         accounting = memsw_usage is not None
         if memsw_usage is not None:
@@ -186,7 +182,7 @@ class V1Reader:
             swap_limit=swap_limit,
             swap_usage=swap_usage,
             swap_accounting=accounting,
-            swappiness=self._int(f"{path}/memory.swappiness") if swap else None,
+            swappiness=self.files.read_int(f"{path}/memory.swappiness") if swap else None,
         )
 
     def cpu(self, ref: CgroupRef, quota: bool = True) -> CpuFacts | None:
@@ -229,7 +225,7 @@ class V1Reader:
         path = self._path(ref, "cpuacct")
         if path is None:
             return None
-        value = self._int(f"{path}/cpuacct.usage")
+        value = self.files.read_int(f"{path}/cpuacct.usage")
         if value is None and not os.path.isdir(path):
             raise CgroupGone(path)
         return value

@@ -16,7 +16,6 @@ from lxcfs_guard.cgroup.base import (
     join,
     parse_cpu_list,
     parse_flat_keyed,
-    parse_int_text,
     read_text,
     strip_init_scope,
 )
@@ -55,9 +54,6 @@ class V2Reader:
         self.root = root.rstrip("/") or "/"
         self.files = HeldFiles()  # the files every render reads, kept open (cgroup/held.py)
 
-    def _int(self, path: str) -> int | None:
-        return parse_int_text(self.files.read(path))
-
     def parse_proc_cgroup(self, text: str) -> CgroupRef:
         for line in text.splitlines():
             if line.startswith("0::"):
@@ -81,7 +77,7 @@ class V2Reader:
             return None
         best: int | None = None
         for anc in ancestors(rel):
-            v = self._int(f"{join(self.root, anc)}/{filename}")
+            v = self.files.read_int(f"{join(self.root, anc)}/{filename}")
             if v is not None and v >= 0 and (best is None or v < best):
                 best = v
         return best
@@ -96,14 +92,14 @@ class V2Reader:
         path = self._path(ref)
         if path is None:
             return None
-        usage = self._int(f"{path}/memory.current")
+        usage = self.files.read_int(f"{path}/memory.current")
         stat_text = self.files.read(f"{path}/memory.stat")
         if usage is None or stat_text is None:
             self._raise_if_gone(path)
             return None
         raw = parse_flat_keyed(stat_text, _MEMSTAT_WANTED)
         stat = {v1: raw.get(v2, 0) for v2, v1 in _MEMSTAT_MAP.items()}
-        swap_usage = self._int(f"{path}/memory.swap.current") if swap else None
+        swap_usage = self.files.read_int(f"{path}/memory.swap.current") if swap else None
         accounting = swap_usage is not None
         return MemoryFacts(
             limit=self._min_up(ref, "memory.max"),

@@ -91,6 +91,9 @@ def test_regular_files_are_not_held(tmp_path: Path) -> None:
     assert files.read(str(f)) == "cache 1\n" and len(files) == 0
     f.unlink()
     assert files.read(str(f)) is None
+    big = tmp_path / "big"
+    big.write_text("x" * 70_000 + "\n")  # past the first 64 KiB read: read whole, never held
+    assert files.read(str(big)) == "x" * 70_000 + "\n" and len(files) == 0
 
 
 def test_budget_and_idle_files_are_closed() -> None:
