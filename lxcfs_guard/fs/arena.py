@@ -116,14 +116,18 @@ class Arena:
     def _own_live(self, fh: int) -> bytes | None:
         """Our copy of a snapshot of ours, unless its RELEASE went to another worker (its freed flag is set)."""
         own = self._own.get(fh)
-        if own is not None and self.mm[self._ring_at + ((fh & 0xFFFFFFFF) << 4) + 8]:
+        if own is not None and self.mm[self._freed_at(fh)]:
             del self._own[fh]
             return None
         return own
 
+    def _freed_at(self, fh: int) -> int:
+        """Where the freed flag of one of this slot's blocks is (HDR's third word)."""
+        return self._ring_at + ((fh & 0xFFFFFFFF) << 4) + 8
+
     def free(self, fh: int) -> None:
         if self._own.pop(fh, None) is not None:  # ours and live: its header is where the handle says
-            struct.pack_into("<I", self.mm, self._ring_at + ((fh & 0xFFFFFFFF) << 4) + 8, 1)
+            struct.pack_into("<I", self.mm, self._freed_at(fh), 1)
             return
         loc = self._locate(fh)
         if loc is not None:
@@ -140,9 +144,13 @@ class Arena:
         self._push(off, need, self.gen)
         self.head = off + need
         self._save()
-        fh = (self.slot << 56) | (self.gen << 32) | (off >> 4)
+        fh = self._fh(off, self.gen)
         self._own[fh] = data
         return fh
+
+    def _fh(self, off: int, gen: int) -> int:
+        """The file handle of this slot's block at ring offset `off` (see the module doc)."""
+        return (self.slot << 56) | (gen << 32) | (off >> 4)
 
     def live_blocks(self) -> int:
         return self.it - self.ih
@@ -196,7 +204,7 @@ class Arena:
             return False
         self.ih += 1
         if self._own:  # released through another worker: forget our copy too
-            self._own.pop((self.slot << 56) | (gen << 32) | (off >> 4), None)
+            self._own.pop(self._fh(off, gen), None)
         return True
 
     def _requeue(self) -> None:
