@@ -10,7 +10,7 @@ read fell by 5-15%.
 
 What it costs, and its bounds:
 - kernel memory: about 5 KB per held file (the open file, kernfs's state, a page of seq_file buffer;
-  measured: 5.2 KB per fd in Slab). At most `budget` files per process (1024, so 5 MB; never more than
+  bench/cgroup_read.py: 4.6-5.2 KB per fd in Slab). At most `budget` files per process (1024, so 5 MB; never more than
   a quarter of the fd limit); past it a file is read the old way. The first files read keep their place,
   and a file not read for `idle` seconds is closed, so a node whose containers change frees the old ones'.
 - a removed cgroup: a held file of it answers ENODEV, and is closed then; the path is opened afresh, so a
