@@ -6,6 +6,7 @@ reader always gets an answer, never an error from us.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -30,6 +31,8 @@ HOST_TICK = 0.1
 # Host files that do not change while we run (or whose changes do not matter for a few seconds).
 SLOW_HOST_TTL = {"/proc/cpuinfo": 10.0, "/sys/devices/system/cpu/online": 1.0}
 CACHE_MAX = 8192
+# a view that cannot be made from what a cgroup has (gone meanwhile, a file this kernel lacks, odd content)
+_SERVE_HOST_ON = (CgroupGone, OSError, ValueError, KeyError, IndexError, ZeroDivisionError)
 PRUNE_EVERY = 0.25  # seconds between sweeps of expired cache entries
 
 
@@ -87,7 +90,7 @@ class Content:
             return hit[1]
         try:
             text = self._renderers[name](view)
-        except (CgroupGone, OSError, ValueError, KeyError, IndexError, ZeroDivisionError) as e:
+        except _SERVE_HOST_ON as e:
             log.debug("%s for %s: %r; serving the host file", name, view.ref.key, e)
             text = None
         except Exception:  # a bug in a view must not take the filesystem down
@@ -107,6 +110,20 @@ class Content:
                     self._cache.clear()
             self._cache[key] = (now + self.ttl, data)
         return data
+
+    def warm(self, view: View, times: int = 12) -> None:
+        """Render every file for `view` a few times and keep nothing: the holder does this before it forks its
+        workers. CPython specializes a function's bytecode in place over its first calls, and fills the
+        memos a render uses (parsed /proc/PID/cgroup texts, cpuinfo blocks, absent blkio files); a worker
+        forked afterwards inherits all of it. Without it every new worker, a replacement for a killed one too,
+        did that work on its first requests and copied a page at each first write into shared bytecode.
+        loadavg would register the holder's cgroup with the sampler, and the pressure files have no
+        renders worth warming: both are left out."""
+        renders = [r for name, r in self._renderers.items() if name != "proc/loadavg" and "pressure" not in name]
+        for _ in range(times):
+            for render in renders:
+                with contextlib.suppress(*_SERVE_HOST_ON):  # render() serves the host file for these
+                    render(view)
 
     def host_text(self, path: str) -> str:
         now = time.monotonic()

@@ -14,11 +14,16 @@ import logging
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from lxcfs_guard import config, devices
 from lxcfs_guard.fs import lxcfs_compat
 from lxcfs_guard.fs.views.cpus import CPU_VIEWS
 from lxcfs_guard.kernel.files import DEAD_ERRNOS, write_atomic
+
+if TYPE_CHECKING:  # imported inside run_serve, so the holder's workers share them (see there)
+    from lxcfs_guard.cgroup import CgroupReader
+    from lxcfs_guard.fs.content import Content
 
 log = logging.getLogger("lxcfs_guard.serve")
 MAX_DEFAULT_WORKERS = 8
@@ -250,6 +255,7 @@ def run_serve(args: argparse.Namespace) -> int:
         log.info(
             "mounted %s (cgroup v%d at %s, cpu view %s)", mountpoint, reader.version, args.cgroup_root, args.cpu_view
         )
+        warm_up(content, reader)
         holder.start()
         code = holder.run(on_ready, write)
         if code == 0 and not holder.ended:
@@ -270,3 +276,18 @@ def run_serve(args: argparse.Namespace) -> int:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
     return code
+
+
+def warm_up(content: Content, reader: CgroupReader) -> None:
+    """The holder renders its own cgroup's files before forking the workers (see Content.warm), then closes
+    the cgroup files the renders kept open: the holder never reads them again."""
+    from lxcfs_guard.fs.caller import View
+
+    try:
+        content.warm(View(ref=reader.ref_for_pid(os.getpid()), init_pid=1, init_start=0, host=True))
+    except Exception:  # never a reason not to serve
+        log.warning("warming the views up failed", exc_info=True)
+    finally:
+        files = getattr(reader, "files", None)
+        if files is not None:
+            files.close()

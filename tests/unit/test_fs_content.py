@@ -193,3 +193,32 @@ def test_a_refused_open_or_listing_reply_frees_its_snapshot(tmp_path: Path) -> N
     ops.reply_failed(file_fh)
     ops.reply_failed(listing_fh)
     assert ops.snapshots.live_blocks() == 0
+
+
+def test_warming_up_renders_every_view_and_keeps_nothing(tmp_path: Path, monkeypatch) -> None:
+    """What the holder runs before it forks its workers: every renderer but loadavg's (the sampler would be
+    told of the holder's own cgroup), nothing in the render cache, and a view that cannot be made is no
+    reason to stop."""
+    reader = V1Reader(str(v1_tree(tmp_path / "cg")))
+    asked: list[object] = []
+
+    class Sampler:
+        def get(self, ref: object) -> None:
+            asked.append(ref)
+
+    c = Content(reader, ttl=3600, sampler=Sampler(), host_paths=host_files(tmp_path))
+    rendered: list[str] = []
+    for name, render in list(c._renderers.items()):
+
+        def counted(view: View, name: str = name, render=render) -> str | None:
+            rendered.append(name)
+            if name == "proc/stat":
+                raise content_mod.CgroupGone("gone")
+            return render(view)
+
+        monkeypatch.setitem(c._renderers, name, counted)
+    view = View(ref=reader.parse_proc_cgroup(PROC_CGROUP_V1), init_pid=1, init_start=0, host=True)
+    c.warm(view, times=3)
+    expected = {n for n in c._renderers if n != "proc/loadavg" and "pressure" not in n}
+    assert set(rendered) == expected and len(rendered) == 3 * len(expected)
+    assert asked == [] and c._cache == {}
