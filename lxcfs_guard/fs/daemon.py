@@ -250,12 +250,12 @@ def run_serve(args: argparse.Namespace) -> int:
     code = 1
     mounted = False
     try:
+        warm_up(content, reader)  # before the mount: no request waits for it
         holder.mount()
         mounted = True
         log.info(
             "mounted %s (cgroup v%d at %s, cpu view %s)", mountpoint, reader.version, args.cgroup_root, args.cpu_view
         )
-        warm_up(content, reader)
         holder.start()
         code = holder.run(on_ready, write)
         if code == 0 and not holder.ended:
