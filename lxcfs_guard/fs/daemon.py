@@ -204,7 +204,7 @@ def run_serve(args: argparse.Namespace) -> int:
         reader,
         args.cpu_view,
         args.cache_ttl,
-        loadavg.SharedLoad(reader, table, to_sampler) if service is not None else None,
+        loadavg.SharedLoad(table, to_sampler) if service is not None else None,
         meminfo_options=lxcfs_compat.meminfo_options(args),
     )
     cpudir = CpuDir(content.visible_cpus, content.online_bytes, args.cpu_dir_view, renumber=args.cpu_view == "quota")

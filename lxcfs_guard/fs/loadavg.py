@@ -139,8 +139,7 @@ class LoadSampler:
 #   a minute: the sampler's idle clock), and render from a table in shared memory;
 # - the sampler samples the registered cgroups every interval and publishes the table: two copies and an
 #   index word, it fills the one not in use and then flips the index, so a reader never sees half a table.
-# A cgroup not in the table yet (its first read) is counted by the worker itself, once: real task counts,
-# averages 0 as after boot, as the in-process sampler does.
+# A cgroup not in the table yet (its first read, until the sampler publishes it) reads NOT_SAMPLED_YET.
 TABLE_CAP = 2048  # >= 2 x max_cgroups: open addressing stays short
 _ENTRY = struct.Struct("<QIIIII4x")  # key hash, avg1, avg5, avg15, running, total
 TABLE_BYTES = 8 + 2 * TABLE_CAP * _ENTRY.size
@@ -172,14 +171,20 @@ def publish(table: mmap.mmap, sampler: LoadSampler) -> None:
     struct.pack_into("<I", table, 0, 1 - active)
 
 
+# What a worker answers for a cgroup the sampler has not published yet (its first read, for at most about
+# PUBLISH_DELAY): no load yet, one task, as LXCFS answers for a cgroup it has not sampled. Counting the threads
+# here instead put the sampler's work on the serving path, unbounded (a read per thread of the cgroup): it made
+# every cgroup's first loadavg read 150-250 us slower, and the first pass after a start 10% slower at p99
+# (bench/fleet.py --n 200).
+NOT_SAMPLED_YET = ((0, 0, 0), 0, 1)
+
+
 class SharedLoad:
     """A worker's loadavg source: the sampler process's table; same `get` as LoadSampler."""
 
-    def __init__(self, reader: CgroupReader, table: mmap.mmap, sock: socket.socket, proc: str = "/proc") -> None:
-        self.reader = reader
+    def __init__(self, table: mmap.mmap, sock: socket.socket) -> None:
         self.table = table
         self.sock = sock
-        self.proc = proc
         self._sent: dict[CgroupRef, float] = {}
 
     def _lookup(self, h: int) -> tuple[tuple[int, int, int], int, int] | None:
@@ -210,16 +215,7 @@ class SharedLoad:
     def get(self, ref: CgroupRef) -> tuple[tuple[int, int, int], int, int] | None:
         found = self._lookup(key_hash(ref))
         self._register(ref, time.monotonic())
-        if found is not None:
-            return found
-        try:
-            pids = self.reader.procs(ref)
-            if pids is None:
-                return None
-            running, total = count_threads(pids, self.proc)
-        except (CgroupGone, OSError):
-            return None
-        return (0, 0, 0), running, total
+        return found if found is not None else NOT_SAMPLED_YET
 
 
 class SamplerService:
@@ -229,7 +225,7 @@ class SamplerService:
 
     CHUNK = 64
     # New cgroups (a node's containers starting, or serve restarting under them) arrive in bursts: their table
-    # entries are published together, at most this often (until then a worker counts their threads itself).
+    # entries are published together, at most this often (until then a worker answers NOT_SAMPLED_YET).
     PUBLISH_DELAY = 0.25
 
     def __init__(self, reader: CgroupReader, table: mmap.mmap, sock: socket.socket, interval: float = INTERVAL) -> None:

@@ -1,6 +1,7 @@
 """loadavg across processes: the sampler publishes into a shared table, a worker renders from it; a cgroup
-not in the table yet is counted by the worker itself (real task counts on the first read) and registered
-with the sampler over the socket. Fixture /proc and cgroup trees, the real shared mapping and socket."""
+not in the table yet reads as not sampled (no load, one task, as LXCFS answers; the worker never counts
+threads itself) and is registered with the sampler over the socket. Fixture /proc and cgroup trees, the real
+shared mapping and socket."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import socket
 from pathlib import Path
 
 from lxcfs_guard.cgroup import V2Reader
-from lxcfs_guard.fs.loadavg import LoadSampler, SharedLoad, make_table, publish
+from lxcfs_guard.fs.loadavg import NOT_SAMPLED_YET, LoadSampler, SharedLoad, make_table, publish
 from tests.unit.test_cgroup_readers import v2_tree, write_tree
 
 
@@ -28,13 +29,13 @@ def test_worker_reads_published_samples_and_registers_new_cgroups(tmp_path: Path
     table = make_table()
     to_sampler, sampler_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     to_sampler.setblocking(False)
-    shared = SharedLoad(reader, table, to_sampler, proc=str(proc))
+    shared = SharedLoad(table, to_sampler)
 
-    # first read: not published yet -> counted here, averages 0, and the sampler is told
-    assert shared.get(ref) == ((0, 0, 0), 2, 3)
+    # first read: not published yet -> no load, one task, and the sampler is told
+    assert shared.get(ref) == NOT_SAMPLED_YET == ((0, 0, 0), 0, 1)
     registered = json.loads(sampler_end.recv(65536))
     assert [tuple(p) for p in registered] == list(ref.paths)
-    assert shared.get(ref) == ((0, 0, 0), 2, 3)  # not sent again within a minute
+    assert shared.get(ref) == NOT_SAMPLED_YET  # not sent again within a minute
     sampler_end.setblocking(False)
     try:
         sampler_end.recv(65536)
