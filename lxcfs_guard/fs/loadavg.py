@@ -40,7 +40,10 @@ class _Entry:
 
 
 def count_threads(pids: list[int], proc: str = "/proc") -> tuple[int, int]:
-    """(threads in state R or D, all threads) of these processes; processes that exit meanwhile are skipped."""
+    """(threads in state R or D, all threads) of these processes; processes and threads that exit meanwhile
+    are skipped. A stat file is read with os.open/os.read: with a buffered file object around each read, three
+    single-threaded processes took 74-93 us instead of 51-58 (timeit, this VM), and the holder's sampler
+    counts every registered cgroup each tick (1,000 of them in bench/fleet.py --n 1000)."""
     active = total = 0
     for pid in pids:
         try:
@@ -49,13 +52,20 @@ def count_threads(pids: list[int], proc: str = "/proc") -> tuple[int, int]:
             continue
         for tid in tids:
             try:
-                with open(f"{proc}/{pid}/task/{tid}/stat", "rb") as f:
-                    data = f.read()
+                fd = os.open(f"{proc}/{pid}/task/{tid}/stat", os.O_RDONLY | os.O_CLOEXEC)
             except OSError:
                 continue
+            try:
+                data = os.read(fd, 4096)  # the state is before the 4 KB mark even with a 16-byte comm
+            except OSError:
+                continue
+            finally:
+                os.close(fd)
+            end = data.rfind(b")")  # the comm may itself hold ") "
+            if end < 0:
+                continue
             total += 1
-            state = data[data.rindex(b")") + 2 : data.rindex(b")") + 3]
-            if state in (b"R", b"D"):
+            if data[end + 2 : end + 3] in (b"R", b"D"):
                 active += 1
     return active, total
 
