@@ -146,7 +146,8 @@ class LoadSampler:
 # The sampler must not run on a serving path (a step over 1,000 cgroups reads thousands of /proc files), so
 # with workers it runs in the holder (fs/connection.py), in chunks between its events:
 # - workers send a cgroup they serve loadavg for over a datagram socket (its first read, then at most once
-#   a minute: the sampler's idle clock), and render from a table in shared memory;
+#   a minute: the sampler's idle clock; every RETRY_UNPUBLISHED while it is not in the table), and render
+#   from a table in shared memory;
 # - the sampler samples the registered cgroups every interval and publishes the table: two copies and an
 #   index word, it fills the one not in use and then flips the index, so a reader never sees half a table.
 # A cgroup not in the table yet (its first read, until the sampler publishes it) reads NOT_SAMPLED_YET.
@@ -154,6 +155,10 @@ TABLE_CAP = 2048  # >= 2 x max_cgroups: open addressing stays short
 _ENTRY = struct.Struct("<QIIIII4x")  # key hash, avg1, avg5, avg15, running, total
 TABLE_BYTES = 8 + 2 * TABLE_CAP * _ENTRY.size
 TOUCH_EVERY = 60.0
+# A cgroup still missing from the table this long after a worker registered it was dropped by the sampler
+# (its cgroup was removed and made again, as a restarted container's is, or the sampler was full): register
+# it again now, not after TOUCH_EVERY, or it reads NOT_SAMPLED_YET for up to a minute.
+RETRY_UNPUBLISHED = 2.0
 
 
 @functools.lru_cache(maxsize=4 * TABLE_CAP)
@@ -210,9 +215,9 @@ class SharedLoad:
             i = (i + 1) % TABLE_CAP
         return None
 
-    def _register(self, ref: CgroupRef, now: float) -> None:
+    def _register(self, ref: CgroupRef, now: float, published: bool) -> None:
         last = self._sent.get(ref)
-        if last is not None and now - last < TOUCH_EVERY:
+        if last is not None and now - last < (TOUCH_EVERY if published else RETRY_UNPUBLISHED):
             return
         if len(self._sent) > 4 * TABLE_CAP:
             self._sent.clear()
@@ -224,7 +229,7 @@ class SharedLoad:
 
     def get(self, ref: CgroupRef) -> tuple[tuple[int, int, int], int, int] | None:
         found = self._lookup(key_hash(ref))
-        self._register(ref, time.monotonic())
+        self._register(ref, time.monotonic(), found is not None)
         return found if found is not None else NOT_SAMPLED_YET
 
 

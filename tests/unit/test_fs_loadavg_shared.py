@@ -10,7 +10,14 @@ import socket
 from pathlib import Path
 
 from lxcfs_guard.cgroup import V2Reader
-from lxcfs_guard.fs.loadavg import NOT_SAMPLED_YET, LoadSampler, SharedLoad, make_table, publish
+from lxcfs_guard.fs.loadavg import (
+    NOT_SAMPLED_YET,
+    RETRY_UNPUBLISHED,
+    LoadSampler,
+    SharedLoad,
+    make_table,
+    publish,
+)
 from tests.unit.test_cgroup_readers import v2_tree, write_tree
 
 
@@ -43,6 +50,12 @@ def test_worker_reads_published_samples_and_registers_new_cgroups(tmp_path: Path
     except BlockingIOError:
         pass
 
+    # still not published RETRY_UNPUBLISHED later: the sampler dropped it (a cgroup made again), so it is
+    # registered again at once, not after a minute
+    shared._sent[ref] -= RETRY_UNPUBLISHED
+    assert shared.get(ref) == NOT_SAMPLED_YET
+    assert [tuple(p) for p in json.loads(sampler_end.recv(65536))] == list(ref.paths)
+
     # the sampler process's side: sample, decay, publish; the worker now reads the table
     sampler = LoadSampler(reader, proc=str(proc))
     sampler.get(ref)
@@ -51,6 +64,13 @@ def test_worker_reads_published_samples_and_registers_new_cgroups(tmp_path: Path
     publish(table, sampler)
     avg, running, total = shared.get(ref)
     assert 1.2 < avg[0] / 2048 < 1.3 and (running, total) == (2, 3)
+    shared._sent[ref] -= RETRY_UNPUBLISHED  # published: refreshed once a minute only
+    shared.get(ref)
+    try:
+        sampler_end.recv(65536)
+        raise AssertionError("a published cgroup was registered again within a minute")
+    except BlockingIOError:
+        pass
     # published twice (the other copy of the table): still found
     sampler.tick()
     publish(table, sampler)
