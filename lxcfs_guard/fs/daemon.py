@@ -283,8 +283,10 @@ def warm_up(content: Content, reader: CgroupReader) -> None:
     the cgroup files the renders kept open: the holder never reads them again."""
     from lxcfs_guard.fs.caller import View
 
+    started = time.monotonic()
     try:
         content.warm(View(ref=reader.ref_for_pid(os.getpid()), init_pid=1, init_start=0, host=True))
+        log.info("views warmed up in %.0f ms", (time.monotonic() - started) * 1000)
     except Exception:  # never a reason not to serve
         log.warning("warming the views up failed", exc_info=True)
     finally:

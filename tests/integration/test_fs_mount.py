@@ -91,6 +91,9 @@ def test_writes_are_refused_and_unknown_names_are_enoent() -> None:
             assert e.value.errno in (errno.ENOENT, errno.ENOTDIR)
         with open(d.path("proc/meminfo")) as f:  # still serving after all that
             assert f.read().startswith("MemTotal:")
+        # the holder rendered every view before it mounted and forked its workers (daemon.warm_up)
+        log = d.log()
+        assert "views warmed up in" in log and log.index("views warmed up in") < log.index("mounted ")
 
 
 def test_sigterm_and_sigint_unmount_cleanly() -> None:

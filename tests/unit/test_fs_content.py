@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from lxcfs_guard.cgroup import V1Reader, V2Reader
@@ -222,3 +223,32 @@ def test_warming_up_renders_every_view_and_keeps_nothing(tmp_path: Path, monkeyp
     expected = {n for n in c._renderers if n != "proc/loadavg" and "pressure" not in n}
     assert set(rendered) == expected and len(rendered) == 3 * len(expected)
     assert asked == [] and c._cache == {}
+
+
+def test_warm_up_renders_the_callers_own_cgroup_and_closes_what_it_held(tmp_path: Path, monkeypatch) -> None:
+    """daemon.warm_up: Content.warm for the holder's own cgroup (its /proc/self/cgroup, as a host caller),
+    then the held cgroup files closed, the holder never reads them again; a failing warm-up is only logged."""
+    from lxcfs_guard.fs import daemon
+
+    reader = V1Reader(str(v1_tree(tmp_path / "cg")))
+    c = Content(reader, ttl=0, host_paths=host_files(tmp_path))
+    closed: list[bool] = []
+
+    class Files:
+        def close(self) -> None:
+            closed.append(True)
+
+    monkeypatch.setattr(reader, "files", Files())
+    views: list[View] = []
+    monkeypatch.setattr(c, "warm", views.append)
+    daemon.warm_up(c, reader)
+    with open(f"/proc/{os.getpid()}/cgroup") as f:
+        assert [v.ref for v in views] == [reader.parse_proc_cgroup(f.read())]
+    assert views[0].host and closed == [True]
+
+    def broken(view: View) -> None:
+        raise RuntimeError("a bug in a view")
+
+    monkeypatch.setattr(c, "warm", broken)
+    daemon.warm_up(c, reader)  # logged, not raised
+    assert closed == [True, True]
