@@ -10,7 +10,8 @@ that joins its cgroup BEFORE it reads anything, waits for a common start, then a
 Per daemon and round it prints reads, errors (failed open/read, content empty (diskstats may be) or not ending in a
 newline), p50 / p99 / max latency, the daemon's CPU per 1000 reads and its memory, and the p99 of every pass but
 each reader's first ("p99 warm"): each round starts its daemon afresh, so a reader's first pass is a daemon's first
-sight of that cgroup, as after a restart, and the later ones are a node whose daemon has been up a while.
+sight of that cgroup, as after a restart, and the later ones are a node whose daemon has been up a while. Each
+round also says how much of its slowest 1% fell in the first pass, and that pass's p50 file by file.
 
 The daemon runs in a cpuacct cgroup of its own, so CPU is every process and thread it has or had (cpuacct.usage
 counts exited children too), sampled right before the start and after the last reader finished; memory is PSS
@@ -25,6 +26,7 @@ Everything it makes (cgroups, mounts, processes, temp dirs) is removed on exit, 
 from __future__ import annotations
 
 import argparse
+import bisect
 import contextlib
 import errno
 import os
@@ -422,6 +424,8 @@ class RoundResult:
     file_p99_ms: dict[str, tuple[float, float]]  # name -> (p50, p99) of its reads
     pass_p99_ms: list[float]  # p99 of the reads of each pass (a pass: every reader reads every file once)
     warm_p99_ms: float  # p99 of every pass but each reader's first (see print_round)
+    first_in_top: float  # the share of the slowest 1% of reads that were in a reader's first pass
+    first_p50_ms: dict[str, float]  # name -> p50 of its reads in the first pass
     kinds: dict[str, int]  # 'open ENFILE' -> count
     verified: str
 
@@ -521,6 +525,7 @@ def run_round(
     errors = 0
     per_file = {f: [0, 0] for f in files}
     file_lat: dict[str, list[int]] = {f: [] for f in files}
+    first_lat: dict[str, list[int]] = {f: [] for f in files}  # the reads of each file in the first pass
     kinds: dict[str, int] = {}
     for i in range(fleet.n):
         if i in killed:
@@ -532,12 +537,17 @@ def run_round(
             by_pass.setdefault(k, []).append(ns)
             per_file[files[fi]][0] += 1
             file_lat[files[fi]].append(ns)
+            if k == 0:
+                first_lat[files[fi]].append(ns)
             if err:
                 errors += 1
                 per_file[files[fi]][1] += 1
                 kinds[error_kind(err)] = kinds.get(error_kind(err), 0) + 1
     lat.sort()
     warm = sorted(ns for k, v in by_pass.items() if k > 0 for ns in v)
+    top = lat[int(0.99 * len(lat)) :]  # the slowest 1%
+    first_sorted = sorted(by_pass.get(0, []))
+    first_in_top = min(1.0, (len(first_sorted) - bisect.bisect_left(first_sorted, top[0])) / len(top)) if top else 0.0
     verified = verify_dump(dump, fleet.limit(0)) if files[0] == "proc/meminfo" else "first file is not meminfo"
     shutil.rmtree(rdir, ignore_errors=True)
     return RoundResult(
@@ -558,6 +568,8 @@ def run_round(
         {k: (quantile_ms(sorted(v), 0.5), quantile_ms(sorted(v), 0.99)) for k, v in file_lat.items()},
         [quantile_ms(sorted(by_pass[k]), 0.99) for k in sorted(by_pass)],
         quantile_ms(warm, 0.99),
+        first_in_top,
+        {k.rsplit("/", 1)[-1]: quantile_ms(sorted(v), 0.5) for k, v in first_lat.items()},
         kinds,
         verified,
     )
@@ -624,6 +636,10 @@ def print_round(r: RoundResult) -> None:
             "    p99 by pass (ms): "
             + " ".join(f"{ms:.3g}" if ms < 100 else f"{ms:.0f}" for ms in r.pass_p99_ms)
             + f"; after the first pass {r.warm_p99_ms:.2f}"
+        )
+        print(
+            f"    first pass: {100 * r.first_in_top:.0f}% of the slowest 1% of reads; p50 by file (ms) "
+            + ", ".join(f"{k} {ms:.2f}" for k, ms in r.first_p50_ms.items())
         )
     bad = {k: v for k, v in r.per_file.items() if v[1]}
     if bad:

@@ -11,7 +11,7 @@ the kernel hands each request to one waiting worker, as it does to LXCFS's threa
 preempted or stuck in a request never holds up the requests behind it while another is free. (One worker
 serving all it keeps up with, the others woken only when it fell behind, took 10% less CPU per read on a busy
 node but left requests queued behind a preempted worker: p99 1.26x LXCFS's at N=200, against parity with every
-worker waiting in read(2), bench/fleet.py; see the README's Measured section.)
+worker waiting in read(2) at the time, bench/fleet.py; see the README's Measured section.)
 """
 
 from __future__ import annotations
